@@ -1,0 +1,16 @@
+"""napari-sam: Segment Anything for scientific imaging.
+
+The engine runs without napari: load a model, embed an image, segment with prompts.
+
+>>> import napari_sam
+>>> model = napari_sam.load_model("vit_t")  # doctest: +SKIP
+>>> predictor = napari_sam.Predictor(model)  # doctest: +SKIP
+"""
+
+from napari_sam.engine.embeddings import Embedding
+from napari_sam.engine.predictor import Predictor
+from napari_sam.models.loading import load_model, resolve_device
+from napari_sam.models.registry import MODELS
+
+__all__ = ["MODELS", "Embedding", "Predictor", "load_model", "resolve_device"]
+__version__ = "0.1.0.dev0"

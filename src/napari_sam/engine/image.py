@@ -1,0 +1,138 @@
+"""From any 2D microscopy image to the 8-bit RGB that SAM expects."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+DEFAULT_PERCENTILES = (1.0, 99.8)
+
+
+def channels_last(image: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+    """Return a 2D image as ``(H, W, C)`` with 1 to 4 channels.
+
+    Parameters
+    ----------
+    image : (H, W), (H, W, C) or (C, H, W) array
+        With ``channel_axis=None`` a 3D array is read as channels last when its last axis has at
+        most 4 entries, else as channels first when its first axis has.
+    channel_axis : int, optional
+        Axis of the channels, when the guess above is wrong.
+
+    Raises
+    ------
+    ValueError
+        The array is not a 2D image, or has more than 4 channels.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2 and channel_axis is None:
+        return image[..., None]
+    if image.ndim != 3:
+        raise ValueError(
+            f"expected a 2D image (H, W) or (H, W, C), got an array of shape {image.shape}: "
+            "pass one 2D slice of a stack, e.g. volume[z]"
+        )
+    if channel_axis is None:
+        if image.shape[-1] <= 4:
+            channel_axis = -1
+        elif image.shape[0] <= 4:
+            channel_axis = 0
+        else:
+            raise ValueError(
+                f"cannot tell the channel axis of an image of shape {image.shape}: a 3D stack? "
+                "Pass one 2D slice, or channel_axis= for a multichannel image"
+            )
+    image = np.moveaxis(image, channel_axis, -1)
+    if not 1 <= image.shape[-1] <= 4:
+        raise ValueError(
+            f"image has {image.shape[-1]} channels; SAM sees at most 3: choose them, e.g. "
+            "image[..., [0, 2]]"
+        )
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"image of shape {image.shape} is empty")
+    return image
+
+
+def intensity_range(
+    image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+) -> np.ndarray:
+    """Robust per-channel intensity limits of ``(H, W, C)`` pixels, ignoring NaN and inf.
+
+    Returns
+    -------
+    (2, C) array
+        Low and high limit of each channel; used by :func:`to_rgb_uint8`.
+    """
+    pixels = image.reshape(-1, image.shape[-1]).astype(np.float64)
+    pixels[~np.isfinite(pixels)] = np.nan
+    with warnings.catch_warnings():  # an all-NaN channel warns, and gets limits (0, 0)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        limits = np.nanpercentile(pixels, percentiles, axis=0)
+    return np.nan_to_num(limits)
+
+
+def to_rgb_uint8(
+    image: np.ndarray,
+    *,
+    channel_axis: int | None = None,
+    limits: np.ndarray | tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Convert a 2D image to ``(H, W, 3)`` uint8 RGB for SAM.
+
+    uint8 images are used as they are (grey is repeated into 3 channels, alpha dropped). Other
+    types are scaled linearly so that ``limits`` map to 0 and 255, clipped; NaN becomes 0.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) array
+        Grey, RGB(A) or 2-channel image (the second channel goes to green, blue stays 0).
+    channel_axis : int, optional
+        See :func:`channels_last`.
+    limits : (2,) or (2, C) array-like, optional
+        Intensities that map to 0 and 255. By default the ``percentiles`` of this image; for a
+        stack pass limits computed once for the whole volume so slices look alike.
+    percentiles : tuple of float
+        Low and high percentile used when ``limits`` is not given.
+
+    Returns
+    -------
+    (H, W, 3) uint8 array
+
+    Examples
+    --------
+    >>> img = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
+    >>> to_rgb_uint8(img, limits=(0, 4000))[..., 0]
+    array([[  0,  64],
+           [128, 255]], dtype=uint8)
+    """
+    image = channels_last(image, channel_axis)
+    if image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype != np.uint8:
+        if limits is None:
+            limits = intensity_range(image, percentiles)
+        image = rescale_to_uint8(image, limits)
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    if image.shape[-1] == 2:
+        return np.concatenate([image, np.zeros_like(image[..., :1])], axis=-1)
+    return np.ascontiguousarray(image)
+
+
+def rescale_to_uint8(image: np.ndarray, limits: np.ndarray | tuple[float, float]) -> np.ndarray:
+    """Map ``limits`` (``(2,)`` or ``(2, C)``) of ``(H, W, C)`` pixels linearly to 0 and 255."""
+    limits = np.asarray(limits, dtype=np.float64).reshape(2, -1)
+    if limits.shape[1] not in (1, image.shape[-1]):
+        raise ValueError(
+            f"limits of shape {limits.shape} do not fit an image with {image.shape[-1]} channels: "
+            "give (low, high) or one pair per channel"
+        )
+    low, high = np.broadcast_to(limits, (2, image.shape[-1]))
+    span = np.where(high > low, high - low, 1.0)
+    scaled = (image.astype(np.float32) - low.astype(np.float32)) * (255.0 / span).astype(np.float32)
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

@@ -1,0 +1,94 @@
+"""``load_model``: a ready-to-use SAM from a registry name and/or a checkpoint file."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from napari_sam.models.registry import MODELS
+from napari_sam.models.sam import Sam
+from napari_sam.models.weights import fetch, identify, load_weights, read_state_dict
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"`` into CUDA, then MPS, then CPU, whichever is available first.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"``, or anything :class:`torch.device` accepts (``"cpu"``, ``"cuda:1"``, ...).
+    """
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(
+    name: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    *,
+    precision: str = "float32",
+) -> Sam:
+    """Build a SAM and load its weights.
+
+    Parameters
+    ----------
+    name : str, optional
+        Architecture from the registry: ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or ``"vit_t"``.
+        Without ``checkpoint``, its official weights are downloaded once into the cache (see
+        :func:`napari_sam.models.weights.cache_dir`). Without ``name``, the architecture is
+        recognised from ``checkpoint``.
+    checkpoint : path, optional
+        A local checkpoint file in the official layout; always used when given.
+    device : str or torch.device
+        ``"auto"`` picks CUDA, then MPS, then CPU.
+    precision : {"float32", "bfloat16", "float16"}
+        Weight and compute type. Reduced precision is meant for GPUs; results then differ
+        slightly from the float32 reference.
+
+    Returns
+    -------
+    Sam
+        In evaluation mode, on ``device``.
+
+    Examples
+    --------
+    >>> model = load_model("vit_t")  # doctest: +SKIP
+    >>> model = load_model(checkpoint="sam_vit_b_01ec64.pth", device="cpu")  # doctest: +SKIP
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    if name is not None and name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    if checkpoint is not None:
+        state_dict = read_state_dict(checkpoint)
+        source = f"checkpoint {os.fspath(checkpoint)!r}"
+        if name is None:
+            name = identify(state_dict)
+            if name is None:
+                raise ValueError(
+                    f"{source} matches none of the known architectures ({', '.join(MODELS)}): "
+                    "it is not a SAM checkpoint, or one of an architecture napari-sam does not know"
+                )
+    elif name is None:
+        raise ValueError(
+            "no model given and napari-sam ships no default model yet: pass a name "
+            f"({', '.join(MODELS)}) or a checkpoint file"
+        )
+    else:
+        spec = MODELS[name]
+        path = fetch(spec.url, spec.sha256)
+        state_dict = read_state_dict(path)
+        source = f"downloaded file {str(path)!r}"
+
+    model = MODELS[name].build()
+    load_weights(model, state_dict, name=name, source=source)
+    return model.to(device=resolve_device(device), dtype=PRECISIONS[precision]).eval()

@@ -1,0 +1,172 @@
+"""SAM's mask decoder: masks and predicted IoU from image and prompt embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from napari_sam.models.common import LayerNorm2d
+from napari_sam.models.transformer import ImageProjections, TwoWayTransformer
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (none after the last).
+
+    Parameters
+    ----------
+    input_dim, hidden_dim, output_dim : int
+        Widths.
+    num_layers : int
+        Number of linear layers.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        widths = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+@dataclass
+class DecoderImageContext:
+    """Image-side inputs of the decoder that do not change from one prompt to the next.
+
+    Built by :meth:`MaskDecoder.image_context`; an interactive session builds it once per image
+    (and once more for each mask prompt, which changes the image tokens).
+    """
+
+    tokens: torch.Tensor  # (B or 1, h*w, C): image embedding plus dense prompt embedding
+    pe: torch.Tensor  # (1, h*w, C): positional encoding of the embedding grid
+    size: tuple[int, int]  # (h, w)
+    first_projections: ImageProjections
+
+
+class MaskDecoder(nn.Module):
+    """Predict masks and their IoU from image and prompt embeddings.
+
+    Parameters
+    ----------
+    transformer_dim : int
+        Channel width of the transformer.
+    transformer : TwoWayTransformer
+        The transformer that mixes prompt and image tokens.
+    num_multimask_outputs : int
+        Number of masks for an ambiguous prompt (a further token gives the single-mask answer).
+    iou_head_depth, iou_head_hidden_dim : int
+        Layers and hidden width of the IoU prediction head.
+    """
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict masks.
+
+        Parameters
+        ----------
+        image_embeddings : (B or 1, C, h, w) tensor
+            Image embeddings; one image is shared by all prompts.
+        image_pe : (1, C, h, w) tensor
+            Positional encoding of the embedding grid.
+        sparse_prompt_embeddings : (B, N, C) tensor
+        dense_prompt_embeddings : (B or 1, C, h, w) tensor
+        multimask_output : bool
+            Return the 3 masks for ambiguous prompts instead of the single one.
+
+        Returns
+        -------
+        masks : (B, 3 or 1, 4h, 4w) tensor
+            Mask logits.
+        iou_pred : (B, 3 or 1) tensor
+        """
+        context = self.image_context(image_embeddings, image_pe, dense_prompt_embeddings)
+        return self.decode(context, sparse_prompt_embeddings, multimask_output)
+
+    def image_context(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> DecoderImageContext:
+        """Everything the decoder computes on the image side before it sees sparse prompts."""
+        h, w = image_embeddings.shape[-2:]
+        tokens = (image_embeddings + dense_prompt_embeddings).flatten(2).transpose(1, 2)
+        pe = image_pe.flatten(2).transpose(1, 2)
+        projections = self.transformer.layers[0].project_image(tokens, pe)
+        return DecoderImageContext(tokens=tokens, pe=pe, size=(h, w), first_projections=projections)
+
+    def decode(
+        self,
+        context: DecoderImageContext,
+        sparse_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict masks from a prepared image context; see :meth:`forward`."""
+        batch = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
+        tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
+
+        # Mix prompt and image tokens.
+        hs, image_tokens = self.transformer(
+            context.tokens, context.pe, tokens, first_projections=context.first_projections
+        )
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        # Upscale the image tokens and dot them with one hypernetwork output per mask token.
+        h, w = context.size
+        image_map = image_tokens.transpose(1, 2).reshape(batch, self.transformer_dim, h, w)
+        upscaled = self.output_upscaling(image_map)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        b, c, uh, uw = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
+        iou_pred = self.iou_prediction_head(iou_token_out)
+
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, selected], iou_pred[:, selected]

@@ -1,0 +1,159 @@
+"""The models napari-sam knows: architectures, and where their official weights live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from napari_sam.models.image_encoder import ImageEncoderViT
+from napari_sam.models.mask_decoder import MaskDecoder
+from napari_sam.models.prompt_encoder import PromptEncoder
+from napari_sam.models.sam import Sam
+from napari_sam.models.tiny_vit import TinyViT
+from napari_sam.models.transformer import TwoWayTransformer
+
+
+def build_sam(
+    image_encoder: nn.Module,
+    *,
+    embedding_size: int,
+    prompt_embed_dim: int = 256,
+    decoder_mlp_dim: int = 2048,
+    decoder_heads: int = 8,
+    iou_head_hidden_dim: int = 256,
+) -> Sam:
+    """Compose a :class:`Sam` around an image encoder.
+
+    Parameters
+    ----------
+    image_encoder : nn.Module
+        Has ``img_size`` and returns ``(B, prompt_embed_dim, embedding_size, embedding_size)``.
+    embedding_size : int
+        Side of the image embedding grid.
+    prompt_embed_dim, decoder_mlp_dim, decoder_heads, iou_head_hidden_dim : int
+        Width of prompt and decoder tokens, decoder MLP width and heads, IoU head width.
+    """
+    return Sam(
+        image_encoder=image_encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt_embed_dim,
+            image_embedding_size=(embedding_size, embedding_size),
+            input_image_size=(image_encoder.img_size, image_encoder.img_size),
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=prompt_embed_dim,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=prompt_embed_dim,
+                num_heads=decoder_heads,
+                mlp_dim=decoder_mlp_dim,
+            ),
+            iou_head_hidden_dim=iou_head_hidden_dim,
+        ),
+    )
+
+
+def build_sam_vit(
+    *,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    global_attn_indexes: tuple[int, ...],
+    img_size: int = 1024,
+    patch_size: int = 16,
+    window_size: int = 14,
+    prompt_embed_dim: int = 256,
+    decoder_mlp_dim: int = 2048,
+    decoder_heads: int = 8,
+    iou_head_hidden_dim: int = 256,
+) -> Sam:
+    """A SAM with a ViT image encoder (Meta's vit_b/l/h, or a smaller configuration)."""
+    encoder = ImageEncoderViT(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        out_chans=prompt_embed_dim,
+        window_size=window_size,
+        global_attn_indexes=global_attn_indexes,
+    )
+    return build_sam(
+        encoder,
+        embedding_size=img_size // patch_size,
+        prompt_embed_dim=prompt_embed_dim,
+        decoder_mlp_dim=decoder_mlp_dim,
+        decoder_heads=decoder_heads,
+        iou_head_hidden_dim=iou_head_hidden_dim,
+    )
+
+
+def build_sam_vit_t() -> Sam:
+    """MobileSAM: the TinyViT encoder with SAM's prompt encoder and mask decoder."""
+    return build_sam(TinyViT(img_size=1024), embedding_size=64)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: how to build it and where its official checkpoint lives.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, e.g. ``"vit_b"``.
+    build : callable
+        Returns the network with random weights.
+    url, sha256 : str or None
+        Download address and checksum of the official checkpoint.
+    description : str
+        One line for menus and ``--help``.
+    """
+
+    name: str
+    build: Callable[[], Sam]
+    url: str | None
+    sha256: str | None
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="vit_b",
+            build=lambda: build_sam_vit(
+                embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)
+            ),
+            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            description="Meta's SAM ViT-B (91M parameters, 375 MB)",
+        ),
+        ModelSpec(
+            name="vit_l",
+            build=lambda: build_sam_vit(
+                embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)
+            ),
+            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+            sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            description="Meta's SAM ViT-L (308M parameters, 1.2 GB)",
+        ),
+        ModelSpec(
+            name="vit_h",
+            build=lambda: build_sam_vit(
+                embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
+            ),
+            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            description="Meta's SAM ViT-H (636M parameters, 2.4 GB)",
+        ),
+        ModelSpec(
+            name="vit_t",
+            build=build_sam_vit_t,
+            url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+            description="MobileSAM TinyViT (10M parameters, 39 MB): fast on a CPU",
+        ),
+    )
+}

@@ -1,0 +1,1 @@
+"""Training of SAM models: losses, prompt simulation, data and synthetic images."""

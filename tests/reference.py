@@ -1,0 +1,113 @@
+"""Meta's and MobileSAM's reference models for parity tests, and random weights for both."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import partial
+
+import pytest
+import torch
+
+segment_anything = pytest.importorskip("segment_anything")
+with warnings.catch_warnings():
+    # MobileSAM imports deprecated timm paths and re-registers timm model names.
+    warnings.simplefilter("ignore")
+    mobile_sam = pytest.importorskip("mobile_sam")
+
+# Small ViT configurations of our builder (napari_sam.models.registry.build_sam_vit).
+SMALL_VIT = dict(
+    embed_dim=96, depth=4, num_heads=4, global_attn_indexes=(1, 3), img_size=256, window_size=7
+)
+DEFAULT_LIKE_VIT = dict(  # the shape of the project's small default model (DESIGN.md, section 7)
+    embed_dim=192, depth=4, num_heads=4, global_attn_indexes=(1, 3), img_size=256, patch_size=8,
+    window_size=8, prompt_embed_dim=128, decoder_mlp_dim=1024, iou_head_hidden_dim=128,
+)
+VIT_B = dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11))
+
+
+def meta_sam(
+    *,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    global_attn_indexes: tuple[int, ...],
+    img_size: int = 1024,
+    patch_size: int = 16,
+    window_size: int = 14,
+    prompt_embed_dim: int = 256,
+    decoder_mlp_dim: int = 2048,
+    decoder_heads: int = 8,
+    iou_head_hidden_dim: int = 256,
+):
+    """Meta's ``Sam`` configured like ``build_sam_vit(**same arguments)``."""
+    modeling = segment_anything.modeling
+    grid = img_size // patch_size
+    return modeling.Sam(
+        image_encoder=modeling.ImageEncoderViT(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=4,
+            out_chans=prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=window_size,
+            global_attn_indexes=global_attn_indexes,
+        ),
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=modeling.MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=modeling.TwoWayTransformer(
+                depth=2, embedding_dim=prompt_embed_dim, mlp_dim=decoder_mlp_dim, num_heads=decoder_heads
+            ),
+            transformer_dim=prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def mobile_sam_vit_t():
+    """MobileSAM's ``vit_t`` built by its own registry."""
+    return mobile_sam.sam_model_registry["vit_t"]()
+
+
+def random_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Every float tensor of ``model``'s state dict replaced by random values of a sane scale.
+
+    Weights get std 1/sqrt(fan_in), norm scales 1 + noise, biases and running means noise,
+    running variances uniform in [0.5, 2], attention biases unit normal, absolute position
+    embeddings std 0.02. The random Fourier matrix of the prompt encoder is kept: it is random
+    already, at the scale the model expects.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, value in model.state_dict().items():
+        if not value.is_floating_point() or name.endswith("positional_encoding_gaussian_matrix"):
+            state[name] = value.clone()
+            continue
+        noise = torch.randn(value.shape, generator=gen)
+        if name.endswith("running_var"):
+            state[name] = 0.5 + 1.5 * torch.rand(value.shape, generator=gen)
+        elif name.endswith("attention_biases"):
+            state[name] = noise
+        elif name.endswith("pos_embed"):
+            state[name] = 0.02 * noise
+        elif value.ndim >= 2:
+            state[name] = noise / math.sqrt(value[0].numel())
+        elif name.endswith("weight"):
+            state[name] = 1.0 + 0.2 * noise
+        else:
+            state[name] = 0.1 * noise
+    return state
