@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from napari_sam.engine.denormals import flush_denormals
 from napari_sam.engine.embeddings import Embedding
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.engine.prompts import Prompts, box_rc_to_xy, check_prompts, rc_to_xy
@@ -42,6 +43,7 @@ class Predictor:
         """The current image's embedding, to store or to give to :meth:`set_embedding` later."""
         return self._embedding
 
+    @flush_denormals
     @torch.inference_mode()
     def set_image(self, image: np.ndarray, *, channel_axis: int | None = None, limits=None) -> Embedding:
         """Embed a 2D image; following :meth:`predict` calls run the decoder only.
@@ -116,6 +118,7 @@ class Predictor:
         )
         return masks[0], scores[0], logits[0]
 
+    @flush_denormals
     @torch.inference_mode()
     def predict_batch(
         self,

@@ -75,12 +75,14 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
         """Attend over the grid.
 
         Parameters
         ----------
         x : (B, H, W, C) tensor
+        workspace : dict, optional
+            Buffers to reuse for the attention bias, by shape (see :meth:`ImageEncoderViT.forward`).
 
         Returns
         -------
@@ -90,20 +92,31 @@ class Attention(nn.Module):
         heads = self.num_heads
         qkv = self.qkv(x).reshape(B, H * W, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, B * heads, H * W, C // heads).unbind(0)
-        bias = self._relative_position_bias(q, H, W) if self.use_rel_pos else None
+        bias = self._relative_position_bias(q, H, W, workspace) if self.use_rel_pos else None
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = x.view(B, heads, H, W, C // heads).permute(0, 2, 3, 1, 4).reshape(B, H, W, C)
         return self.proj(x)
 
-    def _relative_position_bias(self, q: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    def _relative_position_bias(
+        self, q: torch.Tensor, H: int, W: int, workspace: dict | None
+    ) -> torch.Tensor:
         """Additive attention bias ``(B*heads, H*W, H*W)`` from the unscaled queries."""
         table_h = relative_position_table(self.rel_pos_h, H)  # (H, H, C)
         table_w = relative_position_table(self.rel_pos_w, W)  # (W, W, C)
         grid_q = q.reshape(q.shape[0], H, W, q.shape[-1])
-        bias_h = torch.einsum("bhwc,hkc->bhwk", grid_q, table_h)  # over key rows
-        bias_w = torch.einsum("bhwc,wkc->bhwk", grid_q, table_w)  # over key columns
-        bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
-        return bias.reshape(q.shape[0], H * W, H * W)
+        # Contiguous terms make the broadcast sum below come out contiguous, so the reshape
+        # to the (large) mask is free instead of a copy.
+        bias_h = torch.einsum("bhwc,hkc->bhwk", grid_q, table_h).contiguous()  # over key rows
+        bias_w = torch.einsum("bhwc,wkc->bhwk", grid_q, table_w).contiguous()  # over key columns
+        shape = (q.shape[0], H, W, H, W)
+        if workspace is None or torch.is_grad_enabled():
+            bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
+        else:
+            key = (shape, q.dtype, q.device)
+            if key not in workspace:
+                workspace[key] = torch.empty(shape, dtype=q.dtype, device=q.device)
+            bias = torch.add(bias_h[:, :, :, :, None], bias_w[:, :, :, None, :], out=workspace[key])
+        return bias.view(q.shape[0], H * W, H * W)
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -175,15 +188,15 @@ class Block(nn.Module):
         self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio))
         self.window_size = window_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
         shortcut = x
         x = self.norm1(x)
         if self.window_size > 0:
             size = (x.shape[1], x.shape[2])
             windows, padded = window_partition(x, self.window_size)
-            x = window_unpartition(self.attn(windows), self.window_size, padded, size)
+            x = window_unpartition(self.attn(windows, workspace), self.window_size, padded, size)
         else:
-            x = self.attn(x)
+            x = self.attn(x, workspace)
         x = shortcut + x
         return x + self.mlp(self.norm2(x))
 
@@ -278,8 +291,11 @@ class ImageEncoderViT(nn.Module):
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
+        # The attention bias of a global block is large (805 MB for vit_b); allocating it once
+        # per image instead of once per block saves the cost of touching fresh memory each time.
+        workspace: dict = {}
         for block in self.blocks:
-            x = block(x)
+            x = block(x, workspace)
         return self.neck(x.permute(0, 3, 1, 2))
 
 

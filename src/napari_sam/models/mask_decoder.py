@@ -80,10 +80,10 @@ class MaskDecoder(nn.Module):
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            Upsample2x(transformer_dim, transformer_dim // 4),
             LayerNorm2d(transformer_dim // 4),
             nn.GELU(),
-            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            Upsample2x(transformer_dim // 4, transformer_dim // 8),
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
@@ -158,15 +158,46 @@ class MaskDecoder(nn.Module):
 
         # Upscale the image tokens and dot them with one hypernetwork output per mask token.
         h, w = context.size
-        image_map = image_tokens.transpose(1, 2).reshape(batch, self.transformer_dim, h, w)
-        upscaled = self.output_upscaling(image_map)
+        upscaled = self._upscale(image_tokens.reshape(batch, h, w, self.transformer_dim))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )
-        b, c, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
+        b, uh, uw, c = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, uh * uw, c).transpose(1, 2)).view(b, -1, uh, uw)
         iou_pred = self.iou_prediction_head(iou_token_out)
 
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
+
+    def _upscale(self, x: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` on channels-last ``(B, h, w, C)`` tokens, giving ``(B, 4h, 4w, C/8)``.
+
+        Staying channels-last spares the transposes a convolution layout would need, and the
+        layer norm runs over the innermost axis.
+        """
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        x = up1.channels_last(x)
+        x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        return act2(up2.channels_last(x))
+
+
+class Upsample2x(nn.ConvTranspose2d):
+    """2x2 transposed convolution with stride 2: each pixel becomes a 2x2 block of new channels.
+
+    Keeps the parameters (and checkpoint keys) of ``nn.ConvTranspose2d``; :meth:`channels_last`
+    computes the same thing as one matrix product on channels-last input.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=2, stride=2)
+
+    def channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, h, w, C_in)`` to ``(B, 2h, 2w, C_out)``."""
+        b, h, w, _ = x.shape
+        c_out = self.out_channels
+        # weight (C_in, C_out, 2, 2) -> (C_in, 2, 2, C_out): output ordered (dy, dx, channel)
+        weight = self.weight.permute(0, 2, 3, 1).reshape(-1, 4 * c_out)
+        y = (x.reshape(-1, x.shape[-1]) @ weight).view(b, h, w, 2, 2, c_out)
+        y = y.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c_out)
+        return y + self.bias

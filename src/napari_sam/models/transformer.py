@@ -43,8 +43,14 @@ class Attention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention on inputs that are already projected to the internal width."""
         q, k, v = (self._split_heads(t) for t in (q, k, v))
-        logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-        out = logits.softmax(dim=-1) @ v
+        scale = q.shape[-1] ** -0.5
+        if k.shape[-2] < q.shape[-2]:
+            # Few keys (image attending to prompt tokens): softmax along a short axis is ~10x
+            # faster on CPU when that axis is not the innermost, so work on the transpose.
+            weights = ((k @ q.transpose(-2, -1)) * scale).softmax(dim=-2).transpose(-2, -1)
+        else:
+            weights = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)
+        out = weights @ v
         out = out.transpose(1, 2).flatten(2)  # (B, N, heads * c)
         return self.out_proj(out)
 

@@ -8,7 +8,7 @@ The generator imitates a widefield or confocal image of stained nuclei:
    accepted nucleus by more than ``overlap`` of their radii, and a fraction
    ``clustering`` of candidates is placed right next to an accepted nucleus, so
    that touching and slightly overlapping clusters appear. Drawing stops when the
-   nuclei cover ``density`` of the image.
+   nuclei cover ``density`` of the image, or when no more fit (about 0.7).
 2. **Rendering.** Each nucleus is drawn in its own bounding box only: a plateau
    profile with a slightly dimmer rim, chromatin-like smooth texture, a few bright
    spots (chromocentres), optional dim nucleoli, and a per-nucleus brightness drawn
@@ -47,6 +47,8 @@ __all__ = ["synthetic_nuclei", "synthetic_dataset"]
 # A nucleus that keeps less than this fraction of its own (in-image) area after
 # occlusion by nuclei in front of it is removed: thin crescents look unnatural.
 _MIN_VISIBLE_FRACTION = 0.5
+# Placement stops (the layout is jammed) after this many rejections in a row.
+_JAMMED_AFTER = 1000
 # Number of random cosine terms in the smooth outline perturbation.
 _N_OUTLINE_TERMS = 4
 # Relative weight and size (in units of the PSF sigma) of the out-of-focus halo.
@@ -168,8 +170,6 @@ def _place_objects(rng, shape, density, radius, elongation, overlap, clustering,
     (semi-axis along Z, in slices).
     """
     ndim = len(shape)
-    scale = np.array([anisotropy, 1.0, 1.0] if ndim == 3 else [1.0, 1.0])
-    shape_arr = np.array(shape, dtype=float)
     target = density * float(np.prod(shape))
     rmin, rmax = radius
     # expected size of one nucleus (for the attempt budget only)
@@ -177,58 +177,96 @@ def _place_objects(rng, shape, density, radius, elongation, overlap, clustering,
     mean_size = (math.pi * (rmin**2 + rmin * rmax + rmax**2) / 3 if ndim == 2
                  else 4 / 3 * math.pi * mean_r3 * 0.875 / anisotropy)
     expected = target / max(mean_size, 1e-9)
-    max_attempts = int(100 + 40 * expected)
+    max_attempts = int(100 + 20 * expected)
     cap = int(16 + 4 * expected)
-    centres = np.empty((cap, ndim))  # physical units (z scaled by anisotropy)
-    radii = np.empty(cap)
+    # Accepted nuclei, in physical units (z scaled by anisotropy; z = 0 in 2D), and
+    # a grid hash of them with cells as large as the largest conflict distance, so
+    # that a candidate is compared with the nuclei of the neighbouring cells only.
+    cz: list[float] = []
+    cy: list[float] = []
+    cx: list[float] = []
+    radii: list[float] = []
+    cell = max(2.0 * rmax, 1e-6)
+    grid: dict[tuple[int, int, int], list[int]] = {}
+    zoffs = (-1, 0, 1) if ndim == 3 else (0,)
+    neighbours = [(a, b, c) for a in zoffs for b in (-1, 0, 1) for c in (-1, 0, 1)]
+    hi_z = shape[0] - 0.5 if ndim == 3 else 0.0
+    hi_y, hi_x = shape[-2] - 0.5, shape[-1] - 0.5
     keep_rows = []
     covered = 0.0
-    k = 0
     attempts = 0
+    failures = 0  # consecutive rejections: the layout is jammed when this grows large
     batch = 256
-    while covered < target and k < cap and attempts < max_attempts:
-        r = rng.uniform(rmin, rmax, batch)
-        near = rng.random(batch) < clustering
-        jfrac = rng.random(batch)
-        direction = rng.standard_normal((batch, ndim))
-        if ndim == 3:
+    shrink = 1.0 - overlap
+    while covered < target and len(radii) < cap and attempts < max_attempts:
+        r = rng.uniform(rmin, rmax, batch).tolist()
+        near = (rng.random(batch) < clustering).tolist()
+        jfrac = rng.random(batch).tolist()
+        direction = rng.standard_normal((batch, 3))
+        if ndim == 2:
+            direction[:, 0] = 0.0
+        else:
             direction[:, 0] *= 0.5  # neighbours mostly side by side in the stack
         direction /= np.sqrt((direction**2).sum(axis=1, keepdims=True)) + 1e-12
-        dist_fac = rng.uniform(1.0 - overlap, 1.05, batch)
-        pos = rng.uniform(-0.5, shape_arr - 0.5, (batch, ndim))
-        elong = rng.uniform(elongation[0], elongation[1], batch)
-        cfac = rng.uniform(0.75, 1.0, batch)
+        direction = direction.tolist()
+        dist_fac = rng.uniform(1.0 - overlap, 1.05, batch).tolist()
+        pos = rng.uniform(-0.5, np.array([hi_z, hi_y, hi_x]), (batch, 3))
+        if ndim == 2:
+            pos[:, 0] = 0.0
+        pos = pos.tolist()
+        elong = rng.uniform(elongation[0], elongation[1], batch).tolist()
+        cfac = rng.uniform(0.75, 1.0, batch).tolist()
         for t in range(batch):
             attempts += 1
-            if covered >= target or k >= cap or attempts > max_attempts:
+            k = len(radii)
+            if (covered >= target or k >= cap or attempts > max_attempts
+                    or failures >= _JAMMED_AFTER):
                 break
+            failures += 1
             rt = r[t]
             if k and near[t]:
                 j = int(jfrac[t] * k)
-                c_phys = centres[j] + (radii[j] + rt) * dist_fac[t] * direction[t]
-                c_pix = c_phys / scale
-                if np.any(c_pix < -0.5) or np.any(c_pix > shape_arr - 0.5):
+                step = (radii[j] + rt) * dist_fac[t]
+                dz, dy, dx = direction[t]
+                z = cz[j] + step * dz
+                y = cy[j] + step * dy
+                x = cx[j] + step * dx
+                zp = z / anisotropy
+                if not (-0.5 <= zp <= hi_z and -0.5 <= y <= hi_y and -0.5 <= x <= hi_x):
                     continue
             else:
-                c_pix = pos[t]
-                c_phys = c_pix * scale
-            if k:
-                d2 = ((centres[:k] - c_phys) ** 2).sum(axis=1)
-                lim = (1.0 - overlap) * (radii[:k] + rt)
-                if np.any(d2 < lim * lim):
-                    continue
-            centres[k] = c_phys
-            radii[k] = rt
+                zp, y, x = pos[t]
+                z = zp * anisotropy
+            kz, ky, kx = math.floor(z / cell), math.floor(y / cell), math.floor(x / cell)
+            conflict = False
+            for oz, oy, ox in neighbours:
+                for j in grid.get((kz + oz, ky + oy, kx + ox), ()):
+                    lim = shrink * (radii[j] + rt)
+                    if (cz[j] - z) ** 2 + (cy[j] - y) ** 2 + (cx[j] - x) ** 2 < lim * lim:
+                        conflict = True
+                        break
+                if conflict:
+                    break
+            if conflict:
+                continue
+            failures = 0
+            grid.setdefault((kz, ky, kx), []).append(k)
+            cz.append(z)
+            cy.append(y)
+            cx.append(x)
+            radii.append(rt)
+            c_pix = (zp, y, x) if ndim == 3 else (y, x)
             keep_rows.append((c_pix, rt, elong[t], cfac[t]))
-            k += 1
             if ndim == 3:
                 # volume of the ellipsoid inside the stack's Z range (exact: Z is an axis)
                 c = rt * cfac[t] / anisotropy
-                z0 = min(max(-0.5 - c_pix[0], -c), c)
-                z1 = min(max(shape[0] - 0.5 - c_pix[0], -c), c)
+                z0 = min(max(-0.5 - zp, -c), c)
+                z1 = min(max(hi_z - zp, -c), c)
                 covered += math.pi * rt * rt * ((z1 - z0) - (z1**3 - z0**3) / (3 * c * c))
             else:
                 covered += math.pi * rt * rt
+        if failures >= _JAMMED_AFTER:
+            break
     n = len(keep_rows)
     centre = np.array([row[0] for row in keep_rows], dtype=float).reshape(n, ndim)
     r = np.array([row[1] for row in keep_rows], dtype=float)
@@ -523,7 +561,8 @@ def synthetic_nuclei(
         fraction somewhat smaller; above about 0.6 placement saturates.
     radius : (float, float)
         Range of the equivalent radius (geometric mean of the semi-axes) in
-        pixels, in the YX plane. Drawn uniformly per nucleus.
+        pixels, in the YX plane. Drawn uniformly per nucleus; a single number
+        fixes it.
     noise : float
         Noise level; 1 is a realistic camera (Poisson shot noise on
         photo-electrons, Gaussian read noise of ``read_noise`` electrons, a gain
@@ -533,7 +572,8 @@ def synthetic_nuclei(
         Seed for ``np.random.default_rng``. The same seed gives bit-identical
         outputs; None draws fresh entropy.
     elongation : (float, float)
-        Range of the axis ratio (major / minor) of each nucleus, each >= 1.
+        Range of the axis ratio (major / minor) of each nucleus, each >= 1; a
+        single number fixes it.
     irregularity : float
         Amplitude of the smooth random perturbation of the outline, relative to
         the radius (0 gives exact ellipses). At most 0.3.
