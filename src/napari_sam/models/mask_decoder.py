@@ -198,6 +198,6 @@ class Upsample2x(nn.ConvTranspose2d):
         c_out = self.out_channels
         # weight (C_in, C_out, 2, 2) -> (C_in, 2, 2, C_out): output ordered (dy, dx, channel)
         weight = self.weight.permute(0, 2, 3, 1).reshape(-1, 4 * c_out)
-        y = (x.reshape(-1, x.shape[-1]) @ weight).view(b, h, w, 2, 2, c_out)
-        y = y.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c_out)
-        return y + self.bias
+        y = torch.addmm(self.bias.repeat(4), x.reshape(-1, x.shape[-1]), weight)
+        y = y.view(b, h, w, 2, 2, c_out).permute(0, 1, 3, 2, 4, 5)
+        return y.reshape(b, 2 * h, 2 * w, c_out)

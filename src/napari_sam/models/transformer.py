@@ -43,16 +43,65 @@ class Attention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention on inputs that are already projected to the internal width."""
         q, k, v = (self._split_heads(t) for t in (q, k, v))
-        scale = q.shape[-1] ** -0.5
-        if k.shape[-2] < q.shape[-2]:
-            # Few keys (image attending to prompt tokens): softmax along a short axis is ~10x
-            # faster on CPU when that axis is not the innermost, so work on the transpose.
-            weights = ((k @ q.transpose(-2, -1)) * scale).softmax(dim=-2).transpose(-2, -1)
-        else:
-            weights = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)
-        out = weights @ v
+        logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        out = logits.softmax(dim=-1) @ v
         out = out.transpose(1, 2).flatten(2)  # (B, N, heads * c)
         return self.out_proj(out)
+
+    def tokens_to_image(
+        self, tokens: torch.Tensor, image_k: torch.Tensor, image_v: torch.Tensor
+    ) -> torch.Tensor:
+        """Same as ``forward(tokens, image_k, image_v)`` for few tokens and many image tokens.
+
+        The image tokens ``(B, N, C)`` are never projected: each head's query is mapped back to
+        the input width (``q_h W_k,h``) and the attention-weighted image tokens are projected
+        after pooling (``(P_h X) W_v,h^T + b_v,h``, as the weights of a row sum to 1). The key
+        bias adds a constant to a row of logits and cancels in the softmax. With ``Nq`` tokens
+        this costs ``heads * Nq`` instead of ``C / downsample_rate`` products per image token.
+        """
+        heads, c = self.num_heads, image_k.shape[-1]
+        q = self._split_heads(self.q_proj(tokens))  # (B, heads, Nq, d)
+        b, _, nq, d = q.shape
+        scale = d**-0.5
+        q_in = (q @ self.k_proj.weight.view(heads, d, c)) * scale  # (B, heads, Nq, C)
+        logits = q_in.reshape(b, heads * nq, c) @ image_k.transpose(1, 2)  # (B, heads*Nq, N)
+        pooled = (logits.softmax(dim=-1) @ image_v).view(b, heads, nq, c)
+        w_v = self.v_proj.weight.view(heads, d, c)
+        out = pooled @ w_v.transpose(1, 2) + self.v_proj.bias.view(heads, 1, d)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def image_to_tokens(
+        self,
+        image_q: torch.Tensor | None,
+        tokens_k: torch.Tensor,
+        tokens_v: torch.Tensor,
+        *,
+        projected_q: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Same as ``forward(image_q, tokens_k, tokens_v)`` for many image tokens, few tokens.
+
+        Each head's keys are mapped back to the input width (``k_h W_q,h``, plus the query bias
+        term ``k_h . b_q,h``) and the values through the output projection (``v_h W_o,h^T``)
+        before they meet the image tokens, so no ``(N, C)`` projection of the image is made.
+        ``projected_q``, if given, is ``q_proj(image_q)`` computed beforehand.
+        """
+        heads = self.num_heads
+        k = self._split_heads(self.k_proj(tokens_k))  # (B, heads, Nk, d)
+        v = self._split_heads(self.v_proj(tokens_v))
+        b, _, nk, d = k.shape
+        scale = d**-0.5
+        if projected_q is not None:
+            logits = k @ self._split_heads(projected_q).transpose(-2, -1)  # (B, heads, Nk, N)
+            c = self.out_proj.out_features
+        else:
+            c = image_q.shape[-1]
+            k_in = k @ self.q_proj.weight.view(heads, d, c)  # (B, heads, Nk, C)
+            logits = (k_in.reshape(b, heads * nk, c) @ image_q.transpose(1, 2)).view(b, heads, nk, -1)
+            logits = logits + k @ self.q_proj.bias.view(heads, d, 1)
+        # Softmax over the few keys, along a non-innermost axis: ~10x faster on CPU.
+        weights = (logits * scale).softmax(dim=-2).reshape(b, heads * nk, -1)
+        v_out = v @ self.out_proj.weight.view(c, heads, d).permute(1, 2, 0)  # (B, heads, Nk, C)
+        return weights.transpose(1, 2) @ v_out.reshape(b, heads * nk, c) + self.out_proj.bias
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -130,9 +179,6 @@ class TwoWayAttentionBlock(nn.Module):
 
         ``projections`` may hold :meth:`project_image` of ``keys`` computed beforehand.
         """
-        if projections is None:
-            projections = self.project_image(keys, key_pe)
-
         # Self-attention of the prompt tokens.
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -143,10 +189,13 @@ class TwoWayAttentionBlock(nn.Module):
 
         # Prompt tokens attend to the image.
         token_to_image = self.cross_attn_token_to_image
-        q = token_to_image.q_proj(queries + query_pe)
-        queries = self.norm2(
-            queries + token_to_image.attend(q, projections.token_to_image_k, projections.token_to_image_v)
-        )
+        if projections is not None:
+            q = token_to_image.q_proj(queries + query_pe)
+            attended = token_to_image.attend(q, projections.token_to_image_k, projections.token_to_image_v)
+        else:
+            keys_with_pe = keys + key_pe
+            attended = token_to_image.tokens_to_image(queries + query_pe, keys_with_pe, keys)
+        queries = self.norm2(queries + attended)
 
         # MLP on the prompt tokens.
         queries = self.norm3(queries + self.mlp(queries))
@@ -154,9 +203,13 @@ class TwoWayAttentionBlock(nn.Module):
         # The image attends to the prompt tokens.
         image_to_token = self.cross_attn_image_to_token
         with_pe = queries + query_pe
-        k = image_to_token.k_proj(with_pe)
-        v = image_to_token.v_proj(queries)
-        keys = self.norm4(keys + image_to_token.attend(projections.image_to_token_q, k, v))
+        if projections is not None:
+            attended = image_to_token.image_to_tokens(
+                None, with_pe, queries, projected_q=projections.image_to_token_q
+            )
+        else:
+            attended = image_to_token.image_to_tokens(keys_with_pe, with_pe, queries)
+        keys = self.norm4(keys + attended)
         return queries, keys
 
 
@@ -228,7 +281,8 @@ class TwoWayTransformer(nn.Module):
                 key_pe=image_pe,
                 projections=first_projections if i == 0 else None,
             )
-        q = queries + point_embedding
-        k = keys + image_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        attended = self.final_attn_token_to_image.tokens_to_image(
+            queries + point_embedding, keys + image_pe, keys
+        )
+        queries = self.norm_final_attn(queries + attended)
         return queries, keys
