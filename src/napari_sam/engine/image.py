@@ -27,7 +27,7 @@ def channels_last(image: np.ndarray, channel_axis: int | None = None) -> np.ndar
     """
     image = np.asarray(image)
     if image.ndim == 2 and channel_axis is None:
-        return image[..., None]
+        image, channel_axis = image[..., None], -1  # then checked like any other image
     if image.ndim != 3:
         raise ValueError(
             f"expected a 2D image (H, W) or (H, W, C), got an array of shape {image.shape}: "

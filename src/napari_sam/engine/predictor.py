@@ -159,6 +159,10 @@ class Predictor:
             mask_shape=self.model.prompt_encoder.mask_input_size,
             batched=batched,
         )
+        if prompts.batch == 0:  # e.g. a detector found no boxes: nothing to decode
+            k, (h, w) = (3 if multimask else 1), self.model.prompt_encoder.mask_input_size
+            return (np.zeros((0, k, *embedding.original_size), bool), np.zeros((0, k), np.float32),
+                    np.zeros((0, k, h, w), np.float32))
         low_res, scores = self._decode(prompts, multimask)
         masks = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
         masks = masks > self.model.mask_threshold

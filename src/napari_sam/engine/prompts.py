@@ -88,8 +88,8 @@ def check_prompts(
     bounds = np.array([[-0.5, image_shape[0] - 0.5], [-0.5, image_shape[1] - 0.5]])
 
     if points is not None:
-        given = np.shape(points)
         points = _float_array(points, "points")
+        given = points.shape
         if not batched:  # one image: (N, 2), or a single (2,) point
             points = points.reshape(1, -1, 2) if points.ndim in (1, 2) and points.shape[-1] == 2 else points[None]
         if points.ndim != 3 or points.shape[-1] != 2 or points.shape[1] == 0:
@@ -115,8 +115,8 @@ def check_prompts(
         labels = labels.astype(np.int64)
 
     if boxes is not None:
-        given = np.shape(boxes)
         boxes = _float_array(boxes, "box")
+        given = boxes.shape
         if not batched:
             boxes = boxes[None]
         if boxes.ndim != 2 or boxes.shape[-1] != 4:
@@ -136,8 +136,8 @@ def check_prompts(
             )
 
     if mask_input is not None:
-        given = np.shape(mask_input)
         mask_input = _float_array(mask_input, "mask_input")
+        given = mask_input.shape
         if not batched and (mask_input.ndim == 2 or (mask_input.ndim == 3 and len(mask_input) == 1)):
             mask_input = mask_input.reshape((1, 1) + mask_input.shape[-2:])
         if mask_input.ndim != 4 or mask_input.shape[1] != 1 or mask_input.shape[-2:] != tuple(mask_shape):

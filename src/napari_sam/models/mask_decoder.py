@@ -158,46 +158,46 @@ class MaskDecoder(nn.Module):
 
         # Upscale the image tokens and dot them with one hypernetwork output per mask token.
         h, w = context.size
-        upscaled = self._upscale(image_tokens.reshape(batch, h, w, self.transformer_dim))
+        upscaled = self._upscale(image_tokens)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )
-        b, uh, uw, c = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, uh * uw, c).transpose(1, 2)).view(b, -1, uh, uw)
+        masks = hyper_in @ upscaled.transpose(1, 2)  # (B, masks, h*w*16), in sub-pixel order
+        # Sub-pixel order (row, col, dy1, dx1, dy2, dx2) to rows 4*row + 2*dy1 + dy2 (columns alike).
+        masks = masks.view(batch, -1, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        masks = masks.reshape(batch, -1, 4 * h, 4 * w)
         iou_pred = self.iou_prediction_head(iou_token_out)
 
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
 
-    def _upscale(self, x: torch.Tensor) -> torch.Tensor:
-        """``output_upscaling`` on channels-last ``(B, h, w, C)`` tokens, giving ``(B, 4h, 4w, C/8)``.
+    def _upscale(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` on image tokens ``(B, h*w, C)``, giving ``(B, h*w*16, C/8)``.
 
-        Staying channels-last spares the transposes a convolution layout would need, and the
-        layer norm runs over the innermost axis.
+        Each 2x upsampling turns a pixel into 4 sub-pixels in place, and the layer norm and
+        activations act per pixel, so the tokens stay in sub-pixel order throughout; only the
+        final masks (far fewer channels) are rearranged into an image.
         """
         up1, norm, act1, up2, act2 = self.output_upscaling
-        x = up1.channels_last(x)
+        x = up1.subpixels(tokens)
         x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        return act2(up2.channels_last(x))
+        return act2(up2.subpixels(x))
 
 
 class Upsample2x(nn.ConvTranspose2d):
     """2x2 transposed convolution with stride 2: each pixel becomes a 2x2 block of new channels.
 
-    Keeps the parameters (and checkpoint keys) of ``nn.ConvTranspose2d``; :meth:`channels_last`
-    computes the same thing as one matrix product on channels-last input.
+    Keeps the parameters (and checkpoint keys) of ``nn.ConvTranspose2d``; :meth:`subpixels`
+    computes the same thing as one matrix product on channels-last pixels.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, kernel_size=2, stride=2)
 
-    def channels_last(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, h, w, C_in)`` to ``(B, 2h, 2w, C_out)``."""
-        b, h, w, _ = x.shape
-        c_out = self.out_channels
-        # weight (C_in, C_out, 2, 2) -> (C_in, 2, 2, C_out): output ordered (dy, dx, channel)
-        weight = self.weight.permute(0, 2, 3, 1).reshape(-1, 4 * c_out)
-        y = torch.addmm(self.bias.repeat(4), x.reshape(-1, x.shape[-1]), weight)
-        y = y.view(b, h, w, 2, 2, c_out).permute(0, 1, 3, 2, 4, 5)
-        return y.reshape(b, 2 * h, 2 * w, c_out)
+    def subpixels(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C_in)`` pixels to ``(B, 4N, C_out)`` sub-pixels, ordered (pixel, dy, dx)."""
+        b, n, c_in = x.shape
+        weight = self.weight.permute(0, 2, 3, 1).reshape(c_in, -1)  # columns ordered (dy, dx, c)
+        y = torch.addmm(self.bias.repeat(4), x.reshape(-1, c_in), weight)
+        return y.view(b, 4 * n, self.out_channels)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a bare Debian machine (used by .ci/run and the README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# Headless napari needs a virtual X server and Mesa's OpenGL (see docs/development.md).
+$SUDO apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
+    libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
+    libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 >/dev/null
+
+# The reference implementations used by the parity tests import torchvision: install a matching
+# torch/torchvision pair first, so that the package's plain torch>=2.1 is already satisfied.
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+python -m pip install --quiet -e ".[testing]"
