@@ -125,14 +125,19 @@ def to_rgb_uint8(
 
 def rescale_to_uint8(image: np.ndarray, limits: np.ndarray | tuple[float, float]) -> np.ndarray:
     """Map ``limits`` (``(2,)`` or ``(2, C)``) of ``(H, W, C)`` pixels linearly to 0 and 255."""
-    limits = np.asarray(limits, dtype=np.float64).reshape(2, -1)
-    if limits.shape[1] not in (1, image.shape[-1]):
+    limits = np.asarray(limits, dtype=np.float64)
+    if limits.size % 2 or limits.shape[:1] != (2,) or limits.reshape(2, -1).shape[1] not in (1, image.shape[-1]):
         raise ValueError(
             f"limits of shape {limits.shape} do not fit an image with {image.shape[-1]} channels: "
-            "give (low, high) or one pair per channel"
+            "give (low, high) or one pair per channel, shape (2, C)"
         )
-    low, high = np.broadcast_to(limits, (2, image.shape[-1]))
+    low, high = np.broadcast_to(limits.reshape(2, -1), (2, image.shape[-1]))
+    if (high < low).any():
+        raise ValueError(f"limits must be (low, high) with low <= high, got {limits.tolist()}")
     span = np.where(high > low, high - low, 1.0)
-    scaled = (image.astype(np.float32) - low.astype(np.float32)) * (255.0 / span).astype(np.float32)
+    # float32 keeps the memory small; wide types (int64, float64) with a large offset need
+    # the offset removed in double precision first.
+    work = np.float64 if image.dtype.itemsize > 4 else np.float32
+    scaled = (image.astype(work) - low.astype(work)) * (255.0 / span).astype(work)
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

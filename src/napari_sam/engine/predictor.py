@@ -185,11 +185,11 @@ class Predictor:
         points = None
         if prompts.points is not None:
             xy = scale_xy(rc_to_xy(prompts.points), original, resized)
-            points = (tensor(xy), tensor(prompts.labels, torch.int64))
+            points = (tensor(xy, torch.float32), tensor(prompts.labels, torch.int64))
         boxes = None
         if prompts.boxes is not None:
             corners = scale_xy(box_rc_to_xy(prompts.boxes).reshape(-1, 2, 2), original, resized)
-            boxes = tensor(corners.reshape(-1, 4))
+            boxes = tensor(corners.reshape(-1, 4), torch.float32)
         masks = tensor(prompts.mask_input)
 
         sparse, dense = model.prompt_encoder(points, boxes, masks)

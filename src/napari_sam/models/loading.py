@@ -8,7 +8,13 @@ import torch
 
 from napari_sam.models.registry import MODELS
 from napari_sam.models.sam import Sam
-from napari_sam.models.weights import fetch, identify, load_weights, read_state_dict
+from napari_sam.models.weights import (
+    check_shapes,
+    expected_shapes,
+    fetch,
+    identify,
+    read_state_dict,
+)
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -89,6 +95,7 @@ def load_model(
         state_dict = read_state_dict(path)
         source = f"downloaded file {str(path)!r}"
 
+    check_shapes(state_dict, expected_shapes(name), name=name, source=source)  # before building
     model = MODELS[name].build()
-    load_weights(model, state_dict, name=name, source=source)
+    model.load_state_dict(state_dict, strict=True)
     return model.to(device=resolve_device(device), dtype=PRECISIONS[precision]).eval()

@@ -35,16 +35,21 @@ class RandomFourierPositions(nn.Module):
         )
 
     def encode(self, coords: torch.Tensor) -> torch.Tensor:
-        """Encode ``(..., 2)`` coordinates in ``[0, 1]`` into ``(..., 2 * num_pos_feats)``."""
-        projected = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
+        """Encode ``(..., 2)`` coordinates in ``[0, 1]`` into ``(..., 2 * num_pos_feats)``.
+
+        Computed in float32 whatever the model's precision: bfloat16 would round a position
+        on a 1024-pixel input to steps of 4 pixels.
+        """
+        matrix = self.positional_encoding_gaussian_matrix
+        projected = (2 * coords.float() - 1) @ matrix.float()
         projected = 2 * math.pi * projected
-        return torch.cat([torch.sin(projected), torch.cos(projected)], dim=-1)
+        return torch.cat([torch.sin(projected), torch.cos(projected)], dim=-1).to(matrix.dtype)
 
     def grid(self, size: tuple[int, int]) -> torch.Tensor:
         """Encoding of every pixel centre of an ``(h, w)`` grid, as ``(C, h, w)``."""
         h, w = size
         matrix = self.positional_encoding_gaussian_matrix
-        ones = torch.ones((h, w), device=matrix.device, dtype=matrix.dtype)
+        ones = torch.ones((h, w), device=matrix.device)
         y = (ones.cumsum(dim=0) - 0.5) / h
         x = (ones.cumsum(dim=1) - 0.5) / w
         return self.encode(torch.stack([x, y], dim=-1)).permute(2, 0, 1)

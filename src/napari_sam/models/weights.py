@@ -113,15 +113,21 @@ def identify(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def load_weights(model: Sam, state_dict: Mapping[str, torch.Tensor], *, name: str, source: str) -> None:
-    """Load ``state_dict`` into ``model`` strictly, explaining any mismatch.
+def check_shapes(
+    state_dict: Mapping[str, torch.Tensor],
+    wanted: Mapping[str, tuple[int, ...]],
+    *,
+    name: str,
+    source: str,
+) -> None:
+    """Refuse weights whose keys or shapes differ from ``wanted``, explaining the mismatch.
 
     Parameters
     ----------
-    model : Sam
-        The network of architecture ``name``.
     state_dict : mapping
         Weights, e.g. from :func:`read_state_dict`.
+    wanted : mapping
+        Keys and shapes of the architecture, e.g. :func:`expected_shapes` of ``name``.
     name : str
         Architecture name, used in messages.
     source : str
@@ -132,25 +138,31 @@ def load_weights(model: Sam, state_dict: Mapping[str, torch.Tensor], *, name: st
     ValueError
         Keys or shapes differ; names the architecture the weights belong to when it is known.
     """
-    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state_dict.items()}
-    if wanted != found:
-        other = identify(state_dict)
-        if other is not None:
-            raise ValueError(
-                f"{source} is a {other!r} checkpoint, not {name!r}: pass name={other!r} "
-                f"(napari-sam --model {other})"
-            )
-        missing = sorted(set(wanted) - set(found))
-        unexpected = sorted(set(found) - set(wanted))
-        wrong = sorted(k for k in set(wanted) & set(found) if wanted[k] != found[k])
-        details = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
-            if keys
-        )
+    if found == dict(wanted):
+        return
+    other = identify(state_dict)
+    if other is not None:
         raise ValueError(
-            f"{source} does not fit the {name!r} architecture ({details}). Known architectures: "
-            f"{', '.join(MODELS)}; pass the matching name, or a checkpoint made for {name!r}"
+            f"{source} is a {other!r} checkpoint, not {name!r}: pass name={other!r} "
+            f"(napari-sam --model {other})"
         )
+    missing = sorted(set(wanted) - set(found))
+    unexpected = sorted(set(found) - set(wanted))
+    wrong = sorted(k for k in set(wanted) & set(found) if wanted[k] != found[k])
+    details = "; ".join(
+        f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+        if keys
+    )
+    raise ValueError(
+        f"{source} does not fit the {name!r} architecture ({details}). Known architectures: "
+        f"{', '.join(MODELS)}; pass the matching name, or a checkpoint made for {name!r}"
+    )
+
+
+def load_weights(model: Sam, state_dict: Mapping[str, torch.Tensor], *, name: str, source: str) -> None:
+    """Load ``state_dict`` into ``model`` strictly, explaining any mismatch (see :func:`check_shapes`)."""
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_shapes(state_dict, wanted, name=name, source=source)
     model.load_state_dict(state_dict, strict=True)
