@@ -193,11 +193,16 @@ class Predictor:
         masks = tensor(prompts.mask_input)
 
         sparse, dense = model.prompt_encoder(points, boxes, masks)
-        image_pe = model.prompt_encoder.get_dense_pe()
         if masks is None:
             if self._context is None:
-                self._context = model.mask_decoder.image_context(embedding.features, image_pe, dense[:1])
+                self._context = self._image_context(dense[:1])
             context = self._context
         else:
-            context = model.mask_decoder.image_context(embedding.features, image_pe, dense)
+            context = self._image_context(dense)
         return model.mask_decoder.decode(context, sparse, multimask)
+
+    def _image_context(self, dense: torch.Tensor) -> DecoderImageContext:
+        prompt_encoder = self.model.prompt_encoder
+        return self.model.mask_decoder.image_context(
+            self._embedding.features, prompt_encoder.get_dense_pe(), dense
+        )

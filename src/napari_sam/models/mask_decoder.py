@@ -132,8 +132,9 @@ class MaskDecoder(nn.Module):
     ) -> DecoderImageContext:
         """Everything the decoder computes on the image side before it sees sparse prompts."""
         h, w = image_embeddings.shape[-2:]
-        tokens = (image_embeddings + dense_prompt_embeddings).flatten(2).transpose(1, 2)
-        pe = image_pe.flatten(2).transpose(1, 2)
+        # Contiguous token layouts keep every later residual sum and layer norm copy-free.
+        tokens = (image_embeddings + dense_prompt_embeddings).flatten(2).transpose(1, 2).contiguous()
+        pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         projections = self.transformer.layers[0].project_image(tokens, pe)
         return DecoderImageContext(tokens=tokens, pe=pe, size=(h, w), first_projections=projections)
 

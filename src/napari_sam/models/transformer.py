@@ -101,7 +101,9 @@ class Attention(nn.Module):
         # Softmax over the few keys, along a non-innermost axis: ~10x faster on CPU.
         weights = (logits * scale).softmax(dim=-2).reshape(b, heads * nk, -1)
         v_out = v @ self.out_proj.weight.view(c, heads, d).permute(1, 2, 0)  # (B, heads, Nk, C)
-        return weights.transpose(1, 2) @ v_out.reshape(b, heads * nk, c) + self.out_proj.bias
+        # Each head's weights sum to 1, so the output bias can ride on the values.
+        v_out = v_out + self.out_proj.bias / heads
+        return weights.transpose(1, 2) @ v_out.reshape(b, heads * nk, c)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
