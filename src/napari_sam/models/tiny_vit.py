@@ -73,6 +73,17 @@ class ConvBN(nn.Sequential):
         nn.init.constant_(bn.weight, bn_weight_init)
         self.add_module("bn", bn)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        # In evaluation the normalisation is an affine map per channel: fold it into the
+        # convolution's weights and bias, which spares a pass over the activations.
+        conv, bn = self.c, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
 
 class PatchEmbed(nn.Module):
     """Convolutional stem: two stride-2 3x3 convolutions, ``(B, C, H, W) -> (B, D, H/4, W/4)``.
@@ -235,9 +246,10 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(n, length, self.num_heads, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (N, heads, L, head_dim)
         bias = self.attention_biases[:, self.attention_bias_idxs]  # (heads, L, L)
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), scale=self.head_dim**-0.5
-        )
+        # A mask given for every window lets PyTorch use its fused CPU kernel; a broadcast one
+        # falls back to the unfused path, 2-3x slower here.
+        bias = bias.to(q.dtype).expand(n, -1, -1, -1).contiguous()
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.head_dim**-0.5)
         return self.proj(x.transpose(1, 2).reshape(n, length, dim))
 
 
@@ -496,13 +508,16 @@ class TinyViT(nn.Module):
                 f"TinyViT expects images of shape (B, {', '.join(map(str, expected))}), "
                 f"got {tuple(x.shape)}; resize and pad the images to img_size first."
             )
+        # Channels-last activations: oneDNN's convolutions run ~1.5x faster on CPU, and the
+        # attention stages' (B, H, W, C) views of them need no copy.
+        x = x.contiguous(memory_format=torch.channels_last)
         # Stem: 1/4 of the image
         x = self.patch_embed(x)
         # Convolutional then attention stages, down to 1/16
         for stage in self.layers:
             x = stage(x)
         # Neck: project to the prompt embedding width
-        return self.neck(x)
+        return self.neck(x).contiguous()
 
 
 def _init_linear_and_norm(module: nn.Module) -> None:
