@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
+from pathlib import Path
 
 import torch
 
-from napari_sam.models.registry import MODELS
+from napari_sam.models.registry import DEFAULT_MODEL, MODELS
 from napari_sam.models.sam import Sam
 from napari_sam.models.weights import (
     check_shapes,
@@ -36,6 +38,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def weights_path(name: str) -> Path:
+    """Local file of the weights of registry model ``name``: shipped, cached or downloaded."""
+    spec = MODELS[name]
+    if spec.packaged is None:
+        return fetch(spec.url, spec.sha256)
+    path = Path(str(resources.files("napari_sam") / "weights" / spec.packaged))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the weights of {name!r} ({spec.packaged}) are missing from this installation of "
+            "napari-sam: reinstall it, or pass another model name or a checkpoint file"
+        )
+    return path
+
+
 def load_model(
     name: str | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -48,10 +64,11 @@ def load_model(
     Parameters
     ----------
     name : str, optional
-        Architecture from the registry: ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or ``"vit_t"``.
-        Without ``checkpoint``, its official weights are downloaded once into the cache (see
-        :func:`napari_sam.models.weights.cache_dir`). Without ``name``, the architecture is
-        recognised from ``checkpoint``.
+        Model from the registry: ``"nuclei_s"`` (shipped, the default), ``"vit_b"``,
+        ``"vit_l"``, ``"vit_h"`` or ``"vit_t"``. Without ``checkpoint``, official weights are
+        downloaded once into the cache (see :func:`napari_sam.models.weights.cache_dir`).
+        Without ``name``, the architecture is recognised from ``checkpoint``, and with neither,
+        the shipped default model is used.
     checkpoint : path, optional
         A local checkpoint file in the official layout; always used when given.
     device : str or torch.device
@@ -84,16 +101,11 @@ def load_model(
                     f"{source} matches none of the known architectures ({', '.join(MODELS)}): "
                     "it is not a SAM checkpoint, or one of an architecture napari-sam does not know"
                 )
-    elif name is None:
-        raise ValueError(
-            "no model given and napari-sam ships no default model yet: pass a name "
-            f"({', '.join(MODELS)}) or a checkpoint file"
-        )
     else:
-        spec = MODELS[name]
-        path = fetch(spec.url, spec.sha256)
+        name = name or DEFAULT_MODEL
+        path = weights_path(name)
         state_dict = read_state_dict(path)
-        source = f"downloaded file {str(path)!r}"
+        source = f"weights file {str(path)!r} of {name!r}"
 
     check_shapes(state_dict, expected_shapes(name), name=name, source=source)  # before building
     model = MODELS[name].build()

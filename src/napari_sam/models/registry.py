@@ -90,6 +90,27 @@ def build_sam_vit(
     )
 
 
+def build_sam_nuclei_s() -> Sam:
+    """The project's small default model: a 3.2M-parameter SAM at 256 x 256 input.
+
+    A 4-block ViT (width 192, patch 8, global attention in blocks 2 and 4, window 8) with SAM's
+    prompt encoder and mask decoder at width 128; built from the same classes as the large
+    models, so Meta's reference classes can be configured to the same architecture.
+    """
+    return build_sam_vit(
+        embed_dim=192,
+        depth=4,
+        num_heads=4,
+        global_attn_indexes=(1, 3),
+        img_size=256,
+        patch_size=8,
+        window_size=8,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=1024,
+        iou_head_hidden_dim=128,
+    )
+
+
 def build_sam_vit_t() -> Sam:
     """MobileSAM: the TinyViT encoder with SAM's prompt encoder and mask decoder."""
     return build_sam(TinyViT(img_size=1024), embedding_size=64)
@@ -109,6 +130,8 @@ class ModelSpec:
         Download address and checksum of the official checkpoint.
     description : str
         One line for menus and ``--help``.
+    packaged : str or None
+        File name of weights shipped inside the package (``napari_sam/weights``), if any.
     """
 
     name: str
@@ -116,6 +139,7 @@ class ModelSpec:
     url: str | None
     sha256: str | None
     description: str
+    packaged: str | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -149,6 +173,15 @@ MODELS: dict[str, ModelSpec] = {
             description="Meta's SAM ViT-H (636M parameters, 2.4 GB)",
         ),
         ModelSpec(
+            name="nuclei_s",
+            build=build_sam_nuclei_s,
+            url=None,
+            sha256=None,
+            description="napari-sam's own small model for fluorescence nuclei (3.2M parameters, "
+            "shipped, runs offline)",
+            packaged="nuclei_s.pt",
+        ),
+        ModelSpec(
             name="vit_t",
             build=build_sam_vit_t,
             url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
@@ -157,3 +190,6 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+# The model used when none is named: the shipped one.
+DEFAULT_MODEL = "nuclei_s"

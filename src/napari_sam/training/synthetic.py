@@ -854,3 +854,24 @@ def synthetic_dataset(
             yield synthetic_nuclei(shape, seed=rng, **params)
 
     return generate()
+
+
+class SyntheticNuclei:
+    """Endless training examples drawn like :func:`synthetic_dataset` (a ``TrainingData``).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Size of each 2D example.
+    **ranges
+        Parameter ranges passed to :func:`synthetic_dataset`.
+    """
+
+    def __init__(self, shape: tuple[int, int] = (256, 256), **ranges) -> None:
+        self.shape = shape
+        self.ranges = ranges
+        next(synthetic_dataset(0, shape, seed=0, **ranges), None)  # validate the ranges now
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One ``(image, labels)`` pair drawn with ``rng``."""
+        return next(synthetic_dataset(1, self.shape, seed=rng, **self.ranges))

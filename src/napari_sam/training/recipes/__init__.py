@@ -1,0 +1,1 @@
+"""Reproducible training recipes: ``python -m napari_sam.training.recipes.<name>``."""

@@ -1,0 +1,62 @@
+"""Train ``nuclei_s``, the shipped default model, from scratch on synthetic nuclei.
+
+    python -m napari_sam.training.recipes.nuclei_s --output runs/nuclei_s [--steps 1500]
+        [--resume] [--export src/napari_sam/weights/nuclei_s.pt]
+
+Seeded: the same command on the same machine gives the same weights. On 2 CPU cores a step
+takes about 2 s; 1500 steps take a little under an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from napari_sam.models.registry import MODELS
+from napari_sam.training.synthetic import SyntheticNuclei, synthetic_dataset
+from napari_sam.training.trainer import train
+
+NAME = "nuclei_s"
+SEED = 0
+VALIDATION_SEED = 10_000  # held out: the training stream never draws from it
+RECIPE = dict(images_per_step=4, objects_per_image=8, lr=4e-4, weight_decay=0.01, warmup=50,
+              train_encoder=True, prompt_mode="mixed", n_points=(1, 3), correction_rounds=1)
+
+
+def export_half(checkpoint: Path, destination: Path) -> None:
+    """Save the weights of ``checkpoint`` as float16 (half the size; loads as float32)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, destination)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("runs") / NAME)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--export", type=Path, help="also write float16 weights here")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(SEED)
+    model = MODELS[NAME].build()
+    data = SyntheticNuclei((256, 256))
+    validation = list(synthetic_dataset(8, (256, 256), seed=VALIDATION_SEED))
+    history = train(
+        model, data, steps=args.steps, output=args.output, resume=args.resume, seed=SEED,
+        validation=validation, validate_every=250, checkpoint_every=50, device="auto",
+        metadata={"architecture": NAME, "recipe": RECIPE, "seed": SEED,
+                  "data": "synthetic fluorescence nuclei, napari_sam.training.synthetic, 256 x 256"},
+        **RECIPE,
+    )
+    (args.output / "history.json").write_text(json.dumps(history.__dict__))
+    if args.export:
+        export_half(args.output / "model.pt", args.export)
+        print(f"exported {args.export}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Fine-tuning: simulated prompts on labelled images, the seed's losses, resumable checkpoints.
+
+Checkpoints are written in the official key layout (``model.pt``, readable by every SAM loader)
+with a JSON record beside it (``model.json``); ``training_state.pt`` holds what a resumed run
+needs (optimizer, step, random states).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from napari_sam.engine.image import to_rgb_uint8
+from napari_sam.models.loading import resolve_device
+from napari_sam.models.sam import Sam
+from napari_sam.training.evaluation import prompt_miou
+from napari_sam.training.losses import downsample_target, sam_loss
+from napari_sam.training.prompts import PromptBatch, correction_points, simulate_prompts
+
+
+class TrainingData(Protocol):
+    """Where examples come from: one 2D ``(image, labels)`` pair per call."""
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class TrainingHistory:
+    """What a run did: losses per step and validation results."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)
+
+
+def train(
+    model: Sam,
+    data: TrainingData,
+    *,
+    steps: int,
+    output: str | Path | None = None,
+    images_per_step: int = 4,
+    objects_per_image: int = 8,
+    lr: float = 1e-4,
+    weight_decay: float = 0.01,
+    warmup: int = 50,
+    train_encoder: bool = False,
+    prompt_mode: str = "mixed",
+    n_points: tuple[int, int] = (1, 3),
+    correction_rounds: int = 1,
+    validation: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    validate_every: int = 100,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    mixed_precision: bool = True,
+    metadata: dict | None = None,
+    log: Callable[[str], None] | None = print,
+) -> TrainingHistory:
+    """Fine-tune ``model`` with prompts simulated from ground-truth labels.
+
+    Each step embeds ``images_per_step`` examples, simulates prompts for up to
+    ``objects_per_image`` objects in each (points, boxes or both), and adds ``correction_rounds``
+    rounds of a corrective click in the largest error with the previous logits as mask prompt.
+    The loss is 20 focal + 1 dice on the low-resolution masks (only the best of 3 for ambiguous
+    prompts) plus the MSE of the predicted IoU.
+
+    Parameters
+    ----------
+    model : Sam
+        Trained in place.
+    data : TrainingData
+        Gives examples of at most the model's input size (smaller ones are zero-padded).
+    steps : int
+        Optimiser steps in total (a resumed run continues up to it).
+    output : path, optional
+        Folder for ``model.pt``, ``model.json`` and ``training_state.pt``.
+    images_per_step, objects_per_image : int
+        Batch size in images, and objects prompted per image.
+    lr, weight_decay, warmup : float, float, int
+        AdamW learning rate (linear warm-up, then cosine decay to a tenth), decay, warm-up steps.
+    train_encoder : bool
+        Also train the image encoder (by default it is frozen: fine-tuning adapts the decoder).
+    prompt_mode : {"mixed", "point", "box", "point+box"}
+        Prompts simulated per image.
+    n_points : tuple of int
+        Range of clicks per object in point modes.
+    correction_rounds : int
+        Extra rounds per step with a corrective click and the previous mask as prompt.
+    validation : list of (image, labels), optional
+        Held-out examples; :func:`~napari_sam.training.evaluation.prompt_miou` every
+        ``validate_every`` steps and at the end.
+    validate_every, checkpoint_every : int
+        Intervals in steps.
+    resume : bool
+        Continue from ``output/training_state.pt`` if it exists.
+    seed : int
+        Seeds the prompt and data sampling and any random initialisation.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    mixed_precision : bool
+        Use bfloat16/float16 autocast on CUDA (ignored elsewhere).
+    metadata : dict, optional
+        Extra fields for ``model.json`` (e.g. the architecture name, data summary).
+    log : callable, optional
+        Receives one line per logged step.
+
+    Returns
+    -------
+    TrainingHistory
+    """
+    if steps < 1 or images_per_step < 1 or objects_per_image < 1:
+        raise ValueError("steps, images_per_step and objects_per_image must be at least 1")
+    device = resolve_device(device)
+    model.to(device=device, dtype=torch.float32)
+    output = Path(output) if output is not None else None
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+
+    parameters = [p for n, p in model.named_parameters() if train_encoder or not n.startswith("image_encoder.")]
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(train_encoder or not name.startswith("image_encoder."))
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, steps))
+    history = TrainingHistory()
+    start = 0
+    state_file = output / "training_state.pt" if output is not None else None
+    if resume and state_file is not None and state_file.is_file():
+        start = _restore(state_file, model, optimizer, schedule, rng)
+        if log:
+            log(f"resumed at step {start}")
+
+    autocast = _autocast(device, mixed_precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast.fast_dtype == torch.float16 and device.type == "cuda")
+    model.train()
+    if not train_encoder:
+        model.image_encoder.eval()
+    tic = time.perf_counter()
+    for step in range(start, steps):
+        examples = [_fit(model.img_size, *data.sample(rng), rng) for _ in range(images_per_step)]
+        with autocast:
+            loss, parts = _step_loss(model, examples, rng, objects_per_image=objects_per_image,
+                                     prompt_mode=prompt_mode, n_points=n_points,
+                                     correction_rounds=correction_rounds, train_encoder=train_encoder)
+        optimizer.zero_grad(set_to_none=True)
+        if loss is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            history.steps.append(step + 1)
+            history.losses.append(float(loss.detach()))
+        schedule.step()
+
+        done = step + 1
+        if log and (done % 10 == 0 or done == steps):
+            rate = (time.perf_counter() - tic) / (done - start)
+            log(f"step {done}/{steps} loss {np.mean(history.losses[-10:]):.4f} "
+                f"miou {parts.get('miou', float('nan')):.3f} lr {schedule.get_last_lr()[0]:.2e} "
+                f"({rate:.2f} s/step)")
+        if validation and (done % validate_every == 0 or done == steps):
+            scores = prompt_miou(model, validation)
+            history.validation.append({"step": done, **scores})
+            if log:
+                log(f"validation at step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+            if not train_encoder:
+                model.image_encoder.eval()
+        if output is not None and (done % checkpoint_every == 0 or done == steps):
+            save_checkpoint(model, output, step=done, history=history, metadata=metadata)
+            _save_state(state_file, optimizer, schedule, rng, done)
+    return history
+
+
+def save_checkpoint(
+    model: Sam, folder: Path, *, step: int, history: TrainingHistory, metadata: dict | None = None
+) -> Path:
+    """Write ``model.pt`` (official key layout) and ``model.json`` (what made it) into ``folder``.
+
+    Files are written to a temporary name and renamed, so a killed run never leaves a torn
+    checkpoint behind.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.pt"
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic(path, lambda p: torch.save(state, p))
+    record = {
+        "step": step,
+        "img_size": model.img_size,
+        "normalisation": "uint8 used as is; other types scaled between the 1st and 99.8th percentiles",
+        "validation": history.validation[-1] if history.validation else None,
+        **(metadata or {}),
+    }
+    _atomic(folder / "model.json", lambda p: p.write_text(json.dumps(record, indent=2)))
+    return path
+
+
+def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_points,
+               correction_rounds, train_encoder):
+    """Loss of one step over all examples, and the parts of the last round for logging."""
+    images = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1) for rgb, _ in examples])
+    x = model.preprocess(images.to(model.device).float())
+    with torch.set_grad_enabled(train_encoder):
+        features = model.image_encoder(x)
+    image_pe = model.prompt_encoder.get_dense_pe()
+    low_size = model.prompt_encoder.mask_input_size
+
+    losses, parts = [], {}
+    for index, (_, labels) in enumerate(examples):
+        try:
+            prompts = simulate_prompts(labels, objects_per_image, rng, mode=prompt_mode, n_points=n_points)
+        except ValueError:  # no object large enough in this example
+            continue
+        target = downsample_target(prompts.masks, low_size).to(model.device)
+        mask_input = None
+        for round_ in range(1 + correction_rounds):
+            ambiguous = prompts.boxes is None and prompts.points.shape[1] == 1
+            logits, iou = _decode(model, features[index : index + 1], image_pe, prompts, mask_input, ambiguous)
+            loss, details = sam_loss(logits, iou, target, multimask=ambiguous)
+            losses.append(loss)
+            parts = details.as_dict()
+            if round_ < correction_rounds:
+                best = logits[torch.arange(len(logits)), details.index].detach()
+                full = F.interpolate(best[:, None].float(), size=labels.shape, mode="bilinear", align_corners=False)
+                points, point_labels = correction_points(full[:, 0].cpu().numpy() > 0, prompts.masks, rng)
+                prompts = prompts.with_points(points, point_labels)
+                mask_input = best[:, None]
+    if not losses:
+        return None, parts
+    return torch.stack(losses).mean(), parts
+
+
+def _decode(model: Sam, features, image_pe, prompts: PromptBatch, mask_input, multimask: bool):
+    device = model.device
+    points = None
+    if prompts.points is not None:
+        points = (torch.from_numpy(prompts.points_xy()).to(device), torch.from_numpy(prompts.labels).to(device))
+    boxes = torch.from_numpy(prompts.boxes_xy()).to(device) if prompts.boxes is not None else None
+    sparse, dense = model.prompt_encoder(points, boxes, mask_input)
+    return model.mask_decoder(features, image_pe, sparse, dense, multimask)
+
+
+def _fit(size: int, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+    """An example as ``(size, size, 3)`` uint8 RGB and labels: random crop if larger, zero pad."""
+    rgb = to_rgb_uint8(image)
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    top = int(rng.integers(0, h - size + 1)) if h > size else 0
+    left = int(rng.integers(0, w - size + 1)) if w > size else 0
+    rgb, labels = rgb[top : top + size, left : left + size], labels[top : top + size, left : left + size]
+    pad = ((0, size - labels.shape[0]), (0, size - labels.shape[1]))
+    return np.pad(rgb, pad + ((0, 0),)), np.pad(labels, pad)
+
+
+def _warmup_cosine(warmup: int, steps: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _save_state(path: Path, optimizer, schedule, rng: np.random.Generator, step: int) -> None:
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+    }
+    _atomic(path, lambda p: torch.save(state, p))
+
+
+def _restore(path: Path, model: Sam, optimizer, schedule, rng: np.random.Generator) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = torch.load(path.parent / "model.pt", map_location=model.device, weights_only=True)
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    temporary = path.with_name(path.name + ".partial")
+    write(temporary)
+    temporary.replace(path)
