@@ -54,6 +54,29 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--labels", type=Path, help="also write the true labels here (.tif)")
     sample.set_defaults(run=_sample)
 
+    fit = commands.add_parser(
+        "train",
+        help="fine-tune a model on labelled images",
+        description="Fine-tune SAM with prompts simulated from label images. Pairs of image and "
+        "label files (.tif, .npy, zarr; 2D or 3D) are given as IMAGE:LABELS.",
+    )
+    fit.add_argument("pairs", nargs="+", metavar="IMAGE:LABELS", type=_pair,
+                     help="an image file and its label file, separated by a colon")
+    _model_options(fit)
+    fit.add_argument("-o", "--output", type=Path, required=True,
+                     help="folder for model.pt (official layout), model.json, training_state.pt")
+    fit.add_argument("--steps", type=int, default=500)
+    fit.add_argument("--lr", type=float, default=1e-4)
+    fit.add_argument("--images-per-step", type=int, default=4)
+    fit.add_argument("--objects-per-image", type=int, default=8)
+    fit.add_argument("--train-encoder", action="store_true",
+                     help="also train the image encoder (frozen by default)")
+    fit.add_argument("--resume", action="store_true", help="continue from OUTPUT/training_state.pt")
+    fit.add_argument("--validation", type=int, default=8, metavar="N",
+                     help="held-out crops for validation mIoU (default 8)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.set_defaults(run=_train)
+
     models = commands.add_parser("models", help="list the models napari-sam knows")
     models.set_defaults(run=_models)
     return parser
@@ -102,6 +125,35 @@ def _segment(args: argparse.Namespace) -> int:
         f"{args.output}: {int(masks[best].sum())} pixels, predicted IoU {scores[best]:.3f} "
         f"({time.perf_counter() - start:.1f} s)"
     )
+    return 0
+
+
+def _pair(text: str) -> tuple[Path, Path]:
+    image, sep, labels = text.rpartition(":")
+    if not sep or not image or not labels:
+        raise argparse.ArgumentTypeError(f"expected IMAGE:LABELS, got {text!r}")
+    return Path(image), Path(labels)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from napari_sam import load_model
+    from napari_sam.training.data import LabelledSlices
+    from napari_sam.training.trainer import train
+
+    model = load_model(args.model, args.checkpoint, args.device)
+    data = LabelledSlices(args.pairs, crop_size=model.img_size)
+    validation = data.held_out(args.validation, seed=args.seed + 1) if args.validation else None
+    start = time.perf_counter()
+    history = train(
+        model, data, steps=args.steps, output=args.output, lr=args.lr,
+        images_per_step=args.images_per_step, objects_per_image=args.objects_per_image,
+        train_encoder=args.train_encoder, resume=args.resume, seed=args.seed,
+        validation=validation, device=args.device,
+        metadata={"base": args.model or str(args.checkpoint), "data": data.summary()},
+    )
+    final = history.validation[-1] if history.validation else {}
+    print(f"{args.output / 'model.pt'}: {args.steps} steps in {time.perf_counter() - start:.0f} s"
+          + (f", validation point mIoU {final['point']:.3f}, box mIoU {final['box']:.3f}" if final else ""))
     return 0
 
 

@@ -57,6 +57,7 @@ def train(
     prompt_mode: str = "mixed",
     n_points: tuple[int, int] = (1, 3),
     correction_rounds: int = 1,
+    focal_weight: float = 20.0,
     validation: list[tuple[np.ndarray, np.ndarray]] | None = None,
     validate_every: int = 100,
     checkpoint_every: int = 100,
@@ -97,6 +98,8 @@ def train(
         Range of clicks per object in point modes.
     correction_rounds : int
         Extra rounds per step with a corrective click and the previous mask as prompt.
+    focal_weight : float
+        Weight of the focal loss against the dice loss (1); SAM's 20 by default.
     validation : list of (image, labels), optional
         Held-out examples; :func:`~napari_sam.training.evaluation.prompt_miou` every
         ``validate_every`` steps and at the end.
@@ -151,7 +154,8 @@ def train(
         with autocast:
             loss, parts = _step_loss(model, examples, rng, objects_per_image=objects_per_image,
                                      prompt_mode=prompt_mode, n_points=n_points,
-                                     correction_rounds=correction_rounds, train_encoder=train_encoder)
+                                     correction_rounds=correction_rounds, train_encoder=train_encoder,
+                                     focal_weight=focal_weight)
         optimizer.zero_grad(set_to_none=True)
         if loss is not None:
             scaler.scale(loss).backward()
@@ -206,7 +210,7 @@ def save_checkpoint(
 
 
 def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_points,
-               correction_rounds, train_encoder):
+               correction_rounds, train_encoder, focal_weight):
     """Loss of one step over all examples, and the parts of the last round for logging."""
     images = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1) for rgb, _ in examples])
     x = model.preprocess(images.to(model.device).float())
@@ -226,7 +230,7 @@ def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_p
         for round_ in range(1 + correction_rounds):
             ambiguous = prompts.boxes is None and prompts.points.shape[1] == 1
             logits, iou = _decode(model, features[index : index + 1], image_pe, prompts, mask_input, ambiguous)
-            loss, details = sam_loss(logits, iou, target, multimask=ambiguous)
+            loss, details = sam_loss(logits, iou, target, multimask=ambiguous, focal_weight=focal_weight)
             losses.append(loss)
             parts = details.as_dict()
             if round_ < correction_rounds:

@@ -1,10 +1,10 @@
 """Train ``nuclei_s``, the shipped default model, from scratch on synthetic nuclei.
 
-    python -m napari_sam.training.recipes.nuclei_s --output runs/nuclei_s [--steps 1500]
+    python -m napari_sam.training.recipes.nuclei_s --output runs/nuclei_s [--steps 1000]
         [--resume] [--export src/napari_sam/weights/nuclei_s.pt]
 
 Seeded: the same command on the same machine gives the same weights. On 2 CPU cores a step
-takes about 2 s; 1500 steps take a little under an hour.
+takes about 2.5 s; 1000 steps take about 45 minutes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ NAME = "nuclei_s"
 SEED = 0
 VALIDATION_SEED = 10_000  # held out: the training stream never draws from it
 RECIPE = dict(images_per_step=4, objects_per_image=8, lr=4e-4, weight_decay=0.01, warmup=50,
-              train_encoder=True, prompt_mode="mixed", n_points=(1, 3), correction_rounds=1)
+              train_encoder=True, prompt_mode="mixed", n_points=(1, 3), correction_rounds=1,
+              # From scratch, SAM's 20:1 focal:dice mix collapsed to empty masks here (loss flat,
+              # mIoU 0 after 160 steps); with 1:1 the masks grow from the start.
+              focal_weight=1.0)
 
 
 def export_half(checkpoint: Path, destination: Path) -> None:
@@ -36,7 +39,7 @@ def export_half(checkpoint: Path, destination: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs") / NAME)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export", type=Path, help="also write float16 weights here")
     args = parser.parse_args(argv)

@@ -1,0 +1,95 @@
+"""Fine-tuning: checkpoints in the official layout, resume, and a real (short, seeded) run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam import load_model
+from napari_sam.cli import main as cli
+from napari_sam.models.registry import MODELS, build_sam_vit
+from napari_sam.training.evaluation import prompt_miou
+from napari_sam.training.synthetic import SyntheticNuclei, synthetic_dataset
+from napari_sam.training.trainer import train
+
+TINY = dict(
+    embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), img_size=64, patch_size=8,
+    window_size=4, prompt_embed_dim=32, decoder_mlp_dim=64, iou_head_hidden_dim=32,
+)
+# Large nuclei for a 64-pixel input: enough signal for a few dozen steps to show learning.
+RANGES = dict(radius=(10.0, 16.0), density=(0.2, 0.4), noise=(0.5, 1.0))
+
+
+def small_random_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_sam_vit(**TINY)
+
+
+@pytest.mark.slow
+def test_short_training_run_raises_validation_miou(one_thread):
+    """A seeded run of a randomly initialised model: box mIoU on held-out images climbs well
+    above where it started (measured: 0.10 -> 0.31 in 120 steps, about 20 s)."""
+    model = small_random_model()
+    validation = list(synthetic_dataset(6, (64, 64), seed=99, **RANGES))
+    before = prompt_miou(model, validation)["box"]
+    history = train(model, SyntheticNuclei((64, 64), **RANGES), steps=120, lr=1e-3, warmup=5,
+                    train_encoder=True, images_per_step=4, objects_per_image=4, prompt_mode="box",
+                    correction_rounds=0, focal_weight=1.0, seed=0, log=None)
+    after = prompt_miou(model, validation)["box"]
+    assert np.mean(history.losses[-10:]) < 0.8 * np.mean(history.losses[:10])
+    assert after > before + 0.15 and after > 2 * before, (before, after)
+
+
+def test_checkpoint_is_official_layout_and_resumes(tmp_path):
+    data = SyntheticNuclei((256, 256))
+    model = MODELS["nuclei_s"].build()
+    first = train(model, data, steps=2, output=tmp_path, images_per_step=1, objects_per_image=2,
+                  train_encoder=False, checkpoint_every=1, log=None)
+    assert first.steps == [1, 2]
+    record = json.loads((tmp_path / "model.json").read_text())
+    assert record["step"] == 2 and record["img_size"] == 256
+    # The file loads as it is, and its architecture is recognised from its keys.
+    loaded = load_model(checkpoint=tmp_path / "model.pt", device="cpu")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value.cpu())
+    # A resumed run continues at step 3 from the saved weights and optimiser.
+    resumed = train(MODELS["nuclei_s"].build(), data, steps=3, output=tmp_path, resume=True,
+                    images_per_step=1, objects_per_image=2, log=None)
+    assert resumed.steps == [3]
+    assert json.loads((tmp_path / "model.json").read_text())["step"] == 3
+
+
+def test_frozen_encoder_is_not_changed():
+    model = small_random_model()
+    encoder_before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
+    train(model, SyntheticNuclei((64, 64), **RANGES), steps=2, images_per_step=1,
+          objects_per_image=2, log=None)
+    assert all(torch.equal(v, model.image_encoder.state_dict()[k]) for k, v in encoder_before.items())
+    assert any(not torch.equal(v, model.mask_decoder.state_dict()[k]) for k, v in decoder_before.items())
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="at least 1"):
+        train(small_random_model(), SyntheticNuclei((64, 64)), steps=0, log=None)
+
+
+def test_cli_train_on_files(tmp_path):
+    import tifffile
+
+    image, labels = synthetic_dataset(1, (2, 96, 96), seed=0).__next__()
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    checkpoint = tmp_path / "start.pt"
+    torch.save(MODELS["nuclei_s"].build().state_dict(), checkpoint)
+    status = cli(["train", f"{tmp_path / 'image.tif'}:{tmp_path / 'labels.tif'}",
+                  "--checkpoint", str(checkpoint), "--device", "cpu", "-o", str(tmp_path / "run"),
+                  "--steps", "2", "--images-per-step", "1", "--validation", "1"])
+    assert status == 0
+    assert (tmp_path / "run" / "model.pt").is_file()
+    record = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert record["data"]["n_pairs"] == 1
+    assert np.isfinite(record["validation"]["box"])
