@@ -19,7 +19,7 @@ with warnings.catch_warnings():
 SMALL_VIT = dict(
     embed_dim=96, depth=4, num_heads=4, global_attn_indexes=(1, 3), img_size=256, window_size=7
 )
-DEFAULT_LIKE_VIT = dict(  # the shape of the project's small default model (DESIGN.md, section 7)
+NUCLEI_S = dict(  # the project's shipped default model, registry name nuclei_s
     embed_dim=192, depth=4, num_heads=4, global_attn_indexes=(1, 3), img_size=256, patch_size=8,
     window_size=8, prompt_embed_dim=128, decoder_mlp_dim=1024, iou_head_hidden_dim=128,
 )

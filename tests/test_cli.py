@@ -74,7 +74,7 @@ def test_sample_writes_image_and_labels(tmp_path, capsys):
 def test_models_lists_the_registry(capsys):
     assert main(["models"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["vit_b", "vit_l", "vit_h", "vit_t"]
+    assert names == ["nuclei_s", "vit_b", "vit_l", "vit_h", "vit_t"]
 
 
 # --------------------------------------------------------------------------- #

@@ -20,7 +20,7 @@ from napari_sam.models import weights
 from napari_sam.models.registry import MODELS
 from napari_sam.models.sam import Sam
 
-KNOWN = "vit_b, vit_l, vit_h, vit_t"
+KNOWN = "nuclei_s, vit_b, vit_l, vit_h, vit_t"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,9 +183,11 @@ def test_unknown_name():
         load_model("vit_x")
 
 
-def test_no_name_and_no_checkpoint():
-    with pytest.raises(ValueError, match=r"no model given.*pass a name"):
-        load_model()
+def test_no_name_and_no_checkpoint_loads_the_shipped_default():
+    model = load_model(device="cpu")  # offline: the weights are inside the package
+    assert model.img_size == 256
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == weights.expected_shapes("nuclei_s")
+    assert model.mask_decoder.iou_token.weight.dtype == torch.float32  # shipped as float16
 
 
 @pytest.mark.parametrize("precision", ["float64", "fp16", "half", None])

@@ -16,7 +16,7 @@ from napari_sam import Predictor, load_model
 from napari_sam.models.registry import build_sam_vit
 from napari_sam.models.weights import load_weights, read_state_dict
 from reference import (
-    DEFAULT_LIKE_VIT,
+    NUCLEI_S,
     SMALL_VIT,
     VIT_B,
     meta_sam,
@@ -108,7 +108,7 @@ def save_random_checkpoint(reference_model, path, seed: int):
     return reference_model.eval()
 
 
-@pytest.mark.parametrize("config", [SMALL_VIT, DEFAULT_LIKE_VIT], ids=["small", "default-like"])
+@pytest.mark.parametrize("config", [SMALL_VIT, NUCLEI_S], ids=["small", "nuclei_s"])
 def test_small_vit_matches_meta(config, tmp_path):
     path = tmp_path / "small.pth"
     ref = save_random_checkpoint(meta_sam(**config), path, seed=0)
@@ -136,12 +136,12 @@ def test_vit_t_matches_mobile_sam(tmp_path):
     compare(Predictor(ours), mobile_sam.SamPredictor(ref), {"cell": images["cell"]}, prompts_per_image=12)
 
 
-@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h", "nuclei_s"])
 def test_state_dict_layout_equals_meta(name):
     from napari_sam.models.weights import expected_shapes
 
     with torch.device("meta"):
-        ref = segment_anything.sam_model_registry[name]()
+        ref = meta_sam(**NUCLEI_S) if name == "nuclei_s" else segment_anything.sam_model_registry[name]()
     assert expected_shapes(name) == {k: tuple(v.shape) for k, v in ref.state_dict().items()}
 
 

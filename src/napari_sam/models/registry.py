@@ -146,6 +146,15 @@ MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec(
+            name="nuclei_s",
+            build=build_sam_nuclei_s,
+            url=None,
+            sha256=None,
+            description="napari-sam's own small model for fluorescence nuclei (3.2M parameters, "
+            "shipped, runs offline)",
+            packaged="nuclei_s.pt",
+        ),
+        ModelSpec(
             name="vit_b",
             build=lambda: build_sam_vit(
                 embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)
@@ -171,15 +180,6 @@ MODELS: dict[str, ModelSpec] = {
             url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
             sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
             description="Meta's SAM ViT-H (636M parameters, 2.4 GB)",
-        ),
-        ModelSpec(
-            name="nuclei_s",
-            build=build_sam_nuclei_s,
-            url=None,
-            sha256=None,
-            description="napari-sam's own small model for fluorescence nuclei (3.2M parameters, "
-            "shipped, runs offline)",
-            packaged="nuclei_s.pt",
         ),
         ModelSpec(
             name="vit_t",

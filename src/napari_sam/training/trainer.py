@@ -221,8 +221,12 @@ def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_p
 
     losses, parts = [], {}
     for index, (_, labels) in enumerate(examples):
+        # Half of the images get exactly one click per object: an ambiguous prompt, which trains
+        # the 3 multimask outputs (best of 3). Otherwise the click count varies per object and
+        # the padded batch trains the single-mask output.
+        clicks = (1, 1) if rng.random() < 0.5 else n_points
         try:
-            prompts = simulate_prompts(labels, objects_per_image, rng, mode=prompt_mode, n_points=n_points)
+            prompts = simulate_prompts(labels, objects_per_image, rng, mode=prompt_mode, n_points=clicks)
         except ValueError:  # no object large enough in this example
             continue
         target = downsample_target(prompts.masks, low_size).to(model.device)
