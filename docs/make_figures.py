@@ -57,7 +57,7 @@ def main() -> None:
     Image.fromarray(np.concatenate(side, axis=1)).save(OUT / "nuclei_s_coins.png")
 
     cell = skimage.data.cell()  # 660 x 550 phase contrast: one cell, not fluorescence
-    points = [(330, 275), (200, 250)]
+    points = [(375, 425), (200, 250)]  # on the cell, and on background
     side = [to_rgb_uint8(cell), np.asarray(panel(predictor, cell, points))]
     Image.fromarray(np.concatenate(side, axis=1)).save(OUT / "nuclei_s_cell.png")
     print(f"wrote {sorted(p.name for p in OUT.glob('nuclei_s_*.png'))}")
