@@ -130,9 +130,9 @@ def train(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
-    parameters = [p for n, p in model.named_parameters() if train_encoder or not n.startswith("image_encoder.")]
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(train_encoder or not name.startswith("image_encoder."))
+    parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, steps))
     history = TrainingHistory()
