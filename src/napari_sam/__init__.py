@@ -5,12 +5,23 @@ The engine runs without napari: load a model, embed an image, segment with promp
 >>> import napari_sam
 >>> model = napari_sam.load_model("vit_t")  # doctest: +SKIP
 >>> predictor = napari_sam.Predictor(model)  # doctest: +SKIP
+>>> labels = napari_sam.AutomaticMaskGenerator(model).generate_labels(image)  # doctest: +SKIP
 """
 
+from napari_sam.engine.amg import AutomaticMaskGenerator
 from napari_sam.engine.embeddings import Embedding
 from napari_sam.engine.predictor import Predictor
+from napari_sam.engine.selection import select_mask
 from napari_sam.models.loading import load_model, resolve_device
 from napari_sam.models.registry import MODELS
 
-__all__ = ["MODELS", "Embedding", "Predictor", "load_model", "resolve_device"]
+__all__ = [
+    "MODELS",
+    "AutomaticMaskGenerator",
+    "Embedding",
+    "Predictor",
+    "load_model",
+    "resolve_device",
+    "select_mask",
+]
 __version__ = "0.1.0.dev0"

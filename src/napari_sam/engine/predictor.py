@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -10,8 +12,28 @@ from napari_sam.engine.embeddings import Embedding
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.engine.prompts import Prompts, box_rc_to_xy, check_prompts, rc_to_xy
 from napari_sam.engine.resize import resize_rgb, resized_shape, scale_xy
-from napari_sam.models.mask_decoder import DecoderImageContext
+from napari_sam.engine.selection import check_strategy, select_mask
+from napari_sam.models.mask_decoder import DecoderImageContext, DecoderOutputs
 from napari_sam.models.sam import Sam
+
+
+@dataclass
+class DecodedPrompts:
+    """The decoder's answer to ``B`` prompts, at low resolution.
+
+    Attributes
+    ----------
+    scores : (B, k) tensor
+        Predicted IoU of every mask.
+    logits : (B', k, h, w) tensor
+        Low-resolution mask logits of the prompts in ``index``.
+    index : (B',) int tensor
+        Which prompts have logits (all, unless a minimum score was asked for).
+    """
+
+    scores: torch.Tensor
+    logits: torch.Tensor
+    index: torch.Tensor
 
 
 class Predictor:
@@ -87,6 +109,8 @@ class Predictor:
         box=None,
         mask_input=None,
         multimask: bool = True,
+        *,
+        select: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for one object.
 
@@ -102,21 +126,30 @@ class Predictor:
             Low-resolution logits from an earlier call, to refine that mask.
         multimask : bool
             Return 3 candidate masks (for an ambiguous prompt such as one click) instead of one.
+        select : {"score", "largest", "smallest", "balanced"}, optional
+            Keep only the candidate that :func:`~napari_sam.select_mask` chooses with this
+            strategy: the outputs then have ``k = 1``, the shapes of ``multimask=False``.
 
         Returns
         -------
         masks : (k, H, W) bool array
-            ``k`` is 3 with ``multimask`` else 1.
+            ``k`` is 3 with ``multimask`` (and no ``select``) else 1.
         scores : (k,) float array
             Predicted IoU of each mask.
         logits : (k, h, w) float array
             Low-resolution logits (``h = w = 256`` for the official models).
         """
+        if select is not None:
+            check_strategy(select)
         masks, scores, logits = self.predict_batch(
             points=points, labels=labels, boxes=box, mask_input=mask_input, multimask=multimask,
             batched=False,
         )
-        return masks[0], scores[0], logits[0]
+        masks, scores, logits = masks[0], scores[0], logits[0]
+        if select is None:
+            return masks, scores, logits
+        i = select_mask(masks, scores, select)
+        return masks[i : i + 1], scores[i : i + 1], logits[i : i + 1]
 
     @flush_denormals
     @torch.inference_mode()
@@ -163,18 +196,60 @@ class Predictor:
             k, (h, w) = (3 if multimask else 1), self.model.prompt_encoder.mask_input_size
             return (np.zeros((0, k, *embedding.original_size), bool), np.zeros((0, k), np.float32),
                     np.zeros((0, k, h, w), np.float32))
-        low_res, scores = self._decode(prompts, multimask)
+        outputs = self._transform(prompts)
+        decoder = self.model.mask_decoder
+        low_res, scores = decoder.predict_masks(outputs, multimask), decoder.predict_iou(outputs, multimask)
         masks = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
         masks = masks > self.model.mask_threshold
         return masks.cpu().numpy(), scores.float().cpu().numpy(), low_res.float().cpu().numpy()
+
+    @flush_denormals
+    @torch.inference_mode()
+    def predict_logits(
+        self, points=None, labels=None, boxes=None, multimask: bool = True, *,
+        min_score: float | None = None,
+    ) -> DecodedPrompts:
+        """The decoder's raw answer for ``B`` objects, without upsampling.
+
+        For callers that decide on low-resolution logits before upsampling, such as the
+        automatic mask generator. Arguments as in :meth:`predict_batch`.
+
+        Parameters
+        ----------
+        min_score : float, optional
+            Make logits only for the prompts with a predicted IoU above this (the IoU head runs
+            first and is cheap; the mask head is most of the decoder's work).
+
+        Returns
+        -------
+        DecodedPrompts
+        """
+        embedding = self._require_embedding()
+        prompts = check_prompts(
+            points=points, labels=labels, boxes=boxes, mask_input=None,
+            image_shape=embedding.original_size,
+            mask_shape=self.model.prompt_encoder.mask_input_size, batched=True,
+        )
+        decoder, device = self.model.mask_decoder, self.model.device
+        if prompts.batch == 0:
+            k, (h, w) = (3 if multimask else 1), self.model.prompt_encoder.mask_input_size
+            return DecodedPrompts(torch.zeros(0, k, device=device),
+                                  torch.zeros(0, k, h, w, device=device),
+                                  torch.zeros(0, dtype=torch.int64, device=device))
+        outputs = self._transform(prompts)
+        scores = decoder.predict_iou(outputs, multimask)
+        index = torch.arange(prompts.batch, device=device)
+        if min_score is not None:
+            index = index[(scores > min_score).any(1)]
+        return DecodedPrompts(scores, decoder.predict_masks(outputs, multimask, index), index)
 
     def _require_embedding(self) -> Embedding:
         if self._embedding is None:
             raise RuntimeError("no image yet: call set_image(image) or set_embedding(...) first")
         return self._embedding
 
-    def _decode(self, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run prompt encoder and decoder; returns low-res logits and predicted IoU."""
+    def _transform(self, prompts: Prompts) -> DecoderOutputs:
+        """Run the prompt encoder and the decoder's transformer (not yet its heads)."""
         model, embedding = self.model, self._embedding
         device, dtype = model.device, model.dtype
         original, resized = embedding.original_size, embedding.input_size
@@ -199,7 +274,7 @@ class Predictor:
             context = self._context
         else:
             context = self._image_context(dense)
-        return model.mask_decoder.decode(context, sparse, multimask)
+        return model.mask_decoder.transform(context, sparse)
 
     def _image_context(self, dense: torch.Tensor) -> DecoderImageContext:
         prompt_encoder = self.model.prompt_encoder

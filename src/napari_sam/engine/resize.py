@@ -7,9 +7,10 @@ from PIL import Image
 
 
 def resized_shape(shape: tuple[int, int], long_side: int) -> tuple[int, int]:
-    """Size ``(h, w)`` of an image of ``shape`` scaled so that its longer side is ``long_side``."""
+    """Size ``(h, w)`` of an image of ``shape`` scaled so that its longer side is ``long_side``
+    (at least one pixel on each side, for very thin images)."""
     scale = long_side / max(shape)
-    return int(shape[0] * scale + 0.5), int(shape[1] * scale + 0.5)
+    return max(1, int(shape[0] * scale + 0.5)), max(1, int(shape[1] * scale + 0.5))
 
 
 def resize_rgb(image: np.ndarray, long_side: int) -> np.ndarray:

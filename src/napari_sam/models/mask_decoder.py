@@ -48,6 +48,16 @@ class DecoderImageContext:
     first_projections: ImageProjections
 
 
+@dataclass
+class DecoderOutputs:
+    """The transformer's output for a batch of prompts, before the IoU and mask heads."""
+
+    iou_token: torch.Tensor  # (B, C)
+    mask_tokens: torch.Tensor  # (B, K, C)
+    image_tokens: torch.Tensor  # (B, h*w, C)
+    size: tuple[int, int]  # (h, w)
+
+
 class MaskDecoder(nn.Module):
     """Predict masks and their IoU from image and prompt embeddings.
 
@@ -145,33 +155,53 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks from a prepared image context; see :meth:`forward`."""
+        outputs = self.transform(context, sparse_prompt_embeddings)
+        return self.predict_masks(outputs, multimask_output), self.predict_iou(outputs, multimask_output)
+
+    def transform(
+        self, context: DecoderImageContext, sparse_prompt_embeddings: torch.Tensor
+    ) -> DecoderOutputs:
+        """Mix prompt and image tokens: the part shared by the IoU and mask heads."""
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
-
-        # Mix prompt and image tokens.
         hs, image_tokens = self.transformer(
             context.tokens, context.pe, tokens, first_projections=context.first_projections
         )
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        return DecoderOutputs(
+            iou_token=hs[:, 0, :],
+            mask_tokens=hs[:, 1 : 1 + self.num_mask_tokens, :],
+            image_tokens=image_tokens,
+            size=context.size,
+        )
 
+    def predict_iou(self, outputs: DecoderOutputs, multimask_output: bool) -> torch.Tensor:
+        """``(B, 3 or 1)`` predicted IoU; cheap, so callers can filter before making masks."""
+        return self.iou_prediction_head(outputs.iou_token)[:, self._selected(multimask_output)]
+
+    def predict_masks(
+        self, outputs: DecoderOutputs, multimask_output: bool, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, 3 or 1, 4h, 4w)`` mask logits, for the prompts in ``index`` only if given."""
+        mask_tokens, image_tokens = outputs.mask_tokens, outputs.image_tokens
+        if index is not None:
+            mask_tokens, image_tokens = mask_tokens[index], image_tokens[index]
+        selected = self._selected(multimask_output)
         # Upscale the image tokens and dot them with one hypernetwork output per mask token.
-        h, w = context.size
+        batch, (h, w) = mask_tokens.shape[0], outputs.size
         upscaled = self._upscale(image_tokens)
+        mlps = self.output_hypernetworks_mlps
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
+            [mlps[i](mask_tokens[:, i, :]) for i in range(self.num_mask_tokens)[selected]], dim=1
         )
         masks = hyper_in @ upscaled.transpose(1, 2)  # (B, masks, h*w*16), in sub-pixel order
         # Sub-pixel order (row, col, dy1, dx1, dy2, dx2) to rows 4*row + 2*dy1 + dy2 (columns alike).
-        masks = masks.view(batch, -1, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-        masks = masks.reshape(batch, -1, 4 * h, 4 * w)
-        iou_pred = self.iou_prediction_head(iou_token_out)
+        masks = masks.view(batch, hyper_in.shape[1], h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return masks.reshape(batch, hyper_in.shape[1], 4 * h, 4 * w)
 
-        selected = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, selected], iou_pred[:, selected]
+    def _selected(self, multimask_output: bool) -> slice:
+        return slice(1, None) if multimask_output else slice(0, 1)
 
     def _upscale(self, tokens: torch.Tensor) -> torch.Tensor:
         """``output_upscaling`` on image tokens ``(B, h*w, C)``, giving ``(B, h*w*16, C/8)``.

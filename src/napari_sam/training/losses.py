@@ -19,6 +19,11 @@ upsamples the logits to the ground truth instead (as Meta did). The ground truth
 model's *input frame*: resized like the image (longest side to the input size) and zero-padded to
 the square input, so that it lines up with the low-resolution logits.
 
+Multimask outputs are trained either against one target with SAM's best-of-``K`` rule
+(:func:`sam_loss`) or against ``K`` targets (e.g. the ground truth and eroded versions of it, see
+:func:`napari_sam.training.targets.erosion_targets`) matched to the outputs by optimal assignment
+(:func:`matched_sam_loss`).
+
 Half-precision logits (``float16``, ``bfloat16``) are promoted to ``float32`` before any loss is
 computed, so that the losses are accurate under autocast.
 """
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "focal_loss",
@@ -39,6 +45,8 @@ __all__ = [
     "iou_of_masks",
     "iou_loss",
     "sam_loss",
+    "matched_sam_loss",
+    "optimal_assignment",
     "SamLossParts",
     "downsample_target",
 ]
@@ -93,6 +101,28 @@ def _reduce(per_mask: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return per_mask.sum()
     return per_mask
+
+
+def _check_decoder_outputs(logits, iou_pred) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = _check_logits(logits)
+    if logits.ndim != 4:
+        raise ValueError(f"logits must have shape (B, K, H, W), got {tuple(logits.shape)}")
+    b, k = logits.shape[:2]
+    iou_pred = _check_logits(iou_pred, "iou_pred", min_ndim=0)
+    if tuple(iou_pred.shape) != (b, k):
+        raise ValueError(
+            f"iou_pred must have shape (B, K) = {(b, k)} for logits of shape {tuple(logits.shape)}, "
+            f"got {tuple(iou_pred.shape)}"
+        )
+    return logits, iou_pred
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+    return value
 
 
 def _check_weight(name: str, value) -> float:
@@ -336,6 +366,12 @@ def iou_loss(
 class SamLossParts:
     """The parts of :func:`sam_loss`, all detached from the graph (no ``.item()`` sync is done).
 
+    From :func:`matched_sam_loss`, every mask is "chosen" (matched to a target): ``focal``,
+    ``dice``, ``mask`` and ``iou`` are then means over objects of **sums** over the ``K`` matched
+    pairs (the terms of its loss, ``loss = mask + iou_weight * iou``), ``index`` is the output
+    matched to the first target (the full mask), and ``true_iou`` compares each mask with the
+    target matched to it.
+
     Attributes
     ----------
     loss : scalar tensor
@@ -432,20 +468,9 @@ def sam_loss(
         If the shapes do not fit together (the message names them), or ``multimask=False`` is
         given with ``K != 1``.
     """
-    logits = _check_logits(logits)
-    if logits.ndim != 4:
-        raise ValueError(f"logits must have shape (B, K, H, W), got {tuple(logits.shape)}")
+    logits, iou_pred = _check_decoder_outputs(logits, iou_pred)
     b, k, h, w = logits.shape
-    iou_pred = _check_logits(iou_pred, "iou_pred", min_ndim=0)
-    if tuple(iou_pred.shape) != (b, k):
-        raise ValueError(
-            f"iou_pred must have shape (B, K) = {(b, k)} for logits of shape {tuple(logits.shape)}, "
-            f"got {tuple(iou_pred.shape)}"
-        )
-    if isinstance(target, np.ndarray):
-        target = torch.from_numpy(np.ascontiguousarray(target))
-    if not isinstance(target, torch.Tensor):
-        raise ValueError(f"target must be a torch.Tensor or numpy array, got {type(target).__name__}")
+    target = _as_tensor(target, "target")
     if target.ndim == 4 and target.shape[1] == 1:
         target = target[:, 0]
     if tuple(target.shape) != (b, h, w):
@@ -492,6 +517,133 @@ def sam_loss(
             chosen_iou=true_iou.gather(1, pick)[:, 0],
         )
     return loss, parts
+
+
+def matched_sam_loss(
+    logits: torch.Tensor,
+    iou_pred: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    focal_weight: float = 20.0,
+    dice_weight: float = 1.0,
+    iou_weight: float = 1.0,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    eps: float = 1.0,
+) -> tuple[torch.Tensor, SamLossParts]:
+    """SAM's loss with one target per output, outputs and targets matched by optimal assignment.
+
+    For each object ``b``, output ``i`` and target ``j`` the cost is the loss of that pair,
+
+    ``cost[b, i, j] = mask_loss(logits[b, i], targets[b, j])
+    + iou_weight * (iou_pred[b, i] - iou(logits[b, i], targets[b, j]))**2``
+
+    with ``mask_loss = focal_weight * focal + dice_weight * dice`` as in :func:`sam_loss`. The
+    outputs are matched one to one with the targets to minimise the total cost
+    (:func:`optimal_assignment`, on the detached costs), and
+
+    ``loss = mean_b sum_i cost[b, i, match[b, i]]``.
+
+    Every output receives gradient from the mask terms, towards the target it is matched to; the
+    IoU head learns each output's IoU with its matched target.
+
+    Parameters
+    ----------
+    logits : (B, K, H, W) float tensor
+        Low-resolution mask logits from the mask decoder.
+    iou_pred : (B, K) float tensor
+        Predicted IoUs from the mask decoder.
+    targets : (B, K, H, W) bool or float tensor
+        ``K`` targets per object at the logits' resolution, e.g. from
+        :func:`~napari_sam.training.targets.erosion_targets`; the first is taken as the object
+        itself for :attr:`SamLossParts.index` and the logged mIoU.
+    focal_weight, dice_weight, iou_weight : float >= 0
+        Weights of the three terms, in the loss and in the matching cost.
+    alpha, gamma, eps : float
+        Parameters of :func:`focal_loss` and :func:`dice_loss`.
+
+    Returns
+    -------
+    loss : scalar tensor
+        The loss to backpropagate.
+    parts : SamLossParts
+        Detached parts for logging (see there for what they mean here).
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not fit together (the message names them).
+    """
+    logits, iou_pred = _check_decoder_outputs(logits, iou_pred)
+    b, k, h, w = logits.shape
+    targets = _as_tensor(targets, "targets")
+    if tuple(targets.shape) != (b, k, h, w):
+        raise ValueError(
+            f"targets must have shape (B, K, H, W) = {(b, k, h, w)}, one per output, for logits of "
+            f"shape {tuple(logits.shape)}, got {tuple(targets.shape)}; build them at the logits' "
+            "size, e.g. erosion_targets(downsample_target(mask, logits.shape[-2:]))"
+        )
+    focal_weight = _check_weight("focal_weight", focal_weight)
+    dice_weight = _check_weight("dice_weight", dice_weight)
+    iou_weight = _check_weight("iou_weight", iou_weight)
+
+    # every (output i, target j) pair: axes (B, K outputs, K targets)
+    pair_logits = logits[:, :, None].expand(b, k, k, h, w)
+    pair_targets = targets[:, None].expand(b, k, k, h, w)
+    focal = focal_loss(pair_logits, pair_targets, alpha=alpha, gamma=gamma, reduction="none")
+    dice = dice_loss(pair_logits, pair_targets, eps=eps, reduction="none")
+    true_iou = iou_of_masks(pair_logits, pair_targets)  # no gradient
+    iou_err = (iou_pred[:, :, None] - true_iou.to(iou_pred.dtype)) ** 2
+    per_mask = focal_weight * focal + dice_weight * dice
+    cost = per_mask + iou_weight * iou_err
+
+    match = optimal_assignment(cost.detach())[:, :, None]  # (B, K, 1): target of each output
+    loss = cost.gather(2, match).sum(dim=1).mean()
+
+    with torch.no_grad():
+        index = (match[:, :, 0] == 0).int().argmax(dim=1)  # the output matched to target 0
+        matched_iou = true_iou.gather(2, match)[:, :, 0]
+        parts = SamLossParts(
+            loss=loss.detach().clone(),
+            focal=focal.gather(2, match).sum(dim=1).mean(),
+            dice=dice.gather(2, match).sum(dim=1).mean(),
+            mask=per_mask.gather(2, match).sum(dim=1).mean(),
+            iou=iou_err.gather(2, match).sum(dim=1).mean(),
+            index=index,
+            true_iou=matched_iou,
+            chosen_iou=matched_iou.gather(1, index[:, None])[:, 0],
+        )
+    return loss, parts
+
+
+def optimal_assignment(cost: torch.Tensor) -> torch.Tensor:
+    """One-to-one matching of rows to columns with the lowest total cost, per matrix.
+
+    Solved exactly by the Hungarian method (:func:`scipy.optimize.linear_sum_assignment`).
+
+    Parameters
+    ----------
+    cost : (B, K, K) tensor
+        ``cost[b, i, j]`` of giving row ``i`` column ``j`` (the values are read, never
+        differentiated).
+
+    Returns
+    -------
+    (B, K) int64 tensor
+        ``match[b, i]``, the column given to row ``i``: a permutation of ``0 .. K-1`` per matrix
+        minimising ``sum_i cost[b, i, match[b, i]]``; on the device of ``cost``.
+
+    Examples
+    --------
+    >>> optimal_assignment(torch.tensor([[[1.0, 2.0], [0.0, 9.0]]]))  # greedy would give [0, 1]
+    tensor([[1, 0]])
+    """
+    if not isinstance(cost, torch.Tensor) or cost.ndim != 3 or cost.shape[1] != cost.shape[2]:
+        shape = tuple(cost.shape) if isinstance(cost, torch.Tensor) else type(cost).__name__
+        raise ValueError(f"cost must be a (B, K, K) tensor of square cost matrices, got {shape}")
+    values = cost.detach().double().cpu().numpy()
+    match = np.array([linear_sum_assignment(matrix)[1] for matrix in values], dtype=np.int64)
+    return torch.as_tensor(match.reshape(cost.shape[:2]), device=cost.device)
 
 
 # --------------------------------------------------------------------------- #

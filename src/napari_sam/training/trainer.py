@@ -23,8 +23,11 @@ from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.models.loading import resolve_device
 from napari_sam.models.sam import Sam
 from napari_sam.training.evaluation import prompt_miou
-from napari_sam.training.losses import downsample_target, sam_loss
+from napari_sam.training.losses import downsample_target, matched_sam_loss, sam_loss
 from napari_sam.training.prompts import PromptBatch, correction_points, simulate_prompts
+from napari_sam.training.targets import DEFAULT_EROSION_RADII, check_erosion_radii, erosion_targets
+
+MULTIMASK_TARGETS = ("best", "erosion")
 
 
 class TrainingData(Protocol):
@@ -58,6 +61,8 @@ def train(
     n_points: tuple[int, int] = (1, 3),
     correction_rounds: int = 1,
     focal_weight: float = 20.0,
+    multimask_targets: str = "best",
+    erosion_radii: tuple[int, ...] = DEFAULT_EROSION_RADII,
     validation: list[tuple[np.ndarray, np.ndarray]] | None = None,
     validate_every: int = 100,
     checkpoint_every: int = 100,
@@ -73,8 +78,8 @@ def train(
     Each step embeds ``images_per_step`` examples, simulates prompts for up to
     ``objects_per_image`` objects in each (points, boxes or both), and adds ``correction_rounds``
     rounds of a corrective click in the largest error with the previous logits as mask prompt.
-    The loss is 20 focal + 1 dice on the low-resolution masks (only the best of 3 for ambiguous
-    prompts) plus the MSE of the predicted IoU.
+    The loss is 20 focal + 1 dice on the low-resolution masks (for ambiguous prompts only the
+    best of 3, or all 3 against multi-scale targets) plus the MSE of the predicted IoU.
 
     Parameters
     ----------
@@ -100,6 +105,17 @@ def train(
         Extra rounds per step with a corrective click and the previous mask as prompt.
     focal_weight : float
         Weight of the focal loss against the dice loss (1); SAM's 20 by default.
+    multimask_targets : {"best", "erosion"}
+        How the 3 outputs for an ambiguous prompt (one click) are trained. ``"best"`` (SAM's
+        rule): only the output closest to the object gets the mask loss. ``"erosion"``: each
+        object gives 3 targets, its mask eroded by ``erosion_radii``
+        (:func:`~napari_sam.training.targets.erosion_targets`), matched one to one to the
+        outputs by optimal assignment, and the matched losses are summed
+        (:func:`~napari_sam.training.losses.matched_sam_loss`).
+    erosion_radii : tuple of int
+        With ``"erosion"``: strictly increasing disk radii, one per multimask output, in pixels
+        of the low-resolution logits (a quarter of a patch: 2 input pixels for ``nuclei_s``, 4
+        for SAM's ViTs); ``(0, 1, 2)`` by default.
     validation : list of (image, labels), optional
         Held-out examples; :func:`~napari_sam.training.evaluation.prompt_miou` every
         ``validate_every`` steps and at the end.
@@ -124,6 +140,20 @@ def train(
     """
     if steps < 1 or images_per_step < 1 or objects_per_image < 1:
         raise ValueError("steps, images_per_step and objects_per_image must be at least 1")
+    if multimask_targets not in MULTIMASK_TARGETS:
+        raise ValueError(
+            f"multimask_targets must be one of {', '.join(map(repr, MULTIMASK_TARGETS))}; "
+            f"got {multimask_targets!r}"
+        )
+    radii = None  # of the multi-scale targets; None: best of 3
+    if multimask_targets == "erosion":
+        radii = check_erosion_radii(erosion_radii)
+        outputs = model.mask_decoder.num_multimask_outputs
+        if len(radii) != outputs:
+            raise ValueError(
+                f"erosion_radii needs one radius per multimask output of the model ({outputs}), "
+                f"got {erosion_radii!r}"
+            )
     device = resolve_device(device)
     model.to(device=device, dtype=torch.float32)
     output = Path(output) if output is not None else None
@@ -155,7 +185,7 @@ def train(
             loss, parts = _step_loss(model, examples, rng, objects_per_image=objects_per_image,
                                      prompt_mode=prompt_mode, n_points=n_points,
                                      correction_rounds=correction_rounds, train_encoder=train_encoder,
-                                     focal_weight=focal_weight)
+                                     focal_weight=focal_weight, erosion_radii=radii)
         optimizer.zero_grad(set_to_none=True)
         if loss is not None:
             scaler.scale(loss).backward()
@@ -210,8 +240,12 @@ def save_checkpoint(
 
 
 def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_points,
-               correction_rounds, train_encoder, focal_weight):
-    """Loss of one step over all examples, and the parts of the last round for logging."""
+               correction_rounds, train_encoder, focal_weight, erosion_radii):
+    """Loss of one step over all examples, and the parts of the last round for logging.
+
+    ``erosion_radii`` None trains ambiguous prompts with the best of 3, else with matched
+    multi-scale targets eroded by these radii.
+    """
     images = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1) for rgb, _ in examples])
     x = model.preprocess(images.to(model.device).float())
     with torch.set_grad_enabled(train_encoder):
@@ -230,11 +264,15 @@ def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_p
         except ValueError:  # no object large enough in this example
             continue
         target = downsample_target(prompts.masks, low_size).to(model.device)
+        multiscale = None if erosion_radii is None else erosion_targets(target, erosion_radii)
         mask_input = None
         for round_ in range(1 + correction_rounds):
             ambiguous = prompts.boxes is None and prompts.points.shape[1] == 1
             logits, iou = _decode(model, features[index : index + 1], image_pe, prompts, mask_input, ambiguous)
-            loss, details = sam_loss(logits, iou, target, multimask=ambiguous, focal_weight=focal_weight)
+            if ambiguous and multiscale is not None:
+                loss, details = matched_sam_loss(logits, iou, multiscale, focal_weight=focal_weight)
+            else:
+                loss, details = sam_loss(logits, iou, target, multimask=ambiguous, focal_weight=focal_weight)
             losses.append(loss)
             parts = details.as_dict()
             if round_ < correction_rounds:
