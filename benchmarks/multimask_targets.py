@@ -1,6 +1,7 @@
 """Training targets of the 3 multimask outputs: SAM's best of 3 against matched erosion targets.
 
     python benchmarks/multimask_targets.py [--steps 800] [--images 24] [--output runs/multimask]
+        [--init WEIGHTS --lr 1e-4]
 
 Trains the ``nuclei_s`` architecture from scratch with the ``nuclei_s`` recipe (same seed, same
 data stream) once for each ``train(multimask_targets=...)`` option, then clicks once at the centre
@@ -8,7 +9,8 @@ of every object of the held-out synthetic sets of ``benchmarks/default_model.py`
 markdown table of point mIoU: the mask with the highest predicted IoU (``score``, the ``point``
 of the other benchmarks), the best of the 3 (oracle), and the masks the other ``select_mask``
 strategies pick. Training logs go to stderr. On 2 CPU cores the default 800 steps take about 40
-minutes per option.
+minutes per option. With ``--init`` both options fine-tune the same weights (e.g. the shipped
+model) instead of starting from scratch.
 """
 
 from __future__ import annotations
@@ -34,16 +36,20 @@ MAX_OBJECTS, MIN_AREA = 32, 16  # as prompt_miou: the 32 largest objects of at l
 COLUMNS = ("score", "best of 3", *(s for s in STRATEGIES if s != "score"))
 
 
-def train_option(option: str, steps: int, output: Path | None):
-    """The nuclei_s architecture trained from scratch by the recipe with this option."""
+def train_option(option: str, steps: int, output: Path | None, init: Path | None, lr: float):
+    """The nuclei_s architecture trained by the recipe with this option, from ``init`` or scratch."""
     torch.manual_seed(SEED)
     model = MODELS[NAME].build()
+    if init is not None:
+        model.load_state_dict({k: v.float() for k, v in torch.load(init, weights_only=True).items()})
+    recipe = {**RECIPE, "lr": lr}
     train(
         model, SyntheticNuclei((256, 256)), steps=steps, seed=SEED, device="auto",
         multimask_targets=option, output=None if output is None else output / option,
         checkpoint_every=steps, log=lambda line: print(f"[{option}] {line}", file=sys.stderr),
-        metadata={"architecture": NAME, "recipe": {**RECIPE, "multimask_targets": option}, "seed": SEED},
-        **RECIPE,
+        metadata={"architecture": NAME, "recipe": {**recipe, "multimask_targets": option},
+                  "seed": SEED, "init": None if init is None else str(init)},
+        **recipe,
     )
     return model
 
@@ -80,13 +86,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=RECIPE_STEPS, help="training steps per option")
     parser.add_argument("--images", type=int, default=24, help="images per held-out set")
     parser.add_argument("--output", type=Path, help="keep each option's checkpoint in OUTPUT/<option>")
+    parser.add_argument("--init", type=Path, help="fine-tune these weights instead of training from scratch")
+    parser.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate")
     args = parser.parse_args()
 
     held_out = {label: list(synthetic_dataset(args.images, (256, 256), **options))
                 for label, options in HELD_OUT.items()}
     rows = []
     for option in MULTIMASK_TARGETS:
-        model = train_option(option, args.steps, args.output)
+        model = train_option(option, args.steps, args.output, args.init, args.lr)
         pooled: dict[str, list[float]] = {column: [] for column in COLUMNS}
         for label, examples in held_out.items():
             ious = click_ious(model, examples)
@@ -95,7 +103,9 @@ def main() -> None:
                 pooled[column] += ious[column]
         rows.append((option, "all sets", pooled))
 
-    print(f"\n{args.steps} steps of the {NAME} recipe per option, one click at each object's centre, point mIoU:\n")
+    start = f"fine-tuning {args.init} at lr {args.lr}" if args.init else "from scratch"
+    print(f"\n{args.steps} steps of the {NAME} recipe per option ({start}), one click at each "
+          "object's centre, point mIoU:\n")
     print(f"| targets | {'held-out set':<30} | objects | " + " | ".join(f"{c:>9}" for c in COLUMNS) + " |")
     print(f"|---------|{'-' * 32}|---------|" + "|".join("-" * 11 for _ in COLUMNS) + "|")
     for option, label, ious in rows:

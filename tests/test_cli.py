@@ -244,3 +244,46 @@ def test_error_as_a_process(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"napari-sam: error: image {str(tmp_path / 'none.tif')!r} does not exist"
     ]
+
+
+# --------------------------------------------------------------------------- #
+# auto
+# --------------------------------------------------------------------------- #
+def test_auto_writes_the_generators_label_image(image_file, tmp_path, tiny_load_model, capsys):
+    path, image = image_file
+    out = tmp_path / "labels.tif"
+    options = ["--points-per-side", "8", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    assert main(["auto", str(path), "-o", str(out), *options]) == 0
+    expected = napari_sam.AutomaticMaskGenerator(
+        make_tiny_model(), points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0
+    ).generate_labels(image)
+    labels = tifffile.imread(out)
+    assert labels.dtype == np.uint32 and expected.max() > 0
+    np.testing.assert_array_equal(labels, expected)
+    assert f"{expected.max()} objects, 64 prompts decoded" in capsys.readouterr().out
+
+
+def test_auto_uses_the_settings_that_suit_the_default_model(image_file, tmp_path, monkeypatch):
+    seen = {}
+
+    class Recorder(napari_sam.AutomaticMaskGenerator):
+        def __init__(self, model, **settings):
+            seen.update(settings)
+            super().__init__(model, **settings)
+
+    monkeypatch.setattr(napari_sam, "AutomaticMaskGenerator", Recorder)
+    monkeypatch.setattr(napari_sam, "load_model", lambda *args, **kwargs: make_tiny_model())
+    path, _ = image_file
+    assert main(["auto", str(path), "-o", str(tmp_path / "l.npy"), "--points-per-side", "4"]) == 0
+    assert seen["pred_iou_thresh"] == napari_sam.MODELS["nuclei_s"].automatic["pred_iou_thresh"]
+    assert main(["auto", str(path), "-o", str(tmp_path / "l.npy"), "--points-per-side", "4",
+                 "--pred-iou-thresh", "0.9"]) == 0
+    assert seen["pred_iou_thresh"] == 0.9
+    assert np.load(tmp_path / "l.npy").dtype == np.uint32
+
+
+def test_auto_refuses_an_image_format_for_labels(image_file, tmp_path, tiny_load_model, capsys):
+    path, _ = image_file
+    assert main(["auto", str(path), "-o", str(tmp_path / "labels.png")]) == 2
+    assert ".tif or .npy" in capsys.readouterr().err
+    assert not (tmp_path / "labels.png").exists()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.models.registry import MODELS
+from napari_sam.engine.amg import SAMPLERS
+from napari_sam.models.registry import DEFAULT_MODEL, MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +47,28 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("-o", "--output", type=Path, required=True,
                          help="mask file: .tif/.npy (0/1) or .png (0/255)")
     segment.set_defaults(run=_segment)
+
+    auto = commands.add_parser(
+        "auto",
+        help="segment everything in a 2D image into a label image",
+        description="Automatic segmentation (SAM's automatic mask generator): prompts all over "
+        "the image, the good and distinct masks kept, written as a uint32 label image.",
+    )
+    auto.add_argument("image", type=Path, help="2D image: .tif, .png, .jpg or .npy")
+    _model_options(auto)
+    auto.add_argument("-o", "--output", type=Path, required=True, help="label image (.tif or .npy)")
+    auto.add_argument("--sampler", choices=SAMPLERS, default="grid",
+                      help="grid: Meta's point grid; boxes: one box per detected object; adaptive: "
+                      "a coarse grid, then clicks only where nothing is segmented yet")
+    auto.add_argument("--points-per-side", type=int, default=32)
+    auto.add_argument("--pred-iou-thresh", type=float,
+                      help="keep masks with a higher predicted IoU (default: what suits the model)")
+    auto.add_argument("--stability-score-thresh", type=float,
+                      help="keep masks at least this stable (default: what suits the model)")
+    auto.add_argument("--crop-n-layers", type=int, default=0, help="also segment overlapping crops")
+    auto.add_argument("--min-mask-region-area", type=int, default=0,
+                      help="fill holes and drop islands smaller than this many pixels")
+    auto.set_defaults(run=_auto)
 
     sample = commands.add_parser("sample", help="write a synthetic fluorescence nuclei image")
     sample.add_argument("output", type=Path, help="output .tif (uint16 image)")
@@ -125,6 +148,36 @@ def _segment(args: argparse.Namespace) -> int:
         f"{args.output}: {int(masks[best].sum())} pixels, predicted IoU {scores[best]:.3f} "
         f"({time.perf_counter() - start:.1f} s)"
     )
+    return 0
+
+
+def _auto(args: argparse.Namespace) -> int:
+    from napari_sam import AutomaticMaskGenerator, load_model
+    from napari_sam.models.weights import identify, read_state_dict
+
+    image = read_image(args.image)
+    if args.output.suffix.lower() not in (".tif", ".tiff", ".npy"):
+        raise ValueError(f"write the labels to a .tif or .npy file, not {args.output.name!r}")
+    start = time.perf_counter()
+    model = load_model(args.model, args.checkpoint, args.device)
+    name = args.model or (identify(read_state_dict(args.checkpoint)) if args.checkpoint else DEFAULT_MODEL)
+    settings = dict(MODELS[name].automatic) if name in MODELS else {}
+    for option in ("pred_iou_thresh", "stability_score_thresh"):
+        if getattr(args, option) is not None:
+            settings[option] = getattr(args, option)
+    generator = AutomaticMaskGenerator(
+        model, points_per_side=args.points_per_side, crop_n_layers=args.crop_n_layers,
+        min_mask_region_area=args.min_mask_region_area, sampler=args.sampler, **settings,
+    )
+    labels = generator.generate_labels(image)
+    if args.output.suffix.lower() == ".npy":
+        np.save(args.output, labels)
+    else:
+        import tifffile
+
+        tifffile.imwrite(args.output, labels)
+    print(f"{args.output}: {labels.max()} objects, {generator.decoder_calls} prompts decoded "
+          f"({time.perf_counter() - start:.1f} s)")
     return 0
 
 

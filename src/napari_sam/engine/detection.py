@@ -7,7 +7,6 @@ import numbers
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 from skimage.transform import resize
 
@@ -30,9 +29,11 @@ def detect_objects(
 
     Meant for fluorescence images of nuclei or cells, as object-aware box prompts in the spirit
     of MobileSAMv2. The image is made grey (the brightest of its normalised channels), smoothed
-    and freed of its uneven background, thresholded (half the Otsu threshold, and at least a few
-    noise levels), and touching objects are split by a watershed of the distance to the
-    background. Scales follow the typical object radius, estimated from the image.
+    and freed of its uneven background, and thresholded low (0.4 times the Otsu threshold, and
+    at least a few noise levels); touching objects are split by a watershed of the distance to
+    the background, then each object is cut at half its own brightness, so that dim and bright
+    objects get equally close boxes. Scales follow the typical object radius, estimated from the
+    image.
 
     Parameters
     ----------
@@ -83,10 +84,10 @@ def detect_objects(
     if not np.ptp(grey) > 0:
         return no_boxes
 
-    mask, radius = _foreground(grey)
+    residual, mask, radius = _foreground(grey)
     if not mask.any():
         return no_boxes
-    labels = _split(mask, radius)
+    labels = _trim(_split(mask, radius), residual)
     if min_size is None:
         min_size = 0.2 * np.pi * radius**2
     areas = np.bincount(labels.ravel())[1:]
@@ -132,8 +133,8 @@ def _typical_radius(mask: np.ndarray) -> float:
     return max(1.0, float(np.median(inscribed)))
 
 
-def _foreground(grey: np.ndarray) -> tuple[np.ndarray, float]:
-    """Mask of the objects and their typical radius.
+def _foreground(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Background-free smoothed image, mask of the objects and their typical radius.
 
     A first Otsu threshold gives the object scale, which sets the smoothing and the scale of the
     background; the background is estimated twice, the second time without the objects found by
@@ -150,16 +151,14 @@ def _foreground(grey: np.ndarray) -> tuple[np.ndarray, float]:
         if not background.any():
             background[:] = True
         residual = smooth - _smooth_background(smooth, background, 8.0 * radius)
-        threshold = max(0.5 * threshold_otsu(residual), _NOISE_SIGMAS * noise)
+        threshold = max(0.4 * threshold_otsu(residual), _NOISE_SIGMAS * noise)
         mask = residual > threshold
-    return mask, _typical_radius(mask)
+    return residual, mask, _typical_radius(mask)
 
 
 def _noise_level(grey: np.ndarray) -> float:
     """Standard deviation of pixel noise, from the median difference of neighbouring pixels."""
     steps = np.concatenate([np.diff(grey, axis=0).ravel(), np.diff(grey, axis=1).ravel()])
-    if steps.size == 0:
-        return 0.0
     return 1.4826 * float(np.median(np.abs(steps))) / np.sqrt(2.0)
 
 
@@ -190,12 +189,22 @@ def _smooth_background(image: np.ndarray, background: np.ndarray, sigma: float) 
 def _split(mask: np.ndarray, radius: float) -> np.ndarray:
     """Label image of the objects: touching ones split by a watershed of the distance transform.
 
-    Every maximum of the (slightly smoothed) distance to the background that rises more than
-    ``radius / 100`` above the saddle to a higher one seeds an object.
+    Each maximum of the (slightly smoothed) distance to the background seeds an object; maxima
+    closer than about ``0.4 * radius`` (plateaus, ripples of the outline) seed the same one.
     """
     distance = ndi.gaussian_filter(ndi.distance_transform_edt(mask), min(1.0, 0.15 * radius))
-    markers, n_markers = ndi.label(h_maxima(distance, 0.01 * radius).astype(bool) & mask)
+    peaks = (distance == ndi.maximum_filter(distance, size=3)) & mask
+    reach = max(1, round(0.4 * radius))
+    markers, n_markers = ndi.label(ndi.binary_dilation(peaks, iterations=reach) & mask)
     labels = watershed(-distance, markers, mask=mask)
     components, _ = ndi.label(mask)
-    # an object whose maximum is too shallow to seed keeps its own label
+    # a small object next to a larger one may have no maximum of its own: it keeps its own label
     return np.where(labels > 0, labels, np.where(mask, components + n_markers, 0))
+
+
+def _trim(labels: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """Keep the pixels of each object brighter than half its upper quartile (its half maximum)."""
+    index = np.arange(labels.max() + 1)
+    level = ndi.labeled_comprehension(residual, labels, index, lambda v: np.percentile(v, 75),
+                                      np.float64, 0.0)
+    return np.where(residual > 0.5 * level[labels], labels, 0)

@@ -72,8 +72,13 @@ def point_grid(n_per_side: int) -> np.ndarray:
 
 
 def grid_points(grid_xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Normalised ``(x, y)`` grid points to ``(row, col)`` pixels of an image of ``shape``."""
-    return (np.asarray(grid_xy) * np.array([shape[1], shape[0]]))[:, ::-1]
+    """Normalised ``(x, y)`` grid points to ``(row, col)`` pixels of an image of ``shape``.
+
+    Points stay within half a pixel of the image, which matters only for images with fewer
+    pixels along a side than grid points.
+    """
+    points = (np.asarray(grid_xy) * np.array([shape[1], shape[0]]))[:, ::-1]
+    return np.clip(points, -0.5, np.array(shape) - 0.5)
 
 
 class GridSampler:
