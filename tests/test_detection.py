@@ -1,4 +1,4 @@
-"""The built-in object detector (napari_sam.engine.detection): boxes a user would accept as prompts."""
+"""The built-in detector (napari_sam.engine.detection): boxes a user would accept as prompts."""
 
 from __future__ import annotations
 
@@ -104,9 +104,9 @@ def test_uint8_image(synthetic):
 # --------------------------------------------------------------------------- #
 # touching objects, box geometry
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("gap", [22, 24])
+@pytest.mark.parametrize("gap", [18, 22, 24])
 def test_touching_discs_give_one_box_each(gap):
-    """Two discs of radius 12 whose centres are ``gap`` apart: overlapping (22) or touching."""
+    """Two discs of radius 12, centres ``gap`` apart: overlapping (18, 22) or just touching (24)."""
     image, labels = disc_image([(32, 30), (32, 30 + gap)])
     boxes = detect_objects(image)
     assert len(boxes) == 2
