@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from skimage.segmentation import relabel_sequential
 
+from napari_sam.engine.embeddings import EmbeddingStore
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.engine.mask_ops import (
     LogitUpsampler,
@@ -25,6 +25,7 @@ from napari_sam.engine.mask_ops import (
     coco_rle,
     mask_to_rle,
     nms,
+    paint_labels,
     remove_small_regions,
     stability_score,
 )
@@ -116,6 +117,8 @@ class AutomaticMaskGenerator:
     detector : callable, optional
         For ``sampler="boxes"``: ``detector(rgb_image) -> (N, 4)`` boxes ``(min_row, min_col,
         max_row, max_col)``; by default :func:`napari_sam.engine.detection.detect_objects`.
+    embedding_store : EmbeddingStore, optional
+        Reuse embeddings stored there, and store the new ones.
 
     Attributes
     ----------
@@ -154,6 +157,7 @@ class AutomaticMaskGenerator:
         *,
         sampler: str | PromptSampler = "grid",
         detector=None,
+        embedding_store: EmbeddingStore | None = None,
     ) -> None:
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, not {output_mode!r}")
@@ -174,6 +178,7 @@ class AutomaticMaskGenerator:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        self.embedding_store = embedding_store
         self.decoder_calls = 0
         self._upsamplers: dict[tuple, LogitUpsampler] = {}
 
@@ -210,13 +215,15 @@ class AutomaticMaskGenerator:
         that order (1 is the largest visible object). Arguments as in :meth:`generate`.
         """
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, limits=limits)
-        found = self._masks(rgb)
-        labels = np.zeros(rgb.shape[:2], dtype=np.uint32)
-        for label, i in enumerate(np.argsort([-m.area for m in found.masks], kind="stable"), 1):
-            mask = found.masks[i]
-            h, w = mask.window.shape
-            labels[mask.top: mask.top + h, mask.left: mask.left + w][mask.window] = label
-        return relabel_sequential(labels)[0].astype(np.uint32)
+        return paint_labels(self._masks(rgb).masks, rgb.shape[:2])
+
+    def generate_masks(self, image: np.ndarray, *, channel_axis: int | None = None,
+                       limits=None) -> list[WindowMask]:
+        """The masks of :meth:`generate`, each kept as the window that holds it (memory-light).
+
+        Arguments as in :meth:`generate`.
+        """
+        return self._masks(to_rgb_uint8(image, channel_axis=channel_axis, limits=limits)).masks
 
     # -- the pipeline -------------------------------------------------------------------------
 
@@ -239,7 +246,10 @@ class AutomaticMaskGenerator:
     def _crop_masks(self, rgb: np.ndarray, crop_box, layer: int) -> _Masks:
         x0, y0, x1, y1 = crop_box
         crop = rgb[y0:y1, x0:x1]
-        embedding = self.predictor.set_image(crop)
+        if self.embedding_store is None:
+            embedding = self.predictor.set_image(crop)
+        else:
+            embedding = self.embedding_store.embed(self.predictor, crop)
         upsampler = self._upsampler(embedding.input_size, embedding.original_size)
         coverage = Coverage(np.zeros(crop.shape[:2], dtype=bool))
         candidates, kept = _Masks(), np.zeros(0, dtype=np.int64)

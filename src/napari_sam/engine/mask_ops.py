@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from skimage.segmentation import relabel_sequential
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -57,6 +58,20 @@ class WindowMask:
     def moved(self, top: int, left: int, shape: tuple[int, int]) -> WindowMask:
         """The same pixels shifted by ``(top, left)`` into an image of ``shape``."""
         return WindowMask(self.top + top, self.left + left, self.window, tuple(shape))
+
+
+def paint_labels(masks: list[WindowMask], shape: tuple[int, int]) -> np.ndarray:
+    """A uint32 label image of ``masks``, larger ones painted first so smaller ones stay visible.
+
+    Ids are 1..n in painting order, renumbered after painting so that masks hidden entirely by
+    smaller ones leave no gaps.
+    """
+    labels = np.zeros(shape, dtype=np.uint32)
+    for label, i in enumerate(np.argsort([-m.area for m in masks], kind="stable"), 1):
+        mask = masks[i]
+        h, w = mask.window.shape
+        labels[mask.top: mask.top + h, mask.left: mask.left + w][mask.window] = label
+    return relabel_sequential(labels)[0].astype(np.uint32)
 
 
 class LogitUpsampler:

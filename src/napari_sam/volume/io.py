@@ -1,0 +1,363 @@
+"""Open microscopy volumes lazily (zarr, OME-zarr, tiff, numpy, dask), read them plane by plane.
+
+Nothing here loads a whole volume: :func:`open_volume` reads metadata only, and
+:meth:`Volume.plane` reads the chunks (or file pages) of one 2D plane.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import tifffile
+import zarr
+
+from napari_sam.engine.image import DEFAULT_PERCENTILES, intensity_range
+
+AXES = "tczyx"
+_SUPPORTED = (
+    "supported: a zarr store (a directory, zarr v2 or v3, plain or OME-zarr), a tiff file "
+    "(tiff, BigTIFF, OME-TIFF, ImageJ), a numpy, dask or zarr array"
+)
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# tifffile's axis codes; 'S' (samples, e.g. RGB) is a channel axis. Its other codes ('Q' unknown,
+# 'I' image sequence, ...) say nothing usable, so a series with them falls back to guessing.
+_TIFF_AXES = {"T": "t", "C": "c", "S": "c", "Z": "z", "Y": "y", "X": "x"}
+_OME_AXES = {letter: letter for letter in AXES}
+
+
+@dataclass(frozen=True, repr=False)
+class Volume:
+    """A lazy array with named axes, read one 2D plane at a time.
+
+    Parameters
+    ----------
+    data : array-like
+        A zarr array, dask array, numpy memmap or array; never loaded whole.
+    axes : str
+        One letter per axis of ``data`` from ``'tczyx'``, each at most once, with ``y`` and ``x``.
+    source : str
+        A short description: the path, or ``'numpy array'``.
+
+    Examples
+    --------
+    >>> volume = Volume(np.zeros((5, 32, 48), np.uint16), "zyx")
+    >>> volume.planes, volume.plane(2).shape
+    ((5,), (32, 48))
+    """
+
+    data: Any
+    axes: str
+    source: str = "array"
+
+    def __post_init__(self):
+        check_axes(self.axes, self.data.shape)
+        if 0 in self.data.shape:
+            raise ValueError(f"{self.source} of shape {self.data.shape} is empty")
+
+    def __repr__(self) -> str:
+        return (
+            f"Volume({self.source!r}, axes={self.axes!r}, shape={self.shape}, dtype={self.dtype})"
+        )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        """``(Y, X)``, the shape of one plane without channels."""
+        return self.shape[self.axes.index("y")], self.shape[self.axes.index("x")]
+
+    @property
+    def channels(self) -> int | None:
+        """The number of channels, or None without a ``c`` axis."""
+        return self.shape[self.axes.index("c")] if "c" in self.axes else None
+
+    @property
+    def plane_axes(self) -> str:
+        """The axes that index planes: those other than ``c``, ``y`` and ``x``, e.g. ``'tz'``."""
+        return "".join(a for a in self.axes if a not in "cyx")
+
+    @property
+    def planes(self) -> tuple[int, ...]:
+        """The shape of the plane axes, e.g. ``(Z,)``, ``(T, Z)`` or ``()`` for a 2D image."""
+        return tuple(self.shape[self.axes.index(a)] for a in self.plane_axes)
+
+    @property
+    def n_planes(self) -> int:
+        return math.prod(self.planes)
+
+    def plane(self, index: int | tuple[int, ...] = ()) -> np.ndarray:
+        """Read one 2D plane.
+
+        Parameters
+        ----------
+        index : int or tuple of int
+            Position along :attr:`plane_axes` (an int when there is one such axis, ``()`` for a
+            2D image). Negative values count from the end.
+
+        Returns
+        -------
+        (Y, X) or (Y, X, C) ndarray
+            A new array (channels last), read from disk for this plane only.
+        """
+        return self._read(index, slice(None), slice(None))
+
+    def sample(self, max_pixels: int = 1_000_000, *, max_planes: int = 8) -> np.ndarray:
+        """Voxel values from a few planes spread through the volume, for robust percentiles.
+
+        Parameters
+        ----------
+        max_pixels : int
+            About how many ``(y, x)`` positions to take in all; planes are subsampled on a regular
+            grid to stay within it.
+        max_planes : int
+            How many planes to read: the centres of this many equal parts of the stack.
+
+        Returns
+        -------
+        (N,) or (N, C) ndarray
+            Values, one column per channel when the volume has channels.
+        """
+        count = min(self.n_planes, max_planes)
+        picked = ((np.arange(count) + 0.5) * self.n_planes / count).astype(int)
+        step = max(1, math.ceil(math.sqrt(math.prod(self.plane_shape) * count / max_pixels)))
+        grid = slice(step // 2, None, step)
+        values = np.stack(
+            [self._read(np.unravel_index(i, self.planes), grid, grid) for i in picked]
+        )
+        return values.reshape(-1, self.channels) if self.channels else values.reshape(-1)
+
+    def _read(self, index: int | tuple[int, ...], rows: slice, cols: slice) -> np.ndarray:
+        """Read ``[rows, cols]`` of the plane at ``index`` as ``(y, x[, c])``."""
+        position = iter(self._plane_index(index))
+        selection = tuple(
+            rows if a == "y" else cols if a == "x" else slice(None) if a == "c" else next(position)
+            for a in self.axes
+        )
+        kept = [a for a in self.axes if a in "cyx"]
+        order = [kept.index(a) for a in "yxc" if a in kept]
+        # np.array copies, so a view into the caller's array or a file map never leaks out.
+        return np.array(np.transpose(self.data[selection], order), order="C")
+
+    def _plane_index(self, index: int | tuple[int, ...]) -> tuple[int, ...]:
+        """``index`` checked against :attr:`planes`, as non-negative ints."""
+        index = index if isinstance(index, tuple) else (index,)
+        fits = len(index) == len(self.planes) and all(
+            isinstance(i, (int, np.integer)) and -n <= i < n for i, n in zip(index, self.planes)
+        )
+        if not fits:
+            raise IndexError(
+                f"plane index {index} does not fit planes of shape {self.planes} (axes "
+                f"{self.plane_axes!r}) of {self.source}: give {len(self.planes)} integer(s), "
+                "each within its axis"
+            )
+        return tuple(int(i) % n for i, n in zip(index, self.planes))
+
+
+def open_volume(
+    source: str | os.PathLike | np.ndarray | da.Array | zarr.Array, axes: str | None = None
+) -> Volume:
+    """Open a volume without reading its voxels.
+
+    Parameters
+    ----------
+    source : path, ndarray, dask array or zarr.Array
+        A zarr store (v2 or v3 format): an array; an OME-zarr group (its level 0, with the axes
+        of its ``multiscales`` metadata, NGFF 0.4 or 0.5); or a group holding exactly one array.
+        A tiff file (series 0, level 0): memory mapped when its data is contiguous, else read
+        through tifffile's zarr store; axes from its OME, ImageJ or tifffile metadata.
+        Or an array in memory or a lazy array.
+    axes : str, optional
+        One letter per dimension from ``'tczyx'`` (any case), overriding metadata and guess.
+        Without it and without axis metadata the axes are guessed, see :func:`guess_axes`.
+
+    Returns
+    -------
+    Volume
+
+    Raises
+    ------
+    FileNotFoundError
+        The path does not exist.
+    ValueError
+        Not a supported format, a zarr group that is not an image, fewer than 2 dimensions, or
+        ``axes`` that do not fit the array.
+
+    Examples
+    --------
+    >>> open_volume(np.zeros((10, 2, 64, 64), np.uint16))
+    Volume('numpy array', axes='zcyx', shape=(10, 2, 64, 64), dtype=uint16)
+    """
+    if isinstance(source, (str, os.PathLike)):
+        data, found, description = _open_path(Path(source).expanduser(), axes)
+    elif isinstance(source, zarr.Array):
+        data, found, description = source, _zarr_axes(source), f"zarr array {source.store_path}"
+    elif isinstance(source, (np.ndarray, da.Array)):
+        data, found = source, None
+        description = "dask array" if isinstance(source, da.Array) else "numpy array"
+    else:
+        raise TypeError(f"cannot open a {type(source).__name__}; {_SUPPORTED}")
+    if axes is None:
+        axes = found or guess_axes(data.shape)
+    return Volume(data, axes.lower(), description)
+
+
+def guess_axes(shape: tuple[int, ...]) -> str:
+    """Guess the axes of an array from its shape alone.
+
+    2D is ``'yx'``; 3D is ``'yxc'`` (RGB/RGBA) when the last axis has 3 or 4 entries, else
+    ``'zyx'``; 4D is ``'zcyx'`` when axis 1 has at most 4 entries and axis 0 more, else
+    ``'tzyx'``; 5D is ``'tczyx'``.
+
+    Examples
+    --------
+    >>> guess_axes((512, 512, 3)), guess_axes((30, 2, 512, 512))
+    ('yxc', 'zcyx')
+    """
+    _check_ndim(shape)
+    if len(shape) == 3:
+        return "yxc" if shape[-1] in (3, 4) else "zyx"
+    if len(shape) == 4:
+        return "zcyx" if shape[1] <= 4 < shape[0] else "tzyx"
+    return {2: "yx", 5: "tczyx"}[len(shape)]
+
+
+def check_axes(axes: str, shape: tuple[int, ...]) -> None:
+    """Raise ValueError unless ``axes`` names each dimension of ``shape`` by a letter of 'tczyx'."""
+    _check_ndim(shape)
+    shape = tuple(shape)
+    unknown = sorted(set(axes) - set(AXES))
+    repeated = sorted({a for a in axes if axes.count(a) > 1})
+    if len(axes) != len(shape):
+        problem = (
+            f"has {len(axes)} letters but the array has {len(shape)} dimensions (shape {shape})"
+        )
+    elif unknown:
+        problem = f"has letters {unknown} outside 'tczyx' (array shape {shape})"
+    elif repeated:
+        problem = f"repeats {repeated} (array shape {shape})"
+    elif not {"y", "x"} <= set(axes):
+        problem = f"lacks 'y' or 'x' (array shape {shape})"
+    else:
+        return
+    raise ValueError(
+        f"axes {axes!r} {problem}; give {len(shape)} letters from 'tczyx', each at most once and "
+        f"including 'y' and 'x', e.g. {guess_axes(shape)!r}"
+    )
+
+
+def intensity_limits(
+    volume: Volume, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+) -> np.ndarray:
+    """Robust intensity limits of a whole volume, from :meth:`Volume.sample`.
+
+    Returns
+    -------
+    (2,) or (2, C) ndarray
+        Low and high limit (per channel when the volume has channels), for
+        :func:`napari_sam.engine.image.to_rgb_uint8` so that all planes are scaled alike.
+    """
+    limits = intensity_range(volume.sample().reshape(-1, volume.channels or 1), percentiles)
+    return limits if volume.channels else limits[:, 0]
+
+
+def _check_ndim(shape: tuple[int, ...]) -> None:
+    if len(shape) < 2:
+        raise ValueError(
+            f"an image needs at least 2 dimensions (y, x), got an array of shape {tuple(shape)}"
+        )
+    if len(shape) > 5:
+        raise ValueError(
+            f"an array of shape {tuple(shape)} has {len(shape)} dimensions, at most 5 ('tczyx') "
+            "are supported: select part of it first, e.g. array[0]"
+        )
+
+
+def _open_path(path: Path, axes: str | None) -> tuple[Any, str | None, str]:
+    """The lazy array at ``path``, its axes from metadata (or None) and a description.
+
+    ``axes`` is the caller's override, which excuses OME-zarr axes that do not map to 'tczyx'.
+    """
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist; give the path of a zarr store or a tiff file"
+        )
+    if path.is_dir():
+        if not any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup")):
+            raise ValueError(
+                f"{path} is a directory but not a zarr store (no zarr.json, .zarray or .zgroup); "
+                + _SUPPORTED
+            )
+        node = zarr.open(path, mode="r")
+        if isinstance(node, zarr.Group):
+            return (*_image_in_group(node, path, axes), str(path))
+        return node, _zarr_axes(node), str(path)
+    with path.open("rb") as file:
+        magic = file.read(4)
+    if magic not in _TIFF_MAGIC:
+        raise ValueError(f"{path} is neither a zarr store nor a tiff file; {_SUPPORTED}")
+    return (*_open_tiff(path), str(path))
+
+
+def _image_in_group(
+    group: zarr.Group, path: Path, axes: str | None
+) -> tuple[zarr.Array, str | None]:
+    """Level 0 of an OME-zarr group, or the only array of a plain group."""
+    attrs = group.attrs.asdict()
+    multiscales = attrs.get("ome", attrs).get("multiscales")  # NGFF 0.5 nests under "ome"
+    if multiscales:
+        image = multiscales[0]
+        names = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
+        found = _known_axes([n.lower() for n in names], _OME_AXES)
+        if names and found is None and axes is None:
+            raise ValueError(
+                f"the OME-zarr axes {names} of {path} do not map to 'tczyx'; pass axes= with one "
+                "of t, c, z, y, x for each"
+            )
+        return group[image["datasets"][0]["path"]], found
+    arrays, groups = sorted(group.array_keys()), sorted(group.group_keys())
+    if len(arrays) == 1:
+        return group[arrays[0]], _zarr_axes(group[arrays[0]])
+    contents = f"arrays {arrays} and groups {groups}" if arrays or groups else "nothing"
+    example = f", e.g. {path / (arrays or groups)[0]}" if arrays or groups else ""
+    raise ValueError(
+        f"{path} is a zarr group without OME-zarr 'multiscales' metadata and holds {contents}, "
+        f"not exactly one array; open the array (or image group) you mean{example}"
+    )
+
+
+def _zarr_axes(array: zarr.Array) -> str | None:
+    """Axes from zarr v3 ``dimension_names`` when they are all letters of ``'tczyx'``."""
+    names = getattr(array.metadata, "dimension_names", None) or ()
+    return _known_axes([str(n).lower() for n in names], _OME_AXES)
+
+
+def _open_tiff(path: Path) -> tuple[Any, str | None]:
+    """Series 0 of a tiff file, memory mapped or as a zarr array, and its axes."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        names, contiguous = series.axes, series.dataoffset is not None
+    if contiguous:
+        data = tifffile.memmap(path, series=0, mode="r")
+    else:  # compressed or scattered: tifffile's zarr store decodes only the pages asked for
+        data = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
+    return data, _known_axes(list(names), _TIFF_AXES)
+
+
+def _known_axes(names: list[str], letters: dict[str, str]) -> str | None:
+    """``names`` as a string of distinct ``'tczyx'`` letters with y and x, else None."""
+    axes = "".join(letters.get(n, "?") for n in names)
+    if "?" in axes or len(set(axes)) < len(axes) or not {"y", "x"} <= set(axes):
+        return None
+    return axes

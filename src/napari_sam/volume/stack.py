@@ -1,0 +1,313 @@
+"""Automatic segmentation of a whole stack into a zarr label volume: resumable, tiled, linked in
+3D, serial or on dask.
+
+Every plane is segmented on its own (tiled if large) and written into its own chunk of the
+output. Plane ``p`` numbers its objects from ``p * stride + 1``, so ids are unique in the volume
+and do not depend on the order in which planes finish. A plane counts as done only once a
+marker file is written after its chunk, so a run killed at any moment resumes where it stopped
+and loses no finished plane. Linking then gives objects that continue through z one id, in
+place and idempotently (:func:`napari_sam.volume.linking.link_slices`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sam.engine.amg import AutomaticMaskGenerator
+from napari_sam.engine.embeddings import EmbeddingStore
+from napari_sam.engine.image import rescale_to_uint8, to_rgb_uint8
+from napari_sam.volume.io import Volume, intensity_limits, open_volume
+from napari_sam.volume.linking import link_slices
+from napari_sam.volume.tiling import segment_plane, tile_layout
+
+RECORD = ".napari_sam"  # folder inside the output array: run settings and one marker per plane
+
+
+@dataclass(frozen=True)
+class StackJob:
+    """Everything a worker needs to segment one plane (picklable, for dask)."""
+
+    volume: Volume
+    output: str
+    model: str | None
+    checkpoint: str | None
+    device: str
+    limits: list | None
+    tile: int | None
+    halo: int
+    cache: str | None
+    stride: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StackSummary:
+    """What :func:`segment_stack` did."""
+
+    planes: int
+    segmented: int
+    skipped: int
+    objects: int
+    seconds: float
+    linked: bool
+
+
+def segment_stack(
+    source,
+    output: str | os.PathLike,
+    *,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    axes: str | None = None,
+    z: slice | range | None = None,
+    tile: int | None = None,
+    halo: int = 128,
+    cache: str | os.PathLike | None = None,
+    resume: bool = False,
+    link: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **amg_options,
+) -> StackSummary:
+    """Segment every plane of a stack automatically into a uint32 zarr label volume.
+
+    Parameters
+    ----------
+    source : path, array or Volume
+        Anything :func:`napari_sam.volume.open_volume` opens.
+    output : path
+        The zarr array to write: same plane axes and plane size as ``source``, one chunk per
+        plane. It must not exist unless ``resume`` is given.
+    model, checkpoint, device : str, optional
+        As in :func:`napari_sam.load_model`.
+    axes : str, optional
+        Axes of ``source`` when the guess is wrong.
+    z : slice or range, optional
+        Planes to segment along the plane axis (all by default); the others stay 0.
+    tile, halo : int, optional
+        Tile planes larger than ``tile`` pixels, with ``halo`` pixels of context.
+    cache : path, optional
+        An :class:`~napari_sam.engine.embeddings.EmbeddingStore` to reuse embeddings from.
+    resume : bool
+        Continue an output written before with the same settings, skipping finished planes.
+    link : bool
+        Give objects continuing through neighbouring planes one id (z stacks only).
+    workers : int, optional
+        Segment planes in this many local processes with dask.
+    scheduler : str, optional
+        Address of a ``dask.distributed`` scheduler to run the planes on.
+    progress : callable, optional
+        ``progress(done, total)`` after each plane.
+    **amg_options
+        Settings of :class:`~napari_sam.AutomaticMaskGenerator` (``sampler``,
+        ``points_per_side``, thresholds...); by default those that suit the model.
+
+    Returns
+    -------
+    StackSummary
+
+    Raises
+    ------
+    FileExistsError
+        ``output`` exists and ``resume`` is not given, or it does not fit this run.
+    ValueError
+        Bad axes or plane range, or a source that is not an image volume.
+    """
+    start = time.perf_counter()
+    volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
+    if len(volume.planes) > 1:
+        raise ValueError(
+            f"segment_stack takes one plane axis (z), the volume has {volume.axes!r}: select a "
+            "time point or channel first, e.g. open_volume(path).data[t]"
+        )
+    n_planes = volume.n_planes
+    todo = list(range(n_planes))[z] if z is not None else list(range(n_planes))
+    if volume.dtype == np.uint8:
+        limits = None
+    else:
+        limits = np.asarray(intensity_limits(volume)).tolist()
+    job = StackJob(
+        volume=volume, output=str(output), model=model,
+        checkpoint=None if checkpoint is None else str(checkpoint), device=device,
+        limits=limits, tile=tile, halo=halo, cache=None if cache is None else str(cache),
+        stride=2**32 // (n_planes + 1), options=_settings(model, checkpoint, amg_options),
+    )
+    labels = _open_output(job, volume, resume)
+    done = _done(job.output)
+    remaining = [p for p in todo if p not in done]
+    if progress is not None:
+        progress(len(todo) - len(remaining), len(todo))
+    objects = _run(job, remaining, workers, scheduler, progress, len(todo) - len(remaining), len(todo))
+    linked = False
+    if link and volume.planes and len(todo) > 1:
+        link_slices(labels)
+        linked = True
+    return StackSummary(planes=len(todo), segmented=len(remaining),
+                        skipped=len(todo) - len(remaining), objects=objects,
+                        seconds=time.perf_counter() - start, linked=linked)
+
+
+def segment_one(job: StackJob, plane: int) -> int:
+    """Segment plane ``plane`` of ``job`` into its chunk of the output, then mark it done.
+
+    Returns
+    -------
+    int
+        The number of objects found.
+    """
+    generator = _generator(job.model, job.checkpoint, job.device, job.cache,
+                           json.dumps(job.options, sort_keys=True))
+    image = job.volume.plane(plane) if job.volume.planes else job.volume.plane(())
+    rgb = to_rgb_uint8(image) if job.limits is None else _to_rgb(image, job.limits)
+    labels = segment_plane(generator, rgb, tile_layout(rgb.shape[:2], job.tile, job.halo))
+    count = int(labels.max())
+    if count >= job.stride:
+        raise ValueError(f"plane {plane} has {count} objects, more than the {job.stride - 1} "
+                         "ids a plane can use in this volume")
+    labels[labels > 0] += np.uint32(plane * job.stride)
+    output = _output_array(job.output)
+    if job.volume.planes:
+        output[plane] = labels
+    else:
+        output[...] = labels
+    (Path(job.output) / RECORD / "done" / str(plane)).touch()
+    return count
+
+
+def _to_rgb(image: np.ndarray, limits) -> np.ndarray:
+    """8-bit RGB of one plane with the volume's intensity limits (grey or channels last)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    return to_rgb_uint8(rescale_to_uint8(image, limits))
+
+
+@functools.lru_cache(maxsize=2)
+def _generator(model, checkpoint, device, cache, options_json) -> AutomaticMaskGenerator:
+    """One generator (and model) per process and settings: dask workers load the model once."""
+    from napari_sam import load_model
+
+    store = EmbeddingStore(cache) if cache else None
+    return AutomaticMaskGenerator(load_model(model, checkpoint, device), embedding_store=store,
+                                  **json.loads(options_json))
+
+
+@functools.lru_cache(maxsize=4)
+def _output_array(path: str):
+    import zarr
+
+    return zarr.open_array(path, mode="r+")
+
+
+def _settings(model, checkpoint, options: dict) -> dict:
+    """The generator settings: the model's recommended ones, overridden by ``options``."""
+    from napari_sam.models.registry import DEFAULT_MODEL, MODELS
+    from napari_sam.models.weights import identify, read_state_dict
+
+    name = model or (identify(read_state_dict(checkpoint)) if checkpoint else DEFAULT_MODEL)
+    settings = dict(MODELS[name].automatic) if name in MODELS else {}
+    settings.update(options)
+    return settings
+
+
+def _open_output(job: StackJob, volume: Volume, resume: bool):
+    import zarr
+
+    path = Path(job.output)
+    shape = tuple(volume.planes) + tuple(volume.plane_shape)
+    record = {k: v for k, v in asdict(job).items() if k not in ("volume", "output")}
+    record["source"] = volume.source
+    record["shape"] = list(shape)
+    if path.exists():
+        if not resume:
+            raise FileExistsError(
+                f"{str(path)!r} exists: pass resume=True (--resume) to continue it, or choose "
+                "another output"
+            )
+        _check_resumable(path, shape, record)
+        return zarr.open_array(str(path), mode="r+")
+    chunks = (1,) * len(volume.planes) + tuple(volume.plane_shape)
+    try:
+        labels = zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype="uint32",
+                                   fill_value=0)
+        (path / RECORD / "done").mkdir(parents=True)
+        _write_json(path / RECORD / "run.json", record)
+    except OSError as error:
+        raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
+    return labels
+
+
+def _check_resumable(path: Path, shape: tuple, record: dict) -> None:
+    run_file = path / RECORD / "run.json"
+    if not run_file.is_file():
+        raise FileExistsError(f"{str(path)!r} exists but is not a napari-sam stack output; "
+                              "choose another output")
+    before = json.loads(run_file.read_text())
+    if before.get("shape") != list(shape):
+        raise FileExistsError(
+            f"{str(path)!r} holds a volume of shape {tuple(before.get('shape', ()))}, this run "
+            f"writes {shape}: choose another output"
+        )
+    changed = sorted(k for k in record if k != "source" and before.get(k) != record[k])
+    if changed:
+        raise FileExistsError(
+            f"{str(path)!r} was written with other settings ({', '.join(changed)}): resume with "
+            "the same settings, or choose another output"
+        )
+
+
+def _done(output: str) -> set[int]:
+    folder = Path(output) / RECORD / "done"
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
+
+
+def _write_json(path: Path, record: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(temporary, path)
+
+
+def _run(job: StackJob, planes: list[int], workers, scheduler, progress, done: int, total: int) -> int:
+    """Segment ``planes`` serially, in local dask processes, or on a dask.distributed cluster."""
+    if not planes:
+        return 0
+    counts: list[int] = []
+
+    def finished(count: int) -> None:
+        counts.append(count)
+        if progress is not None:
+            progress(done + len(counts), total)
+
+    if scheduler is not None:
+        from distributed import Client, as_completed
+
+        with Client(scheduler) as client:
+            for future in as_completed(client.map(segment_one, [job] * len(planes), planes,
+                                                  pure=False)):
+                finished(future.result())
+    elif workers:
+        import dask
+        from dask.callbacks import Callback
+
+        class Progress(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if isinstance(result, int):
+                    finished(result)
+
+        tasks = [dask.delayed(segment_one, pure=False)(job, plane) for plane in planes]
+        with Progress():
+            dask.compute(*tasks, scheduler="processes", num_workers=workers)
+    else:
+        for plane in planes:
+            finished(segment_one(job, plane))
+    return sum(counts)
