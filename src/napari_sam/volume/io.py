@@ -22,7 +22,7 @@ from napari_sam.engine.image import DEFAULT_PERCENTILES, intensity_range
 AXES = "tczyx"
 _SUPPORTED = (
     "supported: a zarr store (a directory, zarr v2 or v3, plain or OME-zarr), a tiff file "
-    "(tiff, BigTIFF, OME-TIFF, ImageJ), a numpy, dask or zarr array"
+    "(tiff, BigTIFF, OME-TIFF, ImageJ), a .npy file, a numpy, dask or zarr array"
 )
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # tifffile's axis codes; 'S' (samples, e.g. RGB) is a channel axis. Its other codes ('Q' unknown,
@@ -304,8 +304,10 @@ def _open_path(path: Path, axes: str | None) -> tuple[Any, str | None, str]:
             return (*_image_in_group(node, path, axes), str(path))
         return node, _zarr_axes(node), str(path)
     with path.open("rb") as file:
-        magic = file.read(4)
-    if magic not in _TIFF_MAGIC:
+        magic = file.read(6)
+    if magic == b"\x93NUMPY":  # a .npy file: memory-mapped, read a plane at a time
+        return np.load(path, mmap_mode="r"), None, str(path)
+    if magic[:4] not in _TIFF_MAGIC:
         raise ValueError(f"{path} is neither a zarr store nor a tiff file; {_SUPPORTED}")
     return (*_open_tiff(path), str(path))
 
