@@ -287,3 +287,30 @@ def test_auto_refuses_an_image_format_for_labels(image_file, tmp_path, tiny_load
     assert main(["auto", str(path), "-o", str(tmp_path / "labels.png")]) == 2
     assert ".tif or .npy" in capsys.readouterr().err
     assert not (tmp_path / "labels.png").exists()
+
+
+# --------------------------------------------------------------------------- #
+# embed and segment-stack
+# --------------------------------------------------------------------------- #
+def test_segment_stack_and_embed_on_a_tiff_volume(tmp_path, capsys):
+    import zarr
+
+    from test_stack import sphere_volume
+
+    image, truth = sphere_volume()
+    source = tmp_path / "volume.tif"
+    tifffile.imwrite(source, image, photometric="minisblack")
+    tiles = ["--tile", "128", "--halo", "32"]
+    cache = str(tmp_path / "cache.zarr")
+    assert main(["embed", str(source), "--cache", cache, "--z", "0:2", *tiles]) == 0
+    assert "18 tiles embedded, 0 already there" in capsys.readouterr().out
+    out = str(tmp_path / "labels.zarr")
+    assert main(["segment-stack", str(source), out, "--cache", cache, "--sampler", "boxes", *tiles]) == 0
+    report = capsys.readouterr().out
+    assert "4 planes segmented" in report and f"{truth.max()} objects in 3D" in report
+    labels = zarr.open_array(out, mode="r")
+    assert labels.shape == image.shape and labels.dtype == np.uint32
+    assert main(["segment-stack", str(source), out, "--sampler", "boxes", *tiles]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["segment-stack", str(source), out, "--sampler", "boxes", "--resume", *tiles]) == 0
+    assert "0 planes segmented, 4 already done" in capsys.readouterr().out

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError, RuntimeError) as error:  # OSError: unreadable/unwritable files
+    except (ValueError, OSError, RuntimeError, IndexError) as error:  # OSError: files
         print(f"napari-sam: error: {error}", file=sys.stderr)
         return 2
 
@@ -70,6 +70,39 @@ def _parser() -> argparse.ArgumentParser:
                       help="fill holes and drop islands smaller than this many pixels")
     auto.set_defaults(run=_auto)
 
+    embed = commands.add_parser(
+        "embed",
+        help="compute the embeddings of a stack into a cache folder, ahead of time",
+        description="Embed every plane (tile by tile) of a volume into an embedding cache, so "
+        "that segment-stack and the napari plugin compute nothing again.",
+    )
+    embed.add_argument("source", help="zarr store, OME-zarr, tiff/OME-tiff or .npy volume")
+    embed.add_argument("--cache", type=Path, required=True, help="embedding cache (a zarr group)")
+    _stack_options(embed)
+    embed.set_defaults(run=_embed)
+
+    stack = commands.add_parser(
+        "segment-stack",
+        help="segment every plane of a volume automatically into a zarr label volume",
+        description="Automatic segmentation of every plane (tiled if large), written plane by "
+        "plane into a uint32 zarr array; a killed run continues with --resume. Objects that "
+        "continue through z are then given one id.",
+    )
+    stack.add_argument("source", help="zarr store, OME-zarr, tiff/OME-tiff or .npy volume")
+    stack.add_argument("output", type=Path, help="output zarr array (labels)")
+    _stack_options(stack)
+    stack.add_argument("--cache", type=Path, help="embedding cache to reuse and fill")
+    stack.add_argument("--resume", action="store_true", help="continue an earlier run into OUTPUT")
+    stack.add_argument("--no-link", action="store_true", help="do not link objects through z")
+    parallel = stack.add_mutually_exclusive_group()
+    parallel.add_argument("--workers", type=int, help="segment planes in N local processes (dask)")
+    parallel.add_argument("--scheduler", help="address of a dask.distributed scheduler")
+    stack.add_argument("--sampler", choices=SAMPLERS, help="default: what suits the model")
+    stack.add_argument("--points-per-side", type=int)
+    stack.add_argument("--pred-iou-thresh", type=float)
+    stack.add_argument("--stability-score-thresh", type=float)
+    stack.set_defaults(run=_segment_stack)
+
     sample = commands.add_parser("sample", help="write a synthetic fluorescence nuclei image")
     sample.add_argument("output", type=Path, help="output .tif (uint16 image)")
     sample.add_argument("--size", type=int, default=512, help="side in pixels (default 512)")
@@ -110,6 +143,73 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                         "are downloaded once into the cache)")
     parser.add_argument("--checkpoint", type=Path, help="local checkpoint file")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+
+
+def _stack_options(parser: argparse.ArgumentParser) -> None:
+    _model_options(parser)
+    parser.add_argument("--axes", help="axes of the volume, e.g. zyx or zcyx (default: guessed)")
+    parser.add_argument("--z", type=_range, metavar="START:STOP", help="planes to process")
+    parser.add_argument("--tile", type=int, help="tile planes larger than this many pixels")
+    parser.add_argument("--halo", type=int, default=128, help="context around each tile (pixels)")
+
+
+def _range(text: str) -> slice:
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep:
+            return slice(int(text), int(text) + 1)
+        return slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP plane numbers, got {text!r}") from None
+
+
+def _progress(description: str):
+    """A tqdm progress bar as a ``progress(done, total)`` callback."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=done, desc=description, unit="plane")
+        else:
+            bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    return update
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from napari_sam.volume.stack import embed_stack
+
+    start = time.perf_counter()
+    computed, reused = embed_stack(
+        args.source, args.cache, model=args.model, checkpoint=args.checkpoint, device=args.device,
+        axes=args.axes, z=args.z, tile=args.tile, halo=args.halo, progress=_progress("embed"),
+    )
+    print(f"{args.cache}: {computed} tiles embedded, {reused} already there "
+          f"({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def _segment_stack(args: argparse.Namespace) -> int:
+    from napari_sam.volume.stack import segment_stack
+
+    options = {name: getattr(args, name) for name in
+               ("sampler", "points_per_side", "pred_iou_thresh", "stability_score_thresh")
+               if getattr(args, name) is not None}
+    summary = segment_stack(
+        args.source, args.output, model=args.model, checkpoint=args.checkpoint, device=args.device,
+        axes=args.axes, z=args.z, tile=args.tile, halo=args.halo, cache=args.cache,
+        resume=args.resume, link=not args.no_link, workers=args.workers, scheduler=args.scheduler,
+        progress=_progress("segment"), **options,
+    )
+    linked = f", {summary.objects_3d} objects in 3D" if summary.linked else ""
+    print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "
+          f"{summary.objects} objects in them{linked} ({summary.seconds:.0f} s)")
+    return 0
 
 
 def _floats(count: int):

@@ -56,9 +56,10 @@ class StackSummary:
     planes: int
     segmented: int
     skipped: int
-    objects: int
+    objects: int  # 2D objects found in the planes segmented now
     seconds: float
     linked: bool
+    objects_3d: int | None = None  # objects in the whole volume after linking
 
 
 def segment_stack(
@@ -133,10 +134,7 @@ def segment_stack(
         )
     n_planes = volume.n_planes
     todo = list(range(n_planes))[z] if z is not None else list(range(n_planes))
-    if volume.dtype == np.uint8:
-        limits = None
-    else:
-        limits = np.asarray(intensity_limits(volume)).tolist()
+    limits = volume_limits(volume)
     job = StackJob(
         volume=volume, output=str(output), model=model,
         checkpoint=None if checkpoint is None else str(checkpoint), device=device,
@@ -149,13 +147,11 @@ def segment_stack(
     if progress is not None:
         progress(len(todo) - len(remaining), len(todo))
     objects = _run(job, remaining, workers, scheduler, progress, len(todo) - len(remaining), len(todo))
-    linked = False
-    if link and volume.planes and len(todo) > 1:
-        link_slices(labels)
-        linked = True
+    linked = link and bool(volume.planes) and volume.n_planes > 1
+    objects_3d = link_slices(labels).n_objects_3d if linked else None
     return StackSummary(planes=len(todo), segmented=len(remaining),
                         skipped=len(todo) - len(remaining), objects=objects,
-                        seconds=time.perf_counter() - start, linked=linked)
+                        seconds=time.perf_counter() - start, linked=linked, objects_3d=objects_3d)
 
 
 def segment_one(job: StackJob, plane: int) -> int:
@@ -168,8 +164,7 @@ def segment_one(job: StackJob, plane: int) -> int:
     """
     generator = _generator(job.model, job.checkpoint, job.device, job.cache,
                            json.dumps(job.options, sort_keys=True))
-    image = job.volume.plane(plane) if job.volume.planes else job.volume.plane(())
-    rgb = to_rgb_uint8(image) if job.limits is None else _to_rgb(image, job.limits)
+    rgb = plane_rgb(job.volume, plane, job.limits)
     labels = segment_plane(generator, rgb, tile_layout(rgb.shape[:2], job.tile, job.halo))
     count = int(labels.max())
     if count >= job.stride:
@@ -185,11 +180,47 @@ def segment_one(job: StackJob, plane: int) -> int:
     return count
 
 
-def _to_rgb(image: np.ndarray, limits) -> np.ndarray:
-    """8-bit RGB of one plane with the volume's intensity limits (grey or channels last)."""
-    if image.ndim == 2:
-        image = image[..., None]
-    return to_rgb_uint8(rescale_to_uint8(image, limits))
+def volume_limits(volume: Volume) -> list | None:
+    """Intensity limits for the whole volume (None for uint8, which SAM takes as it is)."""
+    return None if volume.dtype == np.uint8 else np.asarray(intensity_limits(volume)).tolist()
+
+
+def plane_rgb(volume: Volume, plane: int, limits) -> np.ndarray:
+    """The 8-bit RGB image the model sees for one plane, with the volume's intensity limits."""
+    image = volume.plane(plane) if volume.planes else volume.plane(())
+    if limits is None:
+        return to_rgb_uint8(image)
+    return to_rgb_uint8(rescale_to_uint8(image if image.ndim == 3 else image[..., None], limits))
+
+
+def embed_stack(source, cache: str | os.PathLike, *, model: str | None = None,
+                checkpoint: str | os.PathLike | None = None, device: str = "auto",
+                axes: str | None = None, z: slice | range | None = None, tile: int | None = None,
+                halo: int = 128, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+    """Compute the embeddings of every plane's tiles into an embedding store, ahead of time.
+
+    Arguments as in :func:`segment_stack`; :func:`segment_stack` and the napari plugin with the
+    same model, tiling and ``cache`` then compute no embedding again.
+
+    Returns
+    -------
+    computed, reused : int
+        Tiles embedded now, and tiles found in the store.
+    """
+    from napari_sam import Predictor, load_model
+
+    volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
+    planes = list(range(volume.n_planes))[z] if z is not None else list(range(volume.n_planes))
+    limits = volume_limits(volume)
+    store = EmbeddingStore(cache)
+    predictor = Predictor(load_model(model, checkpoint, device))
+    for done, plane in enumerate(planes, 1):
+        rgb = plane_rgb(volume, plane, limits)
+        for each in tile_layout(rgb.shape[:2], tile, halo):
+            store.embed(predictor, np.ascontiguousarray(rgb[each.slices]))
+        if progress is not None:
+            progress(done, len(planes))
+    return store.misses, store.hits
 
 
 @functools.lru_cache(maxsize=2)
@@ -258,7 +289,9 @@ def _check_resumable(path: Path, shape: tuple, record: dict) -> None:
             f"{str(path)!r} holds a volume of shape {tuple(before.get('shape', ()))}, this run "
             f"writes {shape}: choose another output"
         )
-    changed = sorted(k for k in record if k != "source" and before.get(k) != record[k])
+    # The source may have moved, and the cache and device do not change the labels.
+    changed = sorted(k for k in record
+                     if k not in ("source", "cache", "device") and before.get(k) != record[k])
     if changed:
         raise FileExistsError(
             f"{str(path)!r} was written with other settings ({', '.join(changed)}): resume with "
