@@ -226,3 +226,29 @@ def test_bad_sources_and_outputs_are_refused(tmp_path, volume):
     with pytest.raises(OSError):
         segment_stack(image[:1], "/proc/napari_sam_labels.zarr", **SETTINGS)
     assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize("halo", [32, 2])  # with 2, seam objects are cut and must be completed
+def test_tiled_predictor_completes_objects_across_seams(one_thread, volume, halo):
+    from napari_sam import load_model
+    from napari_sam.engine.image import to_rgb_uint8
+    from napari_sam.volume.tiling import TiledPredictor
+
+    image, truth = volume
+    model = load_model(device="cpu")
+    plane = to_rgb_uint8(image[1])
+    tiled = TiledPredictor(model, tile=128, halo=halo)
+    tiled.set_image(plane)
+    for label in np.unique(truth[1])[1:]:
+        target = truth[1] == label
+        if target.sum() < 30:
+            continue
+        rows, cols = np.nonzero(target)
+        box = [rows.min(), cols.min(), rows.max(), cols.max()]
+        masks, scores, _ = tiled.predict(box=box, multimask=False)
+        assert masks.shape == (1, *plane.shape[:2])
+        iou = (masks[0] & target).sum() / (masks[0] | target).sum()
+        assert iou > 0.7, (label, iou)  # whole, also for the spheres on seams
+    assert len(tiled._embeddings) < len(tiled.tiles) + 4  # only the tiles prompts needed
+    with pytest.raises(ValueError, match="positive point or a box"):
+        tiled.predict(points=[[5, 5]], labels=[0])

@@ -140,3 +140,128 @@ def _union(a: WindowMask, b: WindowMask) -> WindowMask:
         h, w = mask.window.shape
         window[mask.top - top: mask.top - top + h, mask.left - left: mask.left - left + w] |= mask.window
     return WindowMask(top, left, window, a.shape)
+
+
+class TiledPredictor:
+    """Prompted segmentation of a plane larger than the model input, one tile at a time.
+
+    A prompt is answered from the tile whose core holds it (its first positive point, or the
+    centre of its box), with the halo as context; only that tile is embedded (and kept, or read
+    from an embedding store). When the answer reaches an inner edge of the tile, the object
+    continues into a neighbour: the prompt is answered again from a tile of the same size
+    centred on the object, which holds the object and its surroundings from both tiles.
+
+    Parameters
+    ----------
+    model : Sam
+    tile, halo : int
+        Tile size and context in pixels (see :func:`tile_layout`).
+    store : EmbeddingStore, optional
+        Reuse and keep tile embeddings there.
+
+    Examples
+    --------
+    >>> predictor = TiledPredictor(load_model(), tile=1024, halo=128)  # doctest: +SKIP
+    >>> predictor.set_image(plane, limits=volume_limits)  # doctest: +SKIP
+    >>> masks, scores, logits = predictor.predict(points=[[2100, 3050]])  # doctest: +SKIP
+    """
+
+    def __init__(self, model, *, tile: int | None = 1024, halo: int = 128, store=None) -> None:
+        from napari_sam.engine.predictor import Predictor
+
+        self.predictor = Predictor(model)
+        self.tile, self.halo, self.store = tile, halo, store
+        self._rgb: np.ndarray | None = None
+        self._embeddings: dict[tuple[int, int, int, int], object] = {}
+
+    def set_image(self, image: np.ndarray, *, channel_axis: int | None = None, limits=None) -> None:
+        """Set the plane (any 2D image, see :meth:`napari_sam.Predictor.set_image`); nothing is
+        embedded until a prompt needs a tile."""
+        from napari_sam.engine.image import to_rgb_uint8
+
+        self._rgb = to_rgb_uint8(image, channel_axis=channel_axis, limits=limits)
+        self._embeddings.clear()
+        self.tiles = tile_layout(self._rgb.shape[:2], self.tile, self.halo)
+
+    def predict(self, points=None, labels=None, box=None, multimask: bool = True):
+        """Masks for one object, in pixels of the whole plane.
+
+        Arguments and returns as :meth:`napari_sam.Predictor.predict`; points and boxes are
+        ``(row, col)`` in the plane. Points outside the chosen tile are not seen.
+        """
+        if self._rgb is None:
+            raise RuntimeError("no image yet: call set_image(plane) first")
+        shape = self._rgb.shape[:2]
+        points = None if points is None else np.asarray(points, dtype=float).reshape(-1, 2)
+        labels = (None if points is None else
+                  np.ones(len(points), int) if labels is None else np.asarray(labels).ravel())
+        box = None if box is None else np.asarray(box, dtype=float).ravel()
+        anchor = _anchor(points, labels, box)
+        tile = _owner(self.tiles, anchor, shape)
+        answer = self._predict_in(tile.box, points, labels, box, multimask)
+        best = answer[0][int(np.argmax(answer[1]))]
+        if _touches_inner_edge(best, tile.box, shape):
+            rows, cols = np.nonzero(best)
+            centre = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
+            answer = self._predict_in(_centred_box(centre, self.tile, shape), points, labels, box,
+                                      multimask)
+        return answer
+
+    def _predict_in(self, tile_box, points, labels, box, multimask):
+        r0, c0, r1, c1 = tile_box
+        offset = np.array([r0, c0], dtype=float)
+        tile_points = tile_labels = tile_prompt_box = None
+        if points is not None:
+            inside = np.all((points >= offset - 0.5) & (points <= np.array([r1, c1]) - 0.5), axis=1)
+            if inside.any():
+                tile_points, tile_labels = points[inside] - offset, labels[inside]
+        if box is not None:
+            tile_prompt_box = np.clip(box - np.tile(offset, 2), 0, [r1 - r0 - 1, c1 - c0 - 1] * 2)
+        self._embed(tile_box)
+        masks, scores, logits = self.predictor.predict(
+            points=tile_points, labels=tile_labels, box=tile_prompt_box, multimask=multimask)
+        placed = np.zeros((len(masks), *self._rgb.shape[:2]), dtype=bool)
+        placed[:, r0:r1, c0:c1] = masks
+        return placed, scores, logits
+
+    def _embed(self, tile_box) -> None:
+        if tile_box in self._embeddings:
+            self.predictor.set_embedding(self._embeddings[tile_box])
+            return
+        r0, c0, r1, c1 = tile_box
+        rgb = np.ascontiguousarray(self._rgb[r0:r1, c0:c1])
+        if self.store is None:
+            embedding = self.predictor.set_image(rgb)
+        else:
+            embedding = self.store.embed(self.predictor, rgb)
+        self._embeddings[tile_box] = embedding
+
+
+def _anchor(points, labels, box) -> tuple[float, float]:
+    if points is not None and (labels == 1).any():
+        return tuple(points[np.flatnonzero(labels == 1)[0]])
+    if box is not None:
+        return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    raise ValueError("give at least one positive point or a box: it decides which tile answers")
+
+
+def _owner(tiles: list[Tile], point, shape) -> Tile:
+    """The tile whose core holds the pixel nearest to ``point``."""
+    row, col = (min(max(int(round(v)), 0), n - 1) for v, n in zip(point, shape))
+    return next(t for t in tiles if t.core[0] <= row < t.core[2] and t.core[1] <= col < t.core[3])
+
+
+def _touches_inner_edge(mask: np.ndarray, box, shape) -> bool:
+    r0, c0, r1, c1 = box
+    return bool((r0 > 0 and mask[r0].any()) or (c0 > 0 and mask[:, c0].any())
+                or (r1 < shape[0] and mask[r1 - 1].any()) or (c1 < shape[1] and mask[:, c1 - 1].any()))
+
+
+def _centred_box(centre, size: int | None, shape) -> tuple[int, int, int, int]:
+    """A box of ``size`` pixels a side (at most the plane) centred on ``centre``, inside the plane."""
+    box = []
+    for middle, length in zip(centre, shape):
+        side = length if size is None else min(size, length)
+        start = int(min(max(round(middle - side / 2), 0), length - side))
+        box.append((start, start + side))
+    return box[0][0], box[1][0], box[0][1], box[1][1]
