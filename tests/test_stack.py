@@ -180,6 +180,10 @@ def test_dask_cluster_equals_serial_run(one_thread, volume, tmp_path):
     assert parallel.objects == serial.objects
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "dask.zarr"))[:],
                                   zarr.open_array(str(tmp_path / "serial.zarr"))[:])
+    local = segment_stack(source, tmp_path / "local.zarr", workers=2, **SETTINGS)  # no cluster
+    assert local.objects == serial.objects
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "local.zarr"))[:],
+                                  zarr.open_array(str(tmp_path / "serial.zarr"))[:])
 
 
 def test_second_run_with_a_cache_computes_no_embedding(one_thread, volume, tmp_path, monkeypatch):
