@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from scipy import ndimage as ndi
 
 from conftest import TINY_INPUT, TINY_LOW_RES, make_tiny_model
 from napari_sam import Predictor

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from napari_sam.volume.stack import RECORD, segment_stack

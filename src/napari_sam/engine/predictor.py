@@ -11,7 +11,7 @@ from napari_sam.engine.denormals import flush_denormals
 from napari_sam.engine.embeddings import Embedding
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.engine.prompts import Prompts, box_rc_to_xy, check_prompts, rc_to_xy
-from napari_sam.engine.resize import resize_rgb, resized_shape, scale_xy
+from napari_sam.engine.resize import resize_rgb, scale_xy
 from napari_sam.engine.selection import check_strategy, select_mask
 from napari_sam.models.mask_decoder import DecoderImageContext, DecoderOutputs
 from napari_sam.models.sam import Sam

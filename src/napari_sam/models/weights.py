@@ -49,17 +49,9 @@ def fetch(url: str, sha256: str, *, folder: Path | None = None) -> Path:
         known_hash=f"sha256:{sha256}",
         fname=url.rsplit("/", 1)[-1],
         path=folder,
-        progressbar=_has_tqdm(),
+        progressbar=True,  # tqdm is a dependency
     )
     return Path(path)
-
-
-def _has_tqdm() -> bool:
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
