@@ -139,6 +139,7 @@ def nuclei_found(records: list[dict], labels: np.ndarray) -> int:
     return int((iou.max(0) >= 0.5).sum())
 
 
+@pytest.mark.slow
 def test_adaptive_finds_most_of_the_grids_nuclei_with_far_fewer_calls(nuclei_s, nuclei):
     image, labels = nuclei
     grid = AutomaticMaskGenerator(nuclei_s, points_per_side=32, **NUCLEI_S_FILTERS)

@@ -62,8 +62,8 @@ def assert_same_records(ours: list[dict], theirs: list[dict]) -> None:
     [
         dict(points_per_side=16),
         dict(points_per_side=8, crop_n_layers=1),
-        dict(points_per_side=8, crop_n_layers=1, crop_n_points_downscale_factor=2,
-             points_per_batch=16),
+        pytest.param(dict(points_per_side=8, crop_n_layers=1, crop_n_points_downscale_factor=2,
+                          points_per_batch=16), marks=pytest.mark.slow),
         dict(points_per_side=16, min_mask_region_area=40),
     ],
     ids=["grid16", "crop-layer", "crop-layer-downscaled", "small-regions"],

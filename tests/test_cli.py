@@ -292,6 +292,7 @@ def test_auto_refuses_an_image_format_for_labels(image_file, tmp_path, tiny_load
 # --------------------------------------------------------------------------- #
 # embed and segment-stack
 # --------------------------------------------------------------------------- #
+@pytest.mark.slow
 def test_segment_stack_and_embed_on_a_tiff_volume(tmp_path, capsys):
     import zarr
 

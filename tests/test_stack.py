@@ -122,6 +122,7 @@ def test_stack_objects_are_whole_and_keep_their_id_through_z(one_thread, volume,
     assert_objects_whole_and_linked(labels, truth)
 
 
+@pytest.mark.slow
 def test_plane_range_and_resume_skip_finished_planes(one_thread, volume, tmp_path):
     image, _ = volume
     out = tmp_path / "labels.zarr"
