@@ -26,7 +26,7 @@ HELD_OUT = {
 
 def automatic_f1(model, examples, sampler: str, settings: dict) -> float:
     """Instance F1 at IoU 0.5 of the automatic label images, pooled over the images."""
-    generator = AutomaticMaskGenerator(model, sampler=sampler, **settings)
+    generator = AutomaticMaskGenerator(model, **{**settings, "sampler": sampler})
     matched = predicted = true = 0
     for image, labels in examples:
         scores = instance_f1(generator.generate_labels(image), labels)

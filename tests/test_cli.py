@@ -252,7 +252,8 @@ def test_error_as_a_process(tmp_path):
 def test_auto_writes_the_generators_label_image(image_file, tmp_path, tiny_load_model, capsys):
     path, image = image_file
     out = tmp_path / "labels.tif"
-    options = ["--points-per-side", "8", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    options = ["--sampler", "grid", "--points-per-side", "8", "--pred-iou-thresh", "0",
+               "--stability-score-thresh", "0"]
     assert main(["auto", str(path), "-o", str(out), *options]) == 0
     expected = napari_sam.AutomaticMaskGenerator(
         make_tiny_model(), points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0
@@ -275,7 +276,9 @@ def test_auto_uses_the_settings_that_suit_the_default_model(image_file, tmp_path
     monkeypatch.setattr(napari_sam, "load_model", lambda *args, **kwargs: make_tiny_model())
     path, _ = image_file
     assert main(["auto", str(path), "-o", str(tmp_path / "l.npy"), "--points-per-side", "4"]) == 0
-    assert seen["pred_iou_thresh"] == napari_sam.MODELS["nuclei_s"].automatic["pred_iou_thresh"]
+    recommended = napari_sam.MODELS["nuclei_s"].automatic
+    assert seen["pred_iou_thresh"] == recommended["pred_iou_thresh"]
+    assert seen["sampler"] == recommended["sampler"]
     assert main(["auto", str(path), "-o", str(tmp_path / "l.npy"), "--points-per-side", "4",
                  "--pred-iou-thresh", "0.9"]) == 0
     assert seen["pred_iou_thresh"] == 0.9

@@ -57,9 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     auto.add_argument("image", type=Path, help="2D image: .tif, .png, .jpg or .npy")
     _model_options(auto)
     auto.add_argument("-o", "--output", type=Path, required=True, help="label image (.tif or .npy)")
-    auto.add_argument("--sampler", choices=SAMPLERS, default="grid",
+    auto.add_argument("--sampler", choices=SAMPLERS,
                       help="grid: Meta's point grid; boxes: one box per detected object; adaptive: "
-                      "a coarse grid, then clicks only where nothing is segmented yet")
+                      "a coarse grid, then clicks only where nothing is segmented yet (default: "
+                      "what suits the model)")
     auto.add_argument("--points-per-side", type=int, default=32)
     auto.add_argument("--pred-iou-thresh", type=float,
                       help="keep masks with a higher predicted IoU (default: what suits the model)")
@@ -262,12 +263,12 @@ def _auto(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.checkpoint, args.device)
     name = args.model or (identify(read_state_dict(args.checkpoint)) if args.checkpoint else DEFAULT_MODEL)
     settings = dict(MODELS[name].automatic) if name in MODELS else {}
-    for option in ("pred_iou_thresh", "stability_score_thresh"):
+    for option in ("pred_iou_thresh", "stability_score_thresh", "sampler"):
         if getattr(args, option) is not None:
             settings[option] = getattr(args, option)
     generator = AutomaticMaskGenerator(
         model, points_per_side=args.points_per_side, crop_n_layers=args.crop_n_layers,
-        min_mask_region_area=args.min_mask_region_area, sampler=args.sampler, **settings,
+        min_mask_region_area=args.min_mask_region_area, **settings,
     )
     labels = generator.generate_labels(image)
     if args.output.suffix.lower() == ".npy":

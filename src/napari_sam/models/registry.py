@@ -134,7 +134,8 @@ class ModelSpec:
         File name of weights shipped inside the package (``napari_sam/weights``), if any.
     automatic : dict
         :class:`~napari_sam.AutomaticMaskGenerator` settings that suit this model where they
-        differ from Meta's defaults (tuned for vit_h); the command line and the widgets use them.
+        differ from Meta's defaults (tuned for vit_h), the sampler included; the command line
+        and stack segmentation use them unless told otherwise.
     """
 
     name: str
@@ -143,7 +144,7 @@ class ModelSpec:
     sha256: str | None
     description: str
     packaged: str | None = None
-    automatic: Mapping[str, float] = field(default_factory=dict)
+    automatic: Mapping[str, float | str] = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -158,8 +159,9 @@ MODELS: dict[str, ModelSpec] = {
             "shipped, runs offline)",
             packaged="nuclei_s.pt",
             # Its IoU head predicts at most about 0.7 and its masks are less stable than
-            # SAM's: with Meta's 0.88 / 0.95 nothing would be kept (docs/model_card.md).
-            automatic=dict(pred_iou_thresh=0.5, stability_score_thresh=0.8),
+            # SAM's: with Meta's 0.88 / 0.95 nothing would be kept; with a grid its label
+            # images are mostly fragments, one box per detected nucleus works (model card).
+            automatic=dict(pred_iou_thresh=0.5, stability_score_thresh=0.8, sampler="boxes"),
         ),
         ModelSpec(
             name="vit_b",
