@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sam.engine.amg import SAMPLERS
-from napari_sam.models.registry import DEFAULT_MODEL, MODELS
+from napari_sam.models.registry import MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,18 +254,18 @@ def _segment(args: argparse.Namespace) -> int:
 
 def _auto(args: argparse.Namespace) -> int:
     from napari_sam import AutomaticMaskGenerator, load_model
-    from napari_sam.models.weights import identify, read_state_dict
+    from napari_sam.models.weights import automatic_settings
 
     image = read_image(args.image)
     if args.output.suffix.lower() not in (".tif", ".tiff", ".npy"):
         raise ValueError(f"write the labels to a .tif or .npy file, not {args.output.name!r}")
     start = time.perf_counter()
     model = load_model(args.model, args.checkpoint, args.device)
-    name = args.model or (identify(read_state_dict(args.checkpoint)) if args.checkpoint else DEFAULT_MODEL)
-    settings = dict(MODELS[name].automatic) if name in MODELS else {}
-    for option in ("pred_iou_thresh", "stability_score_thresh", "sampler"):
-        if getattr(args, option) is not None:
-            settings[option] = getattr(args, option)
+    settings = automatic_settings(args.model, args.checkpoint, **{
+        option: getattr(args, option)
+        for option in ("pred_iou_thresh", "stability_score_thresh", "sampler")
+        if getattr(args, option) is not None
+    })
     generator = AutomaticMaskGenerator(
         model, points_per_side=args.points_per_side, crop_n_layers=args.crop_n_layers,
         min_mask_region_area=args.min_mask_region_area, **settings,

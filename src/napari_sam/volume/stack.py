@@ -25,6 +25,7 @@ import numpy as np
 from napari_sam.engine.amg import AutomaticMaskGenerator
 from napari_sam.engine.embeddings import EmbeddingStore
 from napari_sam.engine.image import rescale_to_uint8, to_rgb_uint8
+from napari_sam.models.weights import automatic_settings
 from napari_sam.volume.io import Volume, intensity_limits, open_volume
 from napari_sam.volume.linking import link_slices
 from napari_sam.volume.tiling import segment_plane, tile_layout
@@ -139,7 +140,8 @@ def segment_stack(
         volume=volume, output=str(output), model=model,
         checkpoint=None if checkpoint is None else str(checkpoint), device=device,
         limits=limits, tile=tile, halo=halo, cache=None if cache is None else str(cache),
-        stride=2**32 // (n_planes + 1), options=_settings(model, checkpoint, amg_options),
+        stride=2**32 // (n_planes + 1),
+        options=automatic_settings(model, checkpoint, **amg_options),
     )
     labels = _open_output(job, volume, resume)
     done = _done(job.output)
@@ -238,17 +240,6 @@ def _output_array(path: str):
     import zarr
 
     return zarr.open_array(path, mode="r+")
-
-
-def _settings(model, checkpoint, options: dict) -> dict:
-    """The generator settings: the model's recommended ones, overridden by ``options``."""
-    from napari_sam.models.registry import DEFAULT_MODEL, MODELS
-    from napari_sam.models.weights import identify, read_state_dict
-
-    name = model or (identify(read_state_dict(checkpoint)) if checkpoint else DEFAULT_MODEL)
-    settings = dict(MODELS[name].automatic) if name in MODELS else {}
-    settings.update(options)
-    return settings
 
 
 def _open_output(job: StackJob, volume: Volume, resume: bool):
