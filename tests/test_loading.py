@@ -384,3 +384,27 @@ def test_load_model_refuses_a_download_with_the_wrong_hash(tmp_path, monkeypatch
     with pytest.raises(ValueError):
         load_model("vit_t", device="cpu")
     assert not (tmp_path / "cache" / "mobile_sam.pt").exists()
+
+
+def test_engine_never_imports_torch_dynamo():
+    """torch._dynamo imports triton, whose LLVM crashes a process holding a Mesa OpenGL context
+    (napari's canvas): loading, prompting and automatic segmentation must not import it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np, napari_sam\n"
+        "from napari_sam.models.weights import expected_shapes\n"
+        "for name in napari_sam.MODELS: expected_shapes(name)\n"
+        "model = napari_sam.load_model()\n"
+        "image = np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8)\n"
+        "predictor = napari_sam.Predictor(model); predictor.set_image(image)\n"
+        "predictor.predict(points=[[40, 40]])\n"
+        "for sampler in ('grid', 'boxes', 'adaptive'):\n"
+        "    napari_sam.AutomaticMaskGenerator(model, points_per_side=4, sampler=sampler,\n"
+        "        pred_iou_thresh=0, stability_score_thresh=0).generate(image)\n"
+        "print(sorted(m for m in ('torch._dynamo', 'triton') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

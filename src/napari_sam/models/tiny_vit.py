@@ -203,9 +203,10 @@ def relative_offset_index(window_size: int) -> torch.Tensor:
         ``|dy| * window_size + |dx|`` for positions numbered row by row, which is the order in
         which MobileSAM numbers the distinct offsets (so its ``attention_biases`` columns match).
     """
-    rows, cols = torch.meshgrid(
-        torch.arange(window_size), torch.arange(window_size), indexing="ij"
-    )
+    # An index table: computed on the CPU even while a model is built on the meta device for
+    # its shapes (see models.weights._ShapesOnly), then moved with the module.
+    positions = torch.arange(window_size, device="cpu")
+    rows, cols = torch.meshgrid(positions, positions, indexing="ij")
     rows, cols = rows.flatten(), cols.flatten()
     dy = (rows[:, None] - rows[None, :]).abs()
     dx = (cols[:, None] - cols[None, :]).abs()

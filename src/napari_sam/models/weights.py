@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
+from numbers import Number
+
 import torch
 
 from napari_sam.models.registry import MODELS
@@ -88,10 +90,32 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
+class _ShapesOnly(torch.overrides.TorchFunctionMode):
+    """Skip the initialisation ops while a model is built on the meta device for its shapes.
+
+    On the meta device torch runs some ops (random draws, scalar products) as Python
+    decompositions that import torch._dynamo, which imports triton; triton's LLVM crashes a
+    process that already holds a Mesa OpenGL context (napari's canvas). Building a model needs
+    none of their values: random tensors become empty ones, in-place initialisation is skipped,
+    and a product with a number keeps its tensor's shape.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in ("randn", "rand"):
+            return torch.empty(*args, dtype=kwargs.get("dtype"), device=kwargs.get("device"))
+        if name.endswith("_") and not name.startswith("_"):  # in place: initialisation
+            return args[0] if args else kwargs["tensor"]
+        if name in ("mul", "__mul__", "__rmul__") and any(isinstance(a, Number) for a in args):
+            return next(a for a in args if isinstance(a, torch.Tensor))
+        return func(*args, **kwargs)
+
+
 @cache
 def expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of the state dict of registry model ``name`` (built without memory)."""
-    with torch.device("meta"):
+    with torch.device("meta"), _ShapesOnly():
         model = MODELS[name].build()
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

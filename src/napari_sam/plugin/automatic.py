@@ -1,0 +1,239 @@
+"""Automatic segmentation of the shown slice, or of the whole stack into a zarr label volume
+(tiled, resumable, linked in 3D) that napari reads lazily, in a worker with progress and cancel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_sam.engine.amg import SAMPLERS, AutomaticMaskGenerator
+from napari_sam.engine.image import to_rgb_uint8
+from napari_sam.models.weights import automatic_settings
+from napari_sam.plugin.background import Cancelled, CancelFlag, run_in_background
+from napari_sam.plugin.layer_choice import LayerChoice
+from napari_sam.plugin.layers import current_slice, new_labels_layer, next_label, slice_key
+from napari_sam.plugin.model_widget import path_row
+from napari_sam.plugin.session import LayerError, Session
+from napari_sam.volume.stack import segment_stack
+from napari_sam.volume.tiling import segment_plane, tile_layout
+
+SLICE_LAYER = "SAM automatic"
+
+
+class AutomaticWidget(QWidget):
+    """Run the automatic mask generator on the shown slice or on the whole stack."""
+
+    stack_progress = Signal(int, int)  # emitted from the worker thread, handled on the UI thread
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = Session.for_viewer(napari_viewer)
+        self.worker = None
+        self._flag: CancelFlag | None = None
+        defaults = automatic_settings(self.session.settings.model)
+
+        self.image = LayerChoice(napari_viewer, Image)
+        self.sampler = QComboBox()
+        self.sampler.addItems(SAMPLERS)
+        self.sampler.setCurrentText(defaults.get("sampler", "grid"))
+        self.points_per_side = QSpinBox(minimum=1, maximum=128, value=32)
+        self.iou = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05,
+                                  value=defaults.get("pred_iou_thresh", 0.88))
+        self.stability = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05,
+                                        value=defaults.get("stability_score_thresh", 0.95))
+        self.min_area = QSpinBox(minimum=0, maximum=10**6, value=0)
+        self.output = QLineEdit()
+        self.output.setPlaceholderText("a new .zarr folder for the stack's labels")
+        self.resume = QCheckBox("resume a run with the same settings")
+        self.resume.setChecked(True)
+        self.link = QCheckBox("link objects through z")
+        self.link.setChecked(True)
+        self.run_slice = QPushButton("Segment shown slice")
+        self.run_slice.clicked.connect(self.segment_slice)
+        self.run_stack = QPushButton("Segment whole stack")
+        self.run_stack.clicked.connect(self.segment_stack)
+        self.cancel = QPushButton("Cancel")
+        self.cancel.clicked.connect(lambda: self._flag and self._flag.cancel())
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        form.addRow("sampler", self.sampler)
+        form.addRow("points per side", self.points_per_side)
+        form.addRow("min predicted IoU", self.iou)
+        form.addRow("min stability", self.stability)
+        form.addRow("min region area (px)", self.min_area)
+        form.addRow("stack output", path_row(self.output, self._choose_output))
+        form.addRow(self.resume)
+        form.addRow(self.link)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        buttons = QHBoxLayout()
+        for button in (self.run_slice, self.run_stack, self.cancel):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch()
+        self.stack_progress.connect(self._stack_progress)
+        self.image.currentIndexChanged.connect(self._default_output)
+        self._default_output()
+
+    def options(self) -> dict:
+        """The generator settings chosen in the panel."""
+        return dict(sampler=self.sampler.currentText(), points_per_side=self.points_per_side.value(),
+                    pred_iou_thresh=self.iou.value(), stability_score_thresh=self.stability.value(),
+                    min_mask_region_area=self.min_area.value())
+
+    def _source(self):
+        image = self.image.layer()
+        if image is None:
+            raise LayerError("no image layer: open an image (or File > Open Sample > napari-sam)")
+        return image, self.session.source(image)
+
+    def _busy(self, busy: bool) -> None:
+        self.run_slice.setEnabled(not busy)
+        self.run_stack.setEnabled(not busy)
+
+    # --- the shown slice ----------------------------------------------------------------------
+
+    def segment_slice(self):
+        """Segment the shown slice into the "SAM automatic" labels layer; returns the worker."""
+        try:
+            image, source = self._source()
+            index = current_slice(self.viewer, image, source)
+        except LayerError as error:
+            self.status.setText(str(error))
+            show_warning(f"napari-sam: {error}")
+            return None
+        session, options, flag = self.session, self.options(), CancelFlag()
+        self._flag = flag
+
+        def job():
+            with session.lock:
+                model = session.model()
+                settings = session.settings
+                name = None if settings.checkpoint else settings.model
+                generator = AutomaticMaskGenerator(
+                    model, **automatic_settings(name, settings.checkpoint, **options))
+                rgb = to_rgb_uint8(source.volume.plane(index), limits=source.limits)
+                labels = segment_plane(generator, rgb, tile_layout(rgb.shape[:2], settings.tile,
+                                                                   settings.halo))
+            flag.check()  # a cancelled slice is not written
+            return labels
+
+        def done(labels: np.ndarray) -> None:
+            name = f"{SLICE_LAYER} ({image.name})"
+            layer = (self.viewer.layers[name] if name in self.viewer.layers
+                     else new_labels_layer(self.viewer, image, source, name))
+            offset = next_label(layer) - 1  # ids stay unique across slices
+            layer.data[slice_key(index)] = np.where(labels > 0, labels + offset, 0)
+            layer.refresh()
+            self.status.setText(f"slice {index}: {int(labels.max())} objects")
+
+        self.status.setText(f"segmenting slice {index}…")
+        self._busy(True)
+        self.worker = run_in_background(job, what="automatic segmentation", done=done,
+                                        finished=lambda: self._busy(False))
+        return self.worker
+
+    # --- the whole stack ----------------------------------------------------------------------
+
+    def segment_stack(self):
+        """Segment every slice into the zarr folder given, shown as a lazy labels layer while
+        it fills; cancel keeps the finished slices (and a rerun resumes). Returns the worker."""
+        try:
+            image, source = self._source()
+            output = self.output.text().strip()
+            if not output:
+                raise LayerError("choose a folder for the stack's labels (stack output)")
+        except LayerError as error:
+            self.status.setText(str(error))
+            show_warning(f"napari-sam: {error}")
+            return None
+        settings, flag = self.session.settings, CancelFlag()
+        self._flag = flag
+        resume = self.resume.isChecked() and Path(output).exists()
+
+        def progress(done: int, total: int) -> None:
+            self.stack_progress.emit(done, total)
+            flag.check()
+
+        def job():
+            try:
+                return segment_stack(
+                    source.volume, output, model=None if settings.checkpoint else settings.model,
+                    checkpoint=settings.checkpoint, device=settings.device, tile=settings.tile,
+                    halo=settings.halo, cache=settings.cache, resume=resume,
+                    link=self.link.isChecked(), progress=progress, **self.options())
+            except Cancelled:
+                return None
+
+        def done(summary) -> None:
+            self._show_stack(image, output)
+            if summary is None:
+                self.status.setText("cancelled: the finished slices are kept; run again to resume")
+            else:
+                objects = summary.objects_3d if summary.objects_3d is not None else summary.objects
+                self.status.setText(
+                    f"{summary.segmented} slice(s) segmented, {summary.skipped} already done, "
+                    f"{objects} objects, {summary.seconds:.0f} s")
+
+        self.status.setText("segmenting the stack…")
+        self._busy(True)
+        self._stack_image = image
+        self.worker = run_in_background(job, what="automatic segmentation of the stack",
+                                        done=done, finished=lambda: self._busy(False))
+        return self.worker
+
+    def _stack_progress(self, done: int, total: int) -> None:
+        self.progress.setMaximum(max(total, 1))
+        self.progress.setValue(done)
+        self._show_stack(self._stack_image, self.output.text().strip())
+
+    def _show_stack(self, image, output: str) -> None:
+        """Show (or refresh) the zarr output as a labels layer; napari reads it lazily."""
+        import zarr
+
+        if not Path(output).exists():
+            return
+        name = f"{Path(output).stem} ({image.name})"
+        data = zarr.open_array(output, mode="r")
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = data
+        else:
+            self.viewer.add_labels(data, name=name, scale=image.scale, translate=image.translate)
+
+    def _default_output(self, *_) -> None:
+        image = self.image.layer()
+        if image is not None and not self.output.text():
+            self.output.setText(str(Path.home() / "napari-sam" / f"{image.name}-labels.zarr"))
+
+    def _choose_output(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Labels output (.zarr folder)", "",
+                                              "Zarr (*.zarr)")
+        if path:
+            self.output.setText(path if path.endswith(".zarr") else path + ".zarr")

@@ -1,0 +1,382 @@
+"""Interactive segmentation: clicks and boxes on the shown slice, a live preview of the mask,
+commit into a labels layer, refine an existing label, propagate an object through z.
+
+Shortcuts (on the prompt, box and preview layers, and on the viewer):
+``C`` commit, ``M`` next of the 3 masks, ``N`` positive / negative clicks, ``G`` refine the label
+under the cursor.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_sam.engine.selection import STRATEGIES, select_mask
+from napari_sam.plugin.background import CancelFlag, run_in_background
+from napari_sam.plugin.layer_choice import LayerChoice
+from napari_sam.plugin.layers import (
+    NEGATIVE_COLOUR,
+    POSITIVE_COLOUR,
+    box_prompt,
+    check_target,
+    current_slice,
+    new_labels_layer,
+    next_label,
+    point_prompts,
+    slice_key,
+    write_mask,
+)
+from napari_sam.plugin.prefetch import SliceEmbedder
+from napari_sam.plugin.session import LayerError, Session
+from napari_sam.volume.propagation import propagate
+
+PROMPTS, BOXES, PREVIEW = "SAM prompts", "SAM box", "SAM preview"
+NEW_LABELS = "new labels layer"
+
+
+@dataclass
+class Answer:
+    """The decoder's masks for the prompts in one slice."""
+
+    index: tuple[int, ...]
+    masks: np.ndarray  # (3, H, W) bool
+    scores: np.ndarray  # (3,)
+    choice: int
+
+
+class InteractiveWidget(QWidget):
+    """Segment one object at a time on the shown slice of an image layer."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = Session.for_viewer(napari_viewer)
+        self.embedder = SliceEmbedder.for_viewer(napari_viewer)
+        self.points = self.boxes = self.preview = None
+        self.answer: Answer | None = None
+        self.refining: tuple[int, tuple, np.ndarray] | None = None  # (id, slice, mask)
+        self.committed: tuple[int, tuple, np.ndarray] | None = None
+        self.worker = None
+        self._ticket = 0
+        self._flag: CancelFlag | None = None
+
+        ours = lambda layer: layer.name in (PROMPTS, BOXES, PREVIEW)  # noqa: E731
+        self.image = LayerChoice(napari_viewer, Image)
+        self.target = LayerChoice(napari_viewer, Labels, new=NEW_LABELS, exclude=ours)
+        self.positive = QPushButton()
+        self.positive.setCheckable(True)
+        self.positive.setChecked(True)
+        self.positive.toggled.connect(self._show_polarity)
+        self.select = QComboBox()
+        self.select.addItems(STRATEGIES)
+        self.select.setToolTip("which of the 3 masks is shown first")
+        self.status = QLabel("add a positive click or a box on the image")
+        self.status.setWordWrap(True)
+        buttons = {
+            "Next mask (M)": self.next_mask, "Commit (C)": self.commit, "Clear": self.clear,
+            "Refine label under cursor (G)": self.refine_under_cursor,
+        }
+        self.min_score = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.5)
+        self.min_overlap = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.3)
+        self.direction = QComboBox()
+        self.direction.addItems(["both", "up", "down"])
+        self.propagate_button = QPushButton("Propagate last object through z")
+        self.propagate_button.clicked.connect(self.propagate)
+        self.cancel = QPushButton("Cancel")
+        self.cancel.clicked.connect(lambda: self._flag and self._flag.cancel())
+        self.progress = QProgressBar()
+
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        form.addRow("labels", self.target)
+        form.addRow("clicks", self.positive)
+        form.addRow("first mask", self.select)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        for text, slot in buttons.items():
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            layout.addWidget(button)
+        layout.addWidget(self.status)
+        box = QGroupBox("Propagation")
+        propagation = QFormLayout(box)
+        propagation.addRow("stop below score", self.min_score)
+        propagation.addRow("stop below overlap", self.min_overlap)
+        propagation.addRow("direction", self.direction)
+        row = QHBoxLayout()
+        row.addWidget(self.propagate_button)
+        row.addWidget(self.cancel)
+        propagation.addRow(row)
+        propagation.addRow(self.progress)
+        layout.addWidget(box)
+        layout.addStretch()
+
+        self.image.currentIndexChanged.connect(self.setup_layers)
+        napari_viewer.dims.events.current_step.connect(self.request_prediction)
+        for key, action in {"c": self.commit, "m": self.next_mask, "n": self.toggle_polarity,
+                            "g": self.refine_under_cursor}.items():
+            napari_viewer.bind_key(key, _key(action), overwrite=True)
+        self._show_polarity(True)
+        self.setup_layers()
+
+    # --- layers -------------------------------------------------------------------------------
+
+    def setup_layers(self, *_) -> None:
+        """Make (or adapt) the prompt, box and preview layers for the chosen image."""
+        image = self.image.layer()
+        if image is None:
+            return
+        self.embedder.layer = image
+        frame = dict(scale=image.scale, translate=image.translate)
+        layers = self.viewer.layers
+        if self.points is None or self.points not in layers or self.points.ndim != image.ndim:
+            for name in (PROMPTS, BOXES, PREVIEW):
+                if name in layers:
+                    layers.remove(name)
+            self.preview = self.viewer.add_labels(
+                np.zeros((1,) * image.ndim, np.uint8), name=PREVIEW, opacity=0.6, **frame)
+            self.boxes = self.viewer.add_shapes(
+                ndim=image.ndim, name=BOXES, edge_color="#ffd700", face_color="transparent",
+                edge_width=2, **frame)
+            self.points = self.viewer.add_points(
+                np.empty((0, image.ndim)), ndim=image.ndim, name=PROMPTS, size=8,
+                features={"positive": np.empty(0, bool)}, border_color="white", **frame)
+            for layer in (self.points, self.boxes, self.preview):
+                for key, action in {"c": self.commit, "m": self.next_mask,
+                                    "n": self.toggle_polarity,
+                                    "g": self.refine_under_cursor}.items():
+                    layer.bind_key(key, _key(action), overwrite=True)
+            self.points.events.data.connect(self.request_prediction)
+            self.boxes.events.data.connect(self.request_prediction)
+            self.boxes.mode = "add_rectangle"
+            self.points.mode = "add"
+            self._show_polarity(self.positive.isChecked())
+        else:
+            for layer in (self.points, self.boxes, self.preview):
+                layer.scale, layer.translate = image.scale, image.translate
+        self.viewer.layers.selection.active = self.points
+
+    def source(self):
+        """The chosen image as an :class:`ImageSource` and its shown slice.
+
+        Raises
+        ------
+        LayerError
+        """
+        image = self.image.layer()
+        if image is None:
+            raise LayerError("no image layer: open an image (or File > Open Sample > napari-sam)")
+        source = self.session.source(image)
+        return source, current_slice(self.viewer, image, source)
+
+    def target_layer(self, source) -> Labels:
+        """The chosen labels layer, checked against the image; a new one if so chosen."""
+        layer = self.target.layer()
+        if layer is None:
+            layer = new_labels_layer(self.viewer, self.image.layer(), source, "SAM labels")
+            self.target.choose(layer)
+            self.viewer.layers.selection.active = self.points
+        check_target(layer, source)
+        return layer
+
+    # --- prompts to preview -------------------------------------------------------------------
+
+    def request_prediction(self, *_) -> None:
+        """Re-run the decoder for the prompts in the shown slice, in a worker; the newest
+        request wins."""
+        if self.points is None:
+            return
+        try:
+            source, index = self.source()
+        except LayerError as error:
+            self.status.setText(str(error))
+            return
+        points, labels = point_prompts(self.points, index)
+        box = box_prompt(self.boxes, index)
+        mask = self.refining[2] if self.refining and self.refining[1] == index else None
+        if mask is not None and box is None:
+            rows, cols = np.nonzero(mask)
+            box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)
+        self._ticket += 1
+        ticket = self._ticket
+        if not (labels == 1).any() and box is None:
+            self._show(None)
+            self.status.setText("add a positive click or a box on the image")
+            return
+        prompts = dict(points=points if len(points) else None,
+                       labels=labels if len(points) else None, box=box, mask=mask)
+        self.status.setText("segmenting…")
+
+        def done(result) -> None:
+            if ticket != self._ticket:
+                return  # the prompts changed meanwhile
+            masks, scores, _ = result
+            choice = select_mask(masks, scores, self.select.currentText())
+            self._show(Answer(index, masks, np.asarray(scores, float), int(choice)))
+
+        self.worker = run_in_background(functools.partial(self.session.predict, **prompts),
+                                        source, index, what="segmentation", done=done)
+
+    def _show(self, answer: Answer | None) -> None:
+        self.answer = answer
+        if answer is None:
+            self.preview.data = np.zeros((1,) * self.preview.ndim, np.uint8)
+            return
+        mask = answer.masks[answer.choice]
+        image = self.image.layer()
+        lead = len(answer.index)
+        self.preview.data = mask.astype(np.uint8).reshape((1,) * lead + mask.shape)
+        self.preview.translate = np.asarray(image.translate) + np.r_[
+            np.asarray(answer.index) * np.asarray(image.scale)[:lead], [0, 0]]
+        scores = " · ".join(f"{s:.2f}" for s in answer.scores)
+        self.status.setText(
+            f"mask {answer.choice + 1}/{len(answer.scores)}, predicted IoU "
+            f"{answer.scores[answer.choice]:.2f} (all: {scores}); C commits, M next mask")
+
+    def next_mask(self) -> None:
+        """Show the next of the 3 candidate masks."""
+        if self.answer is not None:
+            self.answer.choice = (self.answer.choice + 1) % len(self.answer.scores)
+            self._show(self.answer)
+
+    def toggle_polarity(self) -> None:
+        """Switch new clicks between on the object (positive) and off it (negative)."""
+        self.positive.setChecked(not self.positive.isChecked())
+
+    def _show_polarity(self, positive: bool) -> None:
+        self.positive.setText("positive (on the object) — N" if positive
+                              else "negative (off the object) — N")
+        if self.points is not None:
+            self.points.feature_defaults["positive"] = positive
+            self.points.current_face_color = POSITIVE_COLOUR if positive else NEGATIVE_COLOUR
+
+    def clear(self) -> None:
+        """Remove all prompts and the preview, and stop refining."""
+        self.refining = None
+        if self.points is not None:
+            self.points.data = np.empty((0, self.points.ndim))
+            self.boxes.data = []
+        self._ticket += 1
+        self._show(None)
+
+    # --- commit, refine, propagate ------------------------------------------------------------
+
+    def commit(self) -> int | None:
+        """Write the shown mask into the labels layer with a new id (or the refined one's).
+
+        Returns the id, or None when there was nothing to commit.
+        """
+        answer = self.answer
+        if answer is None or not answer.masks[answer.choice].any():
+            show_info("napari-sam: nothing to commit: add a click or a box first")
+            return None
+        try:
+            source, _ = self.source()
+            target = self.target_layer(source)
+        except LayerError as error:
+            show_warning(f"napari-sam: {error}")
+            return None
+        mask = answer.masks[answer.choice]
+        refined = self.refining[0] if self.refining and self.refining[1] == answer.index else None
+        value = refined or next_label(target)
+        write_mask(target, answer.index, mask, value, replace=refined)
+        self.committed = (value, answer.index, mask)
+        self.clear()
+        self.status.setText(f"object {value} written into {target.name!r} (slice {answer.index})")
+        return value
+
+    def refine_under_cursor(self) -> None:
+        """Take the label under the mouse as a mask prompt; commit then replaces it."""
+        try:
+            source, index = self.source()
+            target = self.target_layer(source)
+        except LayerError as error:
+            show_warning(f"napari-sam: {error}")
+            return
+        row, col = np.round(target.world_to_data(self.viewer.cursor.position)[-2:]).astype(int)
+        plane = np.asarray(target.data[slice_key(index)])
+        if not (0 <= row < plane.shape[0] and 0 <= col < plane.shape[1]) or not plane[row, col]:
+            show_info("napari-sam: no label under the cursor to refine")
+            return
+        value = int(plane[row, col])
+        self.clear()
+        self.refining = (value, index, plane == value)
+        self.status.setText(f"refining object {value}: add clicks, then C")
+        self.request_prediction()
+
+    def propagate(self):
+        """Carry the last committed object through the neighbouring slices, in a worker.
+
+        Returns the worker, or None when there is nothing to propagate.
+        """
+        if self.committed is None:
+            show_info("napari-sam: commit an object first, then propagate it")
+            return None
+        value, index, mask = self.committed
+        try:
+            source, _ = self.source()
+            target = self.target_layer(source)
+        except LayerError as error:
+            show_warning(f"napari-sam: {error}")
+            return None
+        if not index:
+            show_info("napari-sam: the image is 2D: there is nothing to propagate through")
+            return None
+        session, lead = self.session, index[:-1]
+        flag = self._flag = CancelFlag()
+        n_planes = source.volume.planes[-1]
+
+        class Slice:
+            def __init__(self, plane: int) -> None:
+                self.index = (*lead, plane)
+
+            def predict(self, **prompts):
+                return session.predict(source, self.index, **prompts)
+
+        def job():
+            yield from propagate(
+                Slice, mask, index[-1], n_planes=n_planes, direction=self.direction.currentText(),
+                min_score=self.min_score.value(), min_overlap=self.min_overlap.value(),
+                should_stop=flag)
+
+        written = []
+
+        def yielded(step) -> None:
+            write_mask(target, (*lead, step.plane), step.mask, value)
+            written.append(step.plane)
+            self.progress.setValue(len(written))
+            self.status.setText(f"object {value}: slice {step.plane} (score {step.score:.2f})")
+
+        def finished() -> None:
+            self.propagate_button.setEnabled(True)
+            self.status.setText(f"object {value} propagated to {len(written)} more slice(s)")
+
+        self.progress.setMaximum(max(n_planes - 1, 1))
+        self.progress.setValue(0)
+        self.propagate_button.setEnabled(False)
+        self.worker = run_in_background(job, what="propagation", yielded=yielded,
+                                        finished=finished)
+        return self.worker
+
+
+def _key(action):
+    """A napari key binding (called with the viewer or layer) running ``action()``."""
+    def binding(_viewer_or_layer):
+        action()
+    return binding
