@@ -328,3 +328,27 @@ def test_rgb_image_is_segmented(make_napari_viewer, qtbot):
     assert iou(widget.answer.masks[widget.answer.choice], target) > 0.5
     assert widget.commit() == 1
     assert viewer.layers["SAM labels"].data.shape == (160, 160)
+
+
+def test_model_panel_fills_the_disk_cache_and_reuses_it(make_napari_viewer, qtbot, stack,
+                                                        tmp_path):
+    from napari_sam.engine.embeddings import EmbeddingStore
+
+    cache = tmp_path / "embeddings.zarr"
+    statuses = []
+    for _ in range(2):  # a second viewer (a new session) finds the slices in the cache
+        viewer = make_napari_viewer()
+        viewer.add_image(stack[0], name="nuclei")
+        viewer.dims.set_current_step(0, 4)
+        panel = ModelWidget(viewer)
+        panel.cache.setText(str(cache))
+        panel.neighbours.setValue(1)
+        worker = panel.load()
+        qtbot.waitUntil(lambda: worker.ended, timeout=WAIT_MS)
+        assert panel.status.text().startswith("model ready")
+        qtbot.waitUntil(lambda: panel.embedder.worker is not None and panel.embedder.worker.ended,
+                        timeout=WAIT_MS)
+        assert panel.progress.value() == panel.progress.maximum() == 3  # slice 4, then 5 and 3
+        statuses.append(panel.status.text())
+    assert len(EmbeddingStore(cache)) == 3
+    assert statuses[0].endswith("embedded") and statuses[1].endswith("ready (cached)")

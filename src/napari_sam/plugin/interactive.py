@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
@@ -33,6 +34,7 @@ from napari_sam.plugin.layer_choice import LayerChoice
 from napari_sam.plugin.layers import (
     NEGATIVE_COLOUR,
     POSITIVE_COLOUR,
+    PREVIEW_COLOUR,
     box_prompt,
     check_target,
     current_slice,
@@ -150,9 +152,10 @@ class InteractiveWidget(QWidget):
                 if name in layers:
                     layers.remove(name)
             self.preview = self.viewer.add_labels(
-                np.zeros((1,) * image.ndim, np.uint8), name=PREVIEW, opacity=0.6, **frame)
+                np.zeros((1,) * image.ndim, np.uint8), name=PREVIEW, opacity=0.6, **frame,
+                colormap=DirectLabelColormap(color_dict={None: "transparent", 1: PREVIEW_COLOUR}))
             self.boxes = self.viewer.add_shapes(
-                ndim=image.ndim, name=BOXES, edge_color="#ffd700", face_color="transparent",
+                ndim=image.ndim, name=BOXES, edge_color="#00e5ff", face_color="transparent",
                 edge_width=2, **frame)
             self.points = self.viewer.add_points(
                 np.empty((0, image.ndim)), ndim=image.ndim, name=PROMPTS, size=8,
@@ -343,8 +346,11 @@ class InteractiveWidget(QWidget):
         n_planes = source.volume.planes[-1]
 
         class Slice:
+            """One slice's predictor, used under the session's lock."""
+
             def __init__(self, plane: int) -> None:
                 self.index = (*lead, plane)
+                self.image = session.slice_predictor(source, self.index).image
 
             def predict(self, **prompts):
                 return session.predict(source, self.index, **prompts)

@@ -10,6 +10,7 @@ from napari_sam.plugin.session import ImageSource, LayerError
 
 POSITIVE_COLOUR = "#39ff14"
 NEGATIVE_COLOUR = "#ff2d95"
+PREVIEW_COLOUR = "#ffd700"
 IN_MEMORY_LIMIT = 512 * 2**20  # bytes of a new labels layer kept as numpy; larger ones are zarr
 
 
