@@ -96,6 +96,10 @@ class InteractiveWidget(QWidget):
         }
         self.min_score = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.5)
         self.min_overlap = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.3)
+        self.min_contrast = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.4)
+        self.min_contrast.setToolTip(
+            "stop where the object is less than this fraction as bright against its "
+            "surroundings as in the committed slice (0: off)")
         self.direction = QComboBox()
         self.direction.addItems(["both", "up", "down"])
         self.propagate_button = QPushButton("Propagate last object through z")
@@ -120,6 +124,7 @@ class InteractiveWidget(QWidget):
         propagation = QFormLayout(box)
         propagation.addRow("stop below score", self.min_score)
         propagation.addRow("stop below overlap", self.min_overlap)
+        propagation.addRow("stop below contrast", self.min_contrast)
         propagation.addRow("direction", self.direction)
         row = QHBoxLayout()
         row.addWidget(self.propagate_button)
@@ -359,7 +364,7 @@ class InteractiveWidget(QWidget):
             yield from propagate(
                 Slice, mask, index[-1], n_planes=n_planes, direction=self.direction.currentText(),
                 min_score=self.min_score.value(), min_overlap=self.min_overlap.value(),
-                should_stop=flag)
+                min_contrast=self.min_contrast.value(), should_stop=flag)
 
         written = []
 

@@ -145,11 +145,12 @@ def _union(a: WindowMask, b: WindowMask) -> WindowMask:
 class TiledPredictor:
     """Prompted segmentation of a plane larger than the model input, one tile at a time.
 
-    A prompt is answered from the tile whose core holds it (its first positive point, or the
-    centre of its box), with the halo as context; only that tile is embedded (and kept, or read
-    from an embedding store). When the answer reaches an inner edge of the tile, the object
-    continues into a neighbour: the prompt is answered again from a tile of the same size
-    centred on the object, which holds the object and its surroundings from both tiles.
+    A prompt is answered from the tile whose core holds it (its first positive point, else the
+    centre of its box, else the centre of its mask's bounding box), with the halo as context;
+    only that tile is embedded (and kept, or read from an embedding store). When the answer
+    reaches an inner edge of the tile, the object continues into a neighbour: the prompt is
+    answered again from a tile of the same size centred on the object, which holds the object
+    and its surroundings from both tiles.
 
     Parameters
     ----------
@@ -174,6 +175,11 @@ class TiledPredictor:
         self._rgb: np.ndarray | None = None
         self._embeddings: dict[tuple[int, int, int, int], object] = {}
 
+    @property
+    def image(self) -> np.ndarray | None:
+        """The plane as the model sees it, ``(H, W, 3)`` uint8 RGB; None before :meth:`set_image`."""
+        return self._rgb
+
     def set_image(self, image: np.ndarray, *, channel_axis: int | None = None, limits=None) -> None:
         """Set the plane (any 2D image, see :meth:`napari_sam.Predictor.set_image`); nothing is
         embedded until a prompt needs a tile."""
@@ -183,11 +189,19 @@ class TiledPredictor:
         self._embeddings.clear()
         self.tiles = tile_layout(self._rgb.shape[:2], self.tile, self.halo)
 
-    def predict(self, points=None, labels=None, box=None, multimask: bool = True):
+    def predict(self, points=None, labels=None, box=None, multimask: bool = True, *, mask=None):
         """Masks for one object, in pixels of the whole plane.
 
         Arguments and returns as :meth:`napari_sam.Predictor.predict`; points and boxes are
-        ``(row, col)`` in the plane. Points outside the chosen tile are not seen.
+        ``(row, col)`` in the plane. Points outside the chosen tile are not seen. The logits
+        are those of the tile that answered.
+
+        Parameters
+        ----------
+        mask : (H, W) array-like of bool, optional
+            A mask of the whole plane to refine (a mask prompt, see
+            :meth:`napari_sam.Predictor.mask_prompt`); the part inside the chosen tile is used.
+            With a mask alone, the tile holding the centre of its bounding box answers.
         """
         if self._rgb is None:
             raise RuntimeError("no image yet: call set_image(plane) first")
@@ -196,21 +210,28 @@ class TiledPredictor:
         labels = (None if points is None else
                   np.ones(len(points), int) if labels is None else np.asarray(labels).ravel())
         box = None if box is None else np.asarray(box, dtype=float).ravel()
-        anchor = _anchor(points, labels, box)
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != shape:
+                raise ValueError(
+                    f"mask has shape {mask.shape} but the plane has shape {shape}: give a mask "
+                    "of the whole plane given to set_image"
+                )
+        anchor = _anchor(points, labels, box, mask)
         tile = _owner(self.tiles, anchor, shape)
-        answer = self._predict_in(tile.box, points, labels, box, multimask)
+        answer = self._predict_in(tile.box, points, labels, box, mask, multimask)
         best = answer[0][int(np.argmax(answer[1]))]
         if _touches_inner_edge(best, tile.box, shape):
             rows, cols = np.nonzero(best)
             centre = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
             answer = self._predict_in(_centred_box(centre, self.tile, shape), points, labels, box,
-                                      multimask)
+                                      mask, multimask)
         return answer
 
-    def _predict_in(self, tile_box, points, labels, box, multimask):
+    def _predict_in(self, tile_box, points, labels, box, mask, multimask):
         r0, c0, r1, c1 = tile_box
         offset = np.array([r0, c0], dtype=float)
-        tile_points = tile_labels = tile_prompt_box = None
+        tile_points = tile_labels = tile_prompt_box = mask_input = None
         if points is not None:
             inside = np.all((points >= offset - 0.5) & (points <= np.array([r1, c1]) - 0.5), axis=1)
             if inside.any():
@@ -218,11 +239,23 @@ class TiledPredictor:
         if box is not None:
             tile_prompt_box = np.clip(box - np.tile(offset, 2), 0, [r1 - r0 - 1, c1 - c0 - 1] * 2)
         self._embed(tile_box)
+        if mask is not None:
+            mask_input = self.predictor.mask_prompt(mask[r0:r1, c0:c1])
         masks, scores, logits = self.predictor.predict(
-            points=tile_points, labels=tile_labels, box=tile_prompt_box, multimask=multimask)
+            points=tile_points, labels=tile_labels, box=tile_prompt_box, mask_input=mask_input,
+            multimask=multimask)
         placed = np.zeros((len(masks), *self._rgb.shape[:2]), dtype=bool)
         placed[:, r0:r1, c0:c1] = masks
         return placed, scores, logits
+
+    def embed_tile(self, tile: Tile) -> bool:
+        """Embed one tile of :attr:`tiles` now (from the store if it is there), so that a
+        prompt later runs the decoder only; returns whether the encoder ran."""
+        if tile.box in self._embeddings:
+            return False
+        misses = self.store.misses if self.store is not None else 0
+        self._embed(tile.box)
+        return self.store is None or self.store.misses > misses
 
     def _embed(self, tile_box) -> None:
         if tile_box in self._embeddings:
@@ -237,12 +270,18 @@ class TiledPredictor:
         self._embeddings[tile_box] = embedding
 
 
-def _anchor(points, labels, box) -> tuple[float, float]:
+def _anchor(points, labels, box, mask=None) -> tuple[float, float]:
     if points is not None and (labels == 1).any():
         return tuple(points[np.flatnonzero(labels == 1)[0]])
     if box is not None:
         return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    raise ValueError("give at least one positive point or a box: it decides which tile answers")
+    if mask is not None and mask.any():
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        return (rows[0] + rows[-1]) / 2, (cols[0] + cols[-1]) / 2
+    raise ValueError(
+        "give at least one positive point or a box (or a non-empty mask): it decides which tile "
+        "answers"
+    )
 
 
 def _owner(tiles: list[Tile], point, shape) -> Tile:
