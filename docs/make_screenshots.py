@@ -52,7 +52,7 @@ def main() -> None:
     HERE.mkdir(exist_ok=True)
     viewer = napari.Viewer()
     viewer.open_sample("napari-sam", "nuclei_3d")
-    image, truth = viewer.layers["nuclei 3D"], viewer.layers["nuclei 3D (truth)"].data
+    truth = viewer.layers["nuclei 3D (truth)"].data
     z = 12
     viewer.dims.set_current_step(0, z)
 

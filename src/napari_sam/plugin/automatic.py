@@ -29,9 +29,15 @@ from qtpy.QtWidgets import (
 from napari_sam.engine.amg import SAMPLERS, AutomaticMaskGenerator
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.models.weights import automatic_settings
-from napari_sam.plugin.background import Cancelled, CancelFlag, run_in_background
+from napari_sam.plugin.background import CancelFlag, Cancelled, run_in_background
 from napari_sam.plugin.layer_choice import LayerChoice
-from napari_sam.plugin.layers import current_slice, new_labels_layer, next_label, slice_key
+from napari_sam.plugin.layers import (
+    current_slice,
+    describe,
+    new_labels_layer,
+    next_label,
+    slice_key,
+)
 from napari_sam.plugin.model_widget import path_row
 from napari_sam.plugin.session import LayerError, Session
 from napari_sam.volume.stack import segment_stack
@@ -104,7 +110,8 @@ class AutomaticWidget(QWidget):
 
     def options(self) -> dict:
         """The generator settings chosen in the panel."""
-        return dict(sampler=self.sampler.currentText(), points_per_side=self.points_per_side.value(),
+        return dict(sampler=self.sampler.currentText(),
+                    points_per_side=self.points_per_side.value(),
                     pred_iou_thresh=self.iou.value(), stability_score_thresh=self.stability.value(),
                     min_mask_region_area=self.min_area.value())
 
@@ -152,9 +159,9 @@ class AutomaticWidget(QWidget):
             offset = next_label(layer) - 1  # ids stay unique across slices
             layer.data[slice_key(index)] = np.where(labels > 0, labels + offset, 0)
             layer.refresh()
-            self.status.setText(f"slice {index}: {int(labels.max())} objects")
+            self.status.setText(f"{describe(index)}: {int(labels.max())} objects")
 
-        self.status.setText(f"segmenting slice {index}…")
+        self.status.setText(f"segmenting {describe(index)}…")
         self._busy(True)
         self.worker = run_in_background(job, what="automatic segmentation", done=done,
                                         finished=lambda: self._busy(False))

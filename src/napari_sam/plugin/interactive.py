@@ -38,6 +38,7 @@ from napari_sam.plugin.layers import (
     box_prompt,
     check_target,
     current_slice,
+    describe,
     new_labels_layer,
     next_label,
     point_prompts,
@@ -306,7 +307,8 @@ class InteractiveWidget(QWidget):
         write_mask(target, answer.index, mask, value, replace=refined)
         self.committed = (value, answer.index, mask)
         self.clear()
-        self.status.setText(f"object {value} written into {target.name!r} (slice {answer.index})")
+        self.status.setText(
+            f"object {value} written into {target.name!r} ({describe(answer.index)})")
         return value
 
     def refine_under_cursor(self) -> None:

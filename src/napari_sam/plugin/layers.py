@@ -33,6 +33,11 @@ def current_slice(viewer, layer, source: ImageSource) -> tuple[int, ...]:
     return source.plane_index(layer.world_to_data(dims.point)[:-2])
 
 
+def describe(index: tuple[int, ...]) -> str:
+    """A slice index for people: ``"slice 12"``, ``"slice 3, 12"``, or ``"the image"`` (2D)."""
+    return f"slice {', '.join(map(str, index))}" if index else "the image"
+
+
 def in_slice(coords: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
     """Which of ``(N, ndim)`` data coordinates lie in slice ``index``."""
     coords = np.asarray(coords, dtype=float)

@@ -128,7 +128,8 @@ class ModelWidget(QWidget):
             except Exception:
                 session.configure(**previous.__dict__)  # keep what worked
                 raise
-            return f"{type(model.image_encoder).__name__}, {model.img_size} px input, {model.device}"
+            encoder = type(model.image_encoder).__name__
+            return f"{encoder}, {model.img_size} px input, {model.device}"
 
         def done(description: str) -> None:
             self.status.setText(f"model ready: {description}")
@@ -147,7 +148,8 @@ class ModelWidget(QWidget):
         self.progress.setValue(done)
 
     def _choose_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "Checkpoints (*.pth *.pt)")
+        path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "",
+                                              "Checkpoints (*.pth *.pt)")
         if path:
             self.checkpoint.setText(path)
 

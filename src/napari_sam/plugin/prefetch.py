@@ -8,7 +8,7 @@ from napari.layers import Image
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_sam.plugin.background import CancelFlag, run_in_background
-from napari_sam.plugin.layers import current_slice
+from napari_sam.plugin.layers import current_slice, describe
 from napari_sam.plugin.session import LayerError, Session
 
 
@@ -100,7 +100,7 @@ class SliceEmbedder(QObject):
             done, total, plane, computed = step
             self.progress.emit(done, total)
             how = "embedded" if computed else "ready (cached)"
-            self.status.emit(f"{layer.name} slice {plane}: {how}")
+            self.status.emit(f"{layer.name}, {describe(plane)}: {how}")
 
         self.progress.emit(0, len(slices))
         self.worker = run_in_background(job, what=f"embedding {layer.name!r}", yielded=yielded)

@@ -172,7 +172,8 @@ class Session:
     def source(self, layer) -> ImageSource:
         """The layer as an :class:`ImageSource`, made once per layer data (its intensity limits
         come from a sample of the whole volume, so that every slice is normalised alike)."""
-        data = layer.data[0] if getattr(layer, "multiscale", False) else getattr(layer, "data", None)
+        data = getattr(layer, "data", None)
+        data = data[0] if getattr(layer, "multiscale", False) else data
         cached = self._sources.get(id(layer))
         if cached is None or cached.volume.data is not data:
             cached = self._sources[id(layer)] = ImageSource.from_layer(layer)
