@@ -204,6 +204,16 @@ class InteractiveWidget(QWidget):
         check_target(layer, source)
         return layer
 
+    def _checked_target(self):
+        """``(source, shown slice, target labels layer)``, or None after a warning that says
+        what is wrong."""
+        try:
+            source, index = self.source()
+            return source, index, self.target_layer(source)
+        except LayerError as error:
+            show_warning(f"napari-sam: {error}")
+            return None
+
     # --- prompts to preview -------------------------------------------------------------------
 
     def request_prediction(self, *_) -> None:
@@ -295,12 +305,10 @@ class InteractiveWidget(QWidget):
         if answer is None or not answer.masks[answer.choice].any():
             show_info("napari-sam: nothing to commit: add a click or a box first")
             return None
-        try:
-            source, _ = self.source()
-            target = self.target_layer(source)
-        except LayerError as error:
-            show_warning(f"napari-sam: {error}")
+        checked = self._checked_target()
+        if checked is None:
             return None
+        target = checked[2]
         mask = answer.masks[answer.choice]
         refined = self.refining[0] if self.refining and self.refining[1] == answer.index else None
         value = refined or next_label(target)
@@ -313,12 +321,10 @@ class InteractiveWidget(QWidget):
 
     def refine_under_cursor(self) -> None:
         """Take the label under the mouse as a mask prompt; commit then replaces it."""
-        try:
-            source, index = self.source()
-            target = self.target_layer(source)
-        except LayerError as error:
-            show_warning(f"napari-sam: {error}")
+        checked = self._checked_target()
+        if checked is None:
             return
+        _, index, target = checked
         row, col = np.round(target.world_to_data(self.viewer.cursor.position)[-2:]).astype(int)
         plane = np.asarray(target.data[slice_key(index)])
         if not (0 <= row < plane.shape[0] and 0 <= col < plane.shape[1]) or not plane[row, col]:
@@ -339,12 +345,10 @@ class InteractiveWidget(QWidget):
             show_info("napari-sam: commit an object first, then propagate it")
             return None
         value, index, mask = self.committed
-        try:
-            source, _ = self.source()
-            target = self.target_layer(source)
-        except LayerError as error:
-            show_warning(f"napari-sam: {error}")
+        checked = self._checked_target()
+        if checked is None:
             return None
+        source, _, target = checked
         if not index:
             show_info("napari-sam: the image is 2D: there is nothing to propagate through")
             return None
