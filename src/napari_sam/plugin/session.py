@@ -85,6 +85,12 @@ class ImageSource:
                 "2D to 4D images (t, z, y, x). Open multichannel data as one layer per channel "
                 "(channel_axis=) and choose one"
             )
+        if not layer.rgb and ndim >= 3 and data.shape[-1] <= 4:
+            raise LayerError(
+                f"image layer {layer.name!r} has shape {tuple(data.shape)}: its last axis looks "
+                "like channels, not x. Open it as RGB (rgb=True) or one layer per channel "
+                "(channel_axis=-1), then choose a layer"
+            )
         dtype = np.dtype(data.dtype)
         if dtype.kind not in "uifb":
             raise LayerError(f"image layer {layer.name!r} has data of type {dtype}, not numbers")
