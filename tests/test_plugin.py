@@ -357,4 +357,23 @@ def test_model_panel_fills_the_disk_cache_and_reuses_it(make_napari_viewer, qtbo
         assert panel.progress.value() == panel.progress.maximum() == 3  # slice 4, then 5 and 3
         statuses.append(panel.status.text())
     assert len(EmbeddingStore(cache)) == 3
-    assert statuses[0].endswith("embedded") and statuses[1].endswith("ready (cached)")
+    assert "embedded (3/3)" in statuses[0] and "ready (cached) (3/3)" in statuses[1]
+
+
+def test_large_slice_is_tiled_at_the_model_scale(make_napari_viewer, qtbot):
+    """A 512 px sample slice with the 256 px model: by default it is cut into tiles of the model's
+    input size, not shrunk to it (which halves the nuclei and spoils the masks)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-sam", "nuclei_2d")
+    truth = viewer.layers["nuclei 2D (truth)"].data
+    widget = InteractiveWidget(viewer)
+    assert widget.image.layer().name == "nuclei 2D"
+    assert Session.for_viewer(viewer).tiling() == (256, 32)
+    ious = []
+    for object_id in np.unique(truth)[1::25]:
+        widget.clear()
+        target = truth == object_id
+        widget.points.add([interior_point(target)])
+        wait_idle(qtbot, widget)
+        ious.append(iou(widget.answer.masks[widget.answer.choice], target))
+    assert len(ious) >= 8 and np.mean(ious) > 0.6, ious

@@ -147,8 +147,8 @@ class AutomaticWidget(QWidget):
                 generator = AutomaticMaskGenerator(
                     model, **automatic_settings(name, settings.checkpoint, **options))
                 rgb = to_rgb_uint8(source.volume.plane(index), limits=source.limits)
-                labels = segment_plane(generator, rgb, tile_layout(rgb.shape[:2], settings.tile,
-                                                                   settings.halo))
+                labels = segment_plane(generator, rgb,
+                                       tile_layout(rgb.shape[:2], *session.tiling()))
             flag.check()  # a cancelled slice is not written
             return labels
 
@@ -181,21 +181,22 @@ class AutomaticWidget(QWidget):
             self.status.setText(str(error))
             show_warning(f"napari-sam: {error}")
             return None
-        settings, flag = self.session.settings, CancelFlag()
+        session, settings, flag = self.session, self.session.settings, CancelFlag()
         self._flag = flag
         resume = self.resume.isChecked() and Path(output).exists()
+        link, options = self.link.isChecked(), self.options()
 
         def progress(done: int, total: int) -> None:
             self.stack_progress.emit(done, total)
             flag.check()
 
         def job():
+            tile, halo = session.tiling()
             try:
                 return segment_stack(
                     source.volume, output, model=None if settings.checkpoint else settings.model,
-                    checkpoint=settings.checkpoint, device=settings.device, tile=settings.tile,
-                    halo=settings.halo, cache=settings.cache, resume=resume,
-                    link=self.link.isChecked(), progress=progress, **self.options())
+                    checkpoint=settings.checkpoint, device=settings.device, tile=tile, halo=halo,
+                    cache=settings.cache, resume=resume, link=link, progress=progress, **options)
             except Cancelled:
                 return None
 

@@ -64,11 +64,14 @@ class ModelWidget(QWidget):
         self.tile = QSpinBox()
         self.tile.setRange(0, 16384)
         self.tile.setSingleStep(256)
-        self.tile.setSpecialValueText("whole slice")
+        self.tile.setSpecialValueText("model input")
+        self.tile.setToolTip("slices larger than this are embedded in tiles; the model's input "
+                             "size keeps objects at the scale it was trained at")
         self.tile.setValue(settings.tile or 0)
         self.halo = QSpinBox()
-        self.halo.setRange(0, 4096)
-        self.halo.setValue(settings.halo)
+        self.halo.setRange(-1, 4096)
+        self.halo.setSpecialValueText("tile / 8")
+        self.halo.setValue(-1 if settings.halo is None else settings.halo)
         self.cache = QLineEdit(settings.cache or "")
         self.cache.setPlaceholderText("none (memory only)")
         self.neighbours = QSpinBox()
@@ -112,7 +115,8 @@ class ModelWidget(QWidget):
         return dict(
             model=self.model.currentText(), checkpoint=self.checkpoint.text().strip() or None,
             device=self.device.currentText(), tile=self.tile.value() or None,
-            halo=self.halo.value(), cache=self.cache.text().strip() or None,
+            halo=None if self.halo.value() < 0 else self.halo.value(),
+            cache=self.cache.text().strip() or None,
         )
 
     def load(self):

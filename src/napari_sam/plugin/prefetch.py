@@ -100,7 +100,7 @@ class SliceEmbedder(QObject):
             done, total, plane, computed = step
             self.progress.emit(done, total)
             how = "embedded" if computed else "ready (cached)"
-            self.status.emit(f"{layer.name}, {describe(plane)}: {how}")
+            self.status.emit(f"{layer.name}, {describe(plane)}: {how} ({done}/{total})")
 
         self.progress.emit(0, len(slices))
         self.worker = run_in_background(job, what=f"embedding {layer.name!r}", yielded=yielded)
