@@ -382,6 +382,7 @@ class InteractiveWidget(QWidget):
 
         def finished() -> None:
             self.propagate_button.setEnabled(True)
+            self.progress.setValue(self.progress.maximum())
             self.status.setText(f"object {value} propagated to {len(written)} more slice(s)")
 
         self.progress.setMaximum(max(n_planes - 1, 1))
