@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# Headless napari needs a virtual X server and Mesa's OpenGL (see docs/development.md).
+# Headless napari needs a virtual X server and Mesa's OpenGL (QT_QPA_PLATFORM=offscreen is not
+# enough: napari's vispy canvas needs OpenGL). The tests then run under xvfb-run (README).
 $SUDO apt-get update -qq
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
