@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sam.engine.amg import SAMPLERS, AutomaticMaskGenerator
-from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.models.weights import automatic_settings
 from napari_sam.plugin.background import CancelFlag, Cancelled, run_in_background
 from napari_sam.plugin.layer_choice import LayerChoice
@@ -140,13 +139,9 @@ class AutomaticWidget(QWidget):
         self._flag = flag
 
         def job():
-            with session.lock:
-                model = session.model()
-                settings = session.settings
-                name = None if settings.checkpoint else settings.model
-                generator = AutomaticMaskGenerator(
-                    model, **automatic_settings(name, settings.checkpoint, **options))
-                rgb = to_rgb_uint8(source.volume.plane(index), limits=source.limits)
+            with session.lock:  # the panel's options hold every setting the model suggests
+                generator = AutomaticMaskGenerator(session.model(), **options)
+                rgb = session.slice_predictor(source, index).image  # what prompts see too
                 labels = segment_plane(generator, rgb,
                                        tile_layout(rgb.shape[:2], *session.tiling()))
             flag.check()  # a cancelled slice is not written

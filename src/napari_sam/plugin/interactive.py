@@ -47,6 +47,7 @@ from napari_sam.plugin.layers import (
 )
 from napari_sam.plugin.prefetch import SliceEmbedder
 from napari_sam.plugin.session import LayerError, Session
+from napari_sam.training.evaluation import bounding_box
 from napari_sam.volume.propagation import propagate
 
 PROMPTS, BOXES, PREVIEW = "SAM prompts", "SAM box", "SAM preview"
@@ -137,8 +138,9 @@ class InteractiveWidget(QWidget):
 
         self.image.currentIndexChanged.connect(self.setup_layers)
         napari_viewer.dims.events.current_step.connect(self.request_prediction)
-        for key, action in {"c": self.commit, "m": self.next_mask, "n": self.toggle_polarity,
-                            "g": self.refine_under_cursor}.items():
+        self.shortcuts = {"c": self.commit, "m": self.next_mask, "n": self.toggle_polarity,
+                          "g": self.refine_under_cursor}
+        for key, action in self.shortcuts.items():
             napari_viewer.bind_key(key, _key(action), overwrite=True)
         self._show_polarity(True)
         self.setup_layers()
@@ -167,9 +169,7 @@ class InteractiveWidget(QWidget):
                 np.empty((0, image.ndim)), ndim=image.ndim, name=PROMPTS, size=8,
                 features={"positive": np.empty(0, bool)}, border_color="white", **frame)
             for layer in (self.points, self.boxes, self.preview):
-                for key, action in {"c": self.commit, "m": self.next_mask,
-                                    "n": self.toggle_polarity,
-                                    "g": self.refine_under_cursor}.items():
+                for key, action in self.shortcuts.items():
                     layer.bind_key(key, _key(action), overwrite=True)
             self.points.events.data.connect(self.request_prediction)
             self.boxes.events.data.connect(self.request_prediction)
@@ -230,8 +230,7 @@ class InteractiveWidget(QWidget):
         box = box_prompt(self.boxes, index)
         mask = self.refining[2] if self.refining and self.refining[1] == index else None
         if mask is not None and box is None:
-            rows, cols = np.nonzero(mask)
-            box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)
+            box = np.array(bounding_box(mask), float)
         self._ticket += 1
         ticket = self._ticket
         if not (labels == 1).any() and box is None:

@@ -91,10 +91,9 @@ class SliceEmbedder(QObject):
         def job():
             for done, plane in enumerate(slices, start=1):
                 if flag():
-                    return "cancelled"
+                    return
                 computed = session.embed(source, plane, flag)
                 yield done, len(slices), plane, computed
-            return "done"
 
         def yielded(step) -> None:
             done, total, plane, computed = step

@@ -24,6 +24,12 @@ from napari_sam.volume.tiling import TiledPredictor
 _LAYER_AXES = {2: "yx", 3: "zyx", 4: "tzyx"}
 
 
+def _level0(layer):
+    """A layer's full-resolution data (level 0 of a multiscale layer)."""
+    data = getattr(layer, "data", None)
+    return data[0] if getattr(layer, "multiscale", False) else data
+
+
 class LayerError(ValueError):
     """A layer the plugin cannot work on; the message says why and what to do."""
 
@@ -81,7 +87,7 @@ class ImageSource:
                 f"{getattr(layer, 'name', layer)!r} is not an image layer: choose an image layer, "
                 "or open one (File > Open, or a sample: File > Open Sample > napari-sam)"
             )
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = _level0(layer)
         ndim = layer.ndim
         if ndim not in _LAYER_AXES:
             raise LayerError(
@@ -135,7 +141,7 @@ class Session:
         self.settings = ModelSettings()
         self.max_slices = max_slices
         self._model = None
-        self._model_settings: ModelSettings | None = None
+        self._model_key: tuple | None = None  # (model, checkpoint, device) it was loaded with
         self._store: EmbeddingStore | None = None
         self._slices: OrderedDict[tuple, TiledPredictor] = OrderedDict()
         self._sources: dict[int, ImageSource] = {}
@@ -170,22 +176,19 @@ class Session:
 
         with self.lock:
             wanted = (self.settings.model, self.settings.checkpoint, self.settings.device)
-            loaded = self._model_settings
-            if self._model is None or (loaded.model, loaded.checkpoint, loaded.device) != wanted:
+            if self._model is None or self._model_key != wanted:
                 self._model = None  # a failed load must not leave the old model in use
                 self._slices.clear()
                 name = None if self.settings.checkpoint else self.settings.model
                 self._model = load_model(name, self.settings.checkpoint, self.settings.device)
-                self._model_settings = self.settings
+                self._model_key = wanted
             return self._model
 
     def source(self, layer) -> ImageSource:
         """The layer as an :class:`ImageSource`, made once per layer data (its intensity limits
         come from a sample of the whole volume, so that every slice is normalised alike)."""
-        data = getattr(layer, "data", None)
-        data = data[0] if getattr(layer, "multiscale", False) else data
         cached = self._sources.get(id(layer))
-        if cached is None or cached.volume.data is not data:
+        if cached is None or cached.volume.data is not _level0(layer):
             cached = self._sources[id(layer)] = ImageSource.from_layer(layer)
         return cached
 

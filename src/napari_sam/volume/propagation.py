@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_sam.training.evaluation import bounding_box, centre_point
+
 DIRECTIONS = {"up": (1,), "down": (-1,), "both": (1, -1)}
 # The box prompt is the previous mask's bounding box grown by this fraction of its side on
 # each side, and by at least BOX_MARGIN_MIN pixels, so that an object growing from one plane
@@ -179,7 +181,7 @@ def _next_mask(predictor, previous: np.ndarray) -> tuple[np.ndarray, float]:
     so one mask is asked for.
     """
     masks, scores, _ = predictor.predict(
-        points=[_interior_point(previous)], labels=[1], box=_grown_box(previous),
+        points=[centre_point(previous)], labels=[1], box=_grown_box(previous),
         mask=previous, multimask=False,
     )
     return np.asarray(masks[0], dtype=bool), float(scores[0])
@@ -219,18 +221,11 @@ def _contrast(image: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _grown_box(mask: np.ndarray) -> np.ndarray:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    box = np.array([rows[0], cols[0], rows[-1], cols[-1]], dtype=float)
+    box = np.array(bounding_box(mask), dtype=float)
     margin = np.maximum(BOX_MARGIN * (box[2:] - box[:2] + 1), BOX_MARGIN_MIN)
     low = np.maximum(box[:2] - margin, 0)
     high = np.minimum(box[2:] + margin, np.array(mask.shape) - 1)
     return np.concatenate([low, high])
-
-
-def _interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """The pixel farthest from the background (the plane's edge counts as background)."""
-    distance = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    return np.unravel_index(int(np.argmax(distance)), mask.shape)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
