@@ -27,7 +27,7 @@ from scipy import ndimage, sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from reference import NUCLEI_S, VIT_B, meta_sam, random_state, segment_anything  # noqa: E402
+from reference import VIT_B, meta_sam, random_state, reference_nuclei_s, segment_anything  # noqa: E402
 
 from napari_sam import AutomaticMaskGenerator, load_model  # noqa: E402
 from napari_sam.engine.image import to_rgb_uint8  # noqa: E402
@@ -43,7 +43,7 @@ def models(name: str, checkpoint: str | None):
             torch.save(random_state(reference, seed=0), path)
             ours = load_model(checkpoint=path, device="cpu")
     else:
-        reference = meta_sam(**NUCLEI_S)
+        reference = reference_nuclei_s()
         ours = load_model(checkpoint=checkpoint, device="cpu") if checkpoint else load_model(device="cpu")
     reference.load_state_dict(ours.state_dict())
     return ours, reference.eval()

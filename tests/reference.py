@@ -19,10 +19,6 @@ with warnings.catch_warnings():
 SMALL_VIT = dict(
     embed_dim=96, depth=4, num_heads=4, global_attn_indexes=(1, 3), img_size=256, window_size=7
 )
-NUCLEI_S = dict(  # the project's shipped default model, registry name nuclei_s
-    embed_dim=192, depth=4, num_heads=4, global_attn_indexes=(1, 3), img_size=256, patch_size=8,
-    window_size=8, prompt_embed_dim=128, decoder_mlp_dim=1024, iou_head_hidden_dim=128,
-)
 VIT_B = dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11))
 
 
@@ -41,26 +37,47 @@ def meta_sam(
     iou_head_hidden_dim: int = 256,
 ):
     """Meta's ``Sam`` configured like ``build_sam_vit(**same arguments)``."""
+    encoder = segment_anything.modeling.ImageEncoderViT(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=4,
+        out_chans=prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=window_size,
+        global_attn_indexes=global_attn_indexes,
+    )
+    return meta_sam_around(
+        encoder,
+        embedding_size=img_size // patch_size,
+        prompt_embed_dim=prompt_embed_dim,
+        decoder_mlp_dim=decoder_mlp_dim,
+        decoder_heads=decoder_heads,
+        iou_head_hidden_dim=iou_head_hidden_dim,
+    )
+
+
+def meta_sam_around(
+    encoder: torch.nn.Module,
+    *,
+    embedding_size: int,
+    prompt_embed_dim: int = 256,
+    decoder_mlp_dim: int = 2048,
+    decoder_heads: int = 8,
+    iou_head_hidden_dim: int = 256,
+):
+    """Meta's ``Sam`` (prompt encoder, mask decoder) around any image encoder, like ``build_sam``."""
     modeling = segment_anything.modeling
-    grid = img_size // patch_size
+    img_size = encoder.img_size
     return modeling.Sam(
-        image_encoder=modeling.ImageEncoderViT(
-            img_size=img_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=4,
-            out_chans=prompt_embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=window_size,
-            global_attn_indexes=global_attn_indexes,
-        ),
+        image_encoder=encoder,
         prompt_encoder=modeling.PromptEncoder(
             embed_dim=prompt_embed_dim,
-            image_embedding_size=(grid, grid),
+            image_embedding_size=(embedding_size, embedding_size),
             input_image_size=(img_size, img_size),
             mask_in_chans=16,
         ),
@@ -76,6 +93,29 @@ def meta_sam(
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
+
+
+class _AnySizeTinyViT(mobile_sam.modeling.TinyViT):
+    """MobileSAM's TinyViT; only the final reshape, which MobileSAM writes for a 64 x 64 grid
+    (1024 px input), follows the input size. Every stage and the neck are MobileSAM's."""
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)
+        for stage in self.layers:
+            x = stage(x)
+        side = self.img_size // 16
+        return self.neck(x.view(x.shape[0], side, side, -1).permute(0, 3, 1, 2))
+
+
+def reference_nuclei_s():
+    """The shipped default model's architecture from the references' classes.
+
+    MobileSAM's TinyViT configured like ``build_sam_nuclei_s`` (3 stages at 256 px input), in
+    Meta's ``Sam`` with Meta's prompt encoder and mask decoder.
+    """
+    encoder = _AnySizeTinyViT(img_size=256, embed_dims=[48, 96, 192], depths=[2, 2, 2],
+                              num_heads=[1, 3, 6], window_sizes=[7, 8, 8], num_classes=0)
+    return meta_sam_around(encoder, embedding_size=16, decoder_mlp_dim=1024, iou_head_hidden_dim=128)
 
 
 def mobile_sam_vit_t():

@@ -20,7 +20,7 @@ from napari_sam import AutomaticMaskGenerator, load_model
 from napari_sam.engine import mask_ops
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.training.synthetic import synthetic_nuclei
-from reference import NUCLEI_S, meta_sam, segment_anything
+from reference import reference_nuclei_s, segment_anything
 
 SCORE_TOL = 1e-4
 FILTERS = dict(pred_iou_thresh=0.5, stability_score_thresh=0.8)
@@ -29,7 +29,7 @@ FILTERS = dict(pred_iou_thresh=0.5, stability_score_thresh=0.8)
 @pytest.fixture(scope="module")
 def models(one_thread):
     ours = load_model(device="cpu")
-    reference = meta_sam(**NUCLEI_S)
+    reference = reference_nuclei_s()
     reference.load_state_dict(ours.state_dict())
     return ours, reference.eval()
 

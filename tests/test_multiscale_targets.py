@@ -24,7 +24,7 @@ from test_training import RANGES, small_random_model
 
 
 def nuclei_masks(seed: int = 0) -> torch.Tensor:
-    """Ground truth of synthetic nuclei at the low resolution of nuclei_s (128 x 128)."""
+    """Ground truth of synthetic nuclei at a low resolution of 128 x 128 (2 input pixels each)."""
     _, labels = synthetic_nuclei((256, 256), radius=(4.0, 22.0), seed=seed)
     masks = np.stack([labels == i for i in np.unique(labels[labels > 0])])
     return downsample_target(masks, 128)

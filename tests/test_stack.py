@@ -61,7 +61,7 @@ def assert_objects_whole_and_linked(labels: np.ndarray, truth: np.ndarray) -> No
             if where.sum() < 30:
                 continue
             found, share = dominant(labels[z], where)
-            assert found != 0 and share > 0.85, (label, z, share)
+            assert found != 0 and share > 0.8, (label, z, share)
             predicted = labels[z] == found
             iou = (predicted & where).sum() / (predicted | where).sum()
             assert iou > 0.7, (label, z, iou)  # whole: not cut at a seam, not merged
@@ -187,11 +187,11 @@ def test_dask_cluster_equals_serial_run(one_thread, volume, tmp_path):
 
 
 def test_second_run_with_a_cache_computes_no_embedding(one_thread, volume, tmp_path, monkeypatch):
-    from napari_sam.models.image_encoder import ImageEncoderViT
+    from napari_sam.models.tiny_vit import TinyViT  # the default model's encoder
 
     calls = []
-    forward = ImageEncoderViT.forward
-    monkeypatch.setattr(ImageEncoderViT, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    forward = TinyViT.forward
+    monkeypatch.setattr(TinyViT, "forward", lambda self, x: calls.append(1) or forward(self, x))
     image, _ = volume
     image = (image[:2] // 16).astype(np.uint8)  # uint8 is used as is: no intensity scaling
     cache = tmp_path / "cache.zarr"

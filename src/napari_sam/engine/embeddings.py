@@ -42,7 +42,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         digest = hashlib.sha256()
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         cached = _FINGERPRINTS[model] = digest.hexdigest()[:32]
     return cached
 

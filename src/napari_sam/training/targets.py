@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 __all__ = ["erosion_targets", "check_erosion_radii", "DEFAULT_EROSION_RADII"]
 
-# In pixels of the low-resolution logits (128 x 128 for nuclei_s, 2 input pixels each). Its
-# training nuclei have radii of 2-11 such pixels: radius 4 would erase most of them (their targets
-# would fall back and coincide), while 1 and 2 leave three distinct nested targets for almost all.
+# In pixels of the low-resolution logits (4 per embedding cell: 64 x 64 for nuclei_s, 4 input
+# pixels each; 256 x 256 for SAM's ViTs). Chosen for logits at 2 input pixels, where training
+# nuclei have radii of 2-11 such pixels: radius 4 would erase most of them (their targets would
+# fall back and coincide), while 1 and 2 leave three distinct nested targets for almost all.
 DEFAULT_EROSION_RADII = (0, 1, 2)
 
 

@@ -114,8 +114,8 @@ def train(
         (:func:`~napari_sam.training.losses.matched_sam_loss`).
     erosion_radii : tuple of int
         With ``"erosion"``: strictly increasing disk radii, one per multimask output, in pixels
-        of the low-resolution logits (a quarter of a patch: 2 input pixels for ``nuclei_s``, 4
-        for SAM's ViTs); ``(0, 1, 2)`` by default.
+        of the low-resolution logits (a quarter of an embedding cell: 4 input pixels for
+        ``nuclei_s`` and SAM's ViTs); ``(0, 1, 2)`` by default.
     validation : list of (image, labels), optional
         Held-out examples; :func:`~napari_sam.training.evaluation.prompt_miou` every
         ``validate_every`` steps and at the end.
