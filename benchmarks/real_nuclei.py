@@ -54,7 +54,7 @@ def dsb_nuclei(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def prompt_scores(predictor, labels: np.ndarray) -> tuple[float, float, int]:
+def prompt_scores(predictor, labels: np.ndarray) -> tuple[float, float]:
     """Point and box mIoU over every nucleus of ``labels``."""
     point, box = [], []
     for i in np.unique(labels[labels > 0]):
@@ -63,7 +63,7 @@ def prompt_scores(predictor, labels: np.ndarray) -> tuple[float, float, int]:
         point.append(_iou(masks[int(np.argmax(scores))], truth))
         masks, _, _ = predictor.predict(box=bounding_box(truth), multimask=False)
         box.append(_iou(masks[0], truth))
-    return float(np.mean(point)), float(np.mean(box)), len(point)
+    return float(np.mean(point)), float(np.mean(box))
 
 
 def save_figure(path: Path, rgb: np.ndarray, truth: np.ndarray, found: np.ndarray) -> None:
@@ -96,18 +96,20 @@ def main() -> None:
           f"settings {settings}\n")
     print("| scale | point mIoU | box mIoU | F1 grid | F1 boxes | F1 adaptive |")
     print("|---|---|---|---|---|---|")
+    native = {}  # sampler -> label image at native scale, for the figure
     for name, size in (("native, tiles of the model input", tile), ("whole slice shrunk to the input", None)):
-        predictor = TiledPredictor(model, tile=size, halo=size // 8 if size else 0)
+        halo = size // 8 if size else 0
+        predictor = TiledPredictor(model, tile=size, halo=halo)
         predictor.set_image(image)
-        point, box, _ = prompt_scores(predictor, labels)
-        tiles = tile_layout(labels.shape, size, size // 8 if size else 0)
-        f1 = [instance_f1(segment_plane(AutomaticMaskGenerator(model, **{**settings, "sampler": s}),
-                                        rgb, tiles), labels)["f1"]
-              for s in ("grid", "boxes", "adaptive")]
+        point, box = prompt_scores(predictor, labels)
+        tiles = tile_layout(labels.shape, size, halo)
+        found = {s: segment_plane(AutomaticMaskGenerator(model, **{**settings, "sampler": s}), rgb, tiles)
+                 for s in ("grid", "boxes", "adaptive")}
+        native = native or found
+        f1 = [instance_f1(found[s], labels)["f1"] for s in ("grid", "boxes", "adaptive")]
         print(f"| {name} | {point:.3f} | {box:.3f} | {f1[0]:.3f} | {f1[1]:.3f} | {f1[2]:.3f} |")
     if args.figure:
-        generator = AutomaticMaskGenerator(model, **settings)
-        save_figure(args.figure, rgb, labels, segment_plane(generator, rgb, tile_layout(labels.shape, tile, tile // 8)))
+        save_figure(args.figure, rgb, labels, native[settings["sampler"]])
 
 
 if __name__ == "__main__":
