@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_sam.engine.detection import detect_objects
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.training.synthetic import synthetic_dataset, synthetic_nuclei
 
 SEEDS = (0, 1, 2)
 
@@ -78,6 +78,18 @@ def test_each_box_holds_most_of_its_nucleus(synthetic):
             inside.append(nucleus[r0 : r1 + 1, c0 : c1 + 1].sum() / nucleus.sum())
         assert np.mean(inside) >= 0.95
         assert np.mean(np.array(inside) >= 0.9) >= 0.85
+
+
+def test_dim_nuclei_in_photon_noise_get_one_box_each():
+    """Dim images (brightness 80-200, a few photons per pixel): a first threshold passes the noise
+    as hundreds of specks, which must not set the object scale. They did on images 0 and 5 here:
+    3.8 and 2.4 boxes per nucleus. Measured now: 0.97 to 1.12 boxes per nucleus, 83% to 100% of
+    the nuclei found."""
+    for image, labels in synthetic_dataset(6, (256, 256), brightness=(80.0, 200.0), seed=7):
+        truth = true_boxes(labels)
+        boxes = detect_objects(image)
+        assert 0.8 <= len(boxes) / len(truth) <= 1.25
+        assert (box_iou(truth, boxes).max(axis=1) >= 0.5).mean() >= 0.75
 
 
 def test_boxes_are_sorted_and_repeatable(synthetic):

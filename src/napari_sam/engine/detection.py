@@ -29,8 +29,8 @@ def detect_objects(
 
     Meant for fluorescence images of nuclei or cells, as object-aware box prompts in the spirit
     of MobileSAMv2. The image is made grey (the brightest of its normalised channels), smoothed
-    and freed of its uneven background, and thresholded low (0.4 times the Otsu threshold, and
-    at least a few noise levels); touching objects are split by a watershed of the distance to
+    and freed of its uneven background, and thresholded at half the Otsu threshold (and at least
+    a few noise levels); touching objects are split by a watershed of the distance to
     the background, then each object is cut at half its own brightness, so that dim and bright
     objects get equally close boxes. Scales follow the typical object radius, estimated from the
     image.
@@ -124,25 +124,34 @@ def _grey(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
     return scaled.max(axis=-1)
 
 
-def _typical_radius(mask: np.ndarray) -> float:
-    """Median over connected objects of the radius of their largest inscribed disc (>= 1)."""
+def _typical_radius(mask: np.ndarray, *, by_area: bool = False) -> float:
+    """Median over connected objects of the radius of their largest inscribed disc (>= 1).
+
+    With ``by_area`` each object counts by its area, so that many specks of noise (or bright
+    spots inside nuclei) do not outvote the few large objects.
+    """
     components, n = ndi.label(mask)
     if n == 0:
         return 1.0
     inscribed = ndi.maximum(ndi.distance_transform_edt(mask), components, np.arange(1, n + 1))
-    return max(1.0, float(np.median(inscribed)))
+    if not by_area:
+        return max(1.0, float(np.median(inscribed)))
+    order = np.argsort(inscribed)
+    weight = np.cumsum(np.bincount(components.ravel())[1:][order])
+    return max(1.0, float(inscribed[order][np.searchsorted(weight, weight[-1] / 2)]))
 
 
 def _foreground(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Background-free smoothed image, mask of the objects and their typical radius.
 
-    A first Otsu threshold gives the object scale, which sets the smoothing and the scale of the
-    background; the background is estimated twice, the second time without the objects found by
-    the first.
+    A first Otsu threshold gives the object scale (weighted by area: on dim, noisy images that
+    threshold also passes hundreds of specks of noise), which sets the smoothing and the scale of
+    the background; the background is estimated twice, the second time without the objects found
+    by the first.
     """
     rough = ndi.gaussian_filter(grey, 1.0, mode="nearest")
     mask = rough > threshold_otsu(rough)
-    radius = _typical_radius(mask)
+    radius = _typical_radius(mask, by_area=True)
     sigma = max(0.5, 0.15 * radius)
     smooth = ndi.gaussian_filter(grey, sigma, mode="nearest")
     noise = _noise_level(grey) * _gaussian_noise_gain(sigma)
@@ -151,7 +160,7 @@ def _foreground(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         if not background.any():
             background[:] = True
         residual = smooth - _smooth_background(smooth, background, 8.0 * radius)
-        threshold = max(0.4 * threshold_otsu(residual), _NOISE_SIGMAS * noise)
+        threshold = max(0.5 * threshold_otsu(residual), _NOISE_SIGMAS * noise)
         mask = residual > threshold
     return residual, mask, _typical_radius(mask)
 
