@@ -170,6 +170,22 @@ def test_single_mask_is_the_plain_sum():
     assert weighted.item() == pytest.approx(0.3 + 2 * 0.09, rel=1e-6)
 
 
+def test_prompt_on_no_object_has_true_iou_zero():
+    """A click on background: the target is empty and, with ``present`` False, the true IoU is 0
+    even for an empty prediction (otherwise 1, two empty masks agreeing)."""
+    logits = torch.full((2, 1, 2, 2), -5.0)  # both predictions empty
+    target = torch.zeros(2, 2, 2)
+    iou_pred = torch.tensor([[0.6], [0.6]])
+    _, parts = sam_loss(logits, iou_pred, target, multimask=False)
+    assert parts.true_iou.tolist() == [[1.0], [1.0]]
+    loss, parts = sam_loss(logits, iou_pred, target, multimask=False, focal_weight=0.0,
+                           dice_weight=0.0, present=torch.tensor([True, False]))
+    assert parts.true_iou.tolist() == [[1.0], [0.0]]
+    assert loss.item() == pytest.approx((0.4**2 + 0.6**2) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="present must have shape"):
+        sam_loss(logits, iou_pred, target, multimask=False, present=torch.tensor([True]))
+
+
 def test_half_precision_logits_are_promoted():
     logits, target = tiny()
     assert mask_loss(logits.bfloat16(), target).dtype == torch.float32

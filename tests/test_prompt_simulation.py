@@ -8,6 +8,7 @@ from scipy import ndimage as ndi
 
 from napari_sam.engine.prompts import box_rc_to_xy, rc_to_xy
 from napari_sam.training.prompts import (
+    background_points,
     PromptBatch,
     correction_point,
     correction_points,
@@ -100,6 +101,36 @@ def test_negative_points_use_neighbours_when_labels_given():
 # --------------------------------------------------------------------------- #
 # boxes
 # --------------------------------------------------------------------------- #
+def test_background_points_are_away_from_every_object(nuclei_labels):
+    rng = np.random.default_rng(0)
+    points = background_points(nuclei_labels, 50, rng, margin=3)
+    assert points.shape == (50, 2) and len(np.unique(points, axis=0)) == 50
+    distance = ndi.distance_transform_edt(nuclei_labels == 0)
+    assert (distance[points[:, 0], points[:, 1]] > 3).all()
+    # only what there is: a tiny background gives fewer points, a full image none
+    full = np.ones((8, 8), int)
+    full[0, 0] = 0
+    assert len(background_points(full, 5, rng, margin=0)) == 1
+    assert background_points(np.ones((8, 8), int), 5, rng).shape == (0, 2)
+    with pytest.raises(ValueError, match="margin"):
+        background_points(nuclei_labels, 1, rng, margin=-1)
+
+
+def test_background_clicks_join_single_click_batches(nuclei_labels):
+    rng = np.random.default_rng(1)
+    prompts = simulate_prompts(nuclei_labels, 4, rng, mode="point", n_points=1)
+    clicks = background_points(nuclei_labels, 3, rng)
+    both = prompts.with_background_clicks(clicks)
+    assert both.batch == prompts.batch + 3
+    assert both.points.shape == (prompts.batch + 3, 1, 2) and (both.labels == 1).all()
+    np.testing.assert_array_equal(both.points[-3:, 0], clicks)
+    assert not both.masks[-3:].any() and (both.ids[-3:] == 0).all()
+    assert (both.ids[:-3] != 0).all()
+    boxes = simulate_prompts(nuclei_labels, 4, rng, mode="box")
+    with pytest.raises(ValueError, match="single clicks"):
+        boxes.with_background_clicks(clicks)
+
+
 def test_box_without_jitter_is_the_bounding_box(nuclei_labels):
     rng = np.random.default_rng(4)
     for obj in sample_objects(nuclei_labels, 8, rng):

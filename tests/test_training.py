@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam import load_model
+from napari_sam import Predictor, load_model
 from napari_sam.cli import main as cli
 from napari_sam.models.registry import MODELS, build_sam_vit
 from napari_sam.training.evaluation import prompt_miou
+from napari_sam.training.prompts import background_points
 from napari_sam.training.synthetic import SyntheticNuclei, synthetic_dataset
 from napari_sam.training.trainer import train
 
@@ -75,21 +76,32 @@ def test_frozen_encoder_is_not_changed():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="at least 1"):
         train(small_random_model(), SyntheticNuclei((64, 64)), steps=0, log=None)
+    with pytest.raises(ValueError, match="background_clicks"):
+        train(small_random_model(), SyntheticNuclei((64, 64)), steps=1, background_clicks=-1, log=None)
+    with pytest.raises(ValueError, match="background_clicks needs"):
+        train(small_random_model(), SyntheticNuclei((64, 64)), steps=1, background_clicks=2,
+              multimask_targets="erosion", log=None)
 
 
-def test_cli_train_on_files(tmp_path):
-    import tifffile
+def test_background_clicks_teach_the_iou_head_to_score_background_low(one_thread):
+    """The same seeded run with and without clicks on background: with them, the predicted IoU
+    of a click on background ends far lower (measured: 0.116 at the start, 0.089 after 30 steps
+    without, 0.035 with; about 10 s)."""
+    validation = list(synthetic_dataset(4, (64, 64), seed=5, **RANGES))
 
-    image, labels = synthetic_dataset(1, (2, 96, 96), seed=0).__next__()
-    tifffile.imwrite(tmp_path / "image.tif", image)
-    tifffile.imwrite(tmp_path / "labels.tif", labels)
-    checkpoint = tmp_path / "start.pt"
-    torch.save(MODELS["nuclei_s"].build().state_dict(), checkpoint)
-    status = cli(["train", f"{tmp_path / 'image.tif'}:{tmp_path / 'labels.tif'}",
-                  "--checkpoint", str(checkpoint), "--device", "cpu", "-o", str(tmp_path / "run"),
-                  "--steps", "2", "--images-per-step", "1", "--validation", "1"])
-    assert status == 0
-    assert (tmp_path / "run" / "model.pt").is_file()
-    record = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert record["data"]["n_pairs"] == 1
-    assert np.isfinite(record["validation"]["box"])
+    def background_score(model) -> float:
+        predictor, rng, scores = Predictor(model), np.random.default_rng(0), []
+        for image, labels in validation:
+            predictor.set_image(image)
+            points = background_points(labels, 8, rng)[:, None].astype(float)
+            scores.append(predictor.predict_batch(points=points)[1].max(axis=1))
+        return float(np.concatenate(scores).mean())
+
+    after = {}
+    for clicks in (0, 4):
+        model = small_random_model()
+        train(model, SyntheticNuclei((64, 64), **RANGES), steps=30, lr=1e-3, warmup=2,
+              images_per_step=2, objects_per_image=2, prompt_mode="point", n_points=1,
+              correction_rounds=0, background_clicks=clicks, focal_weight=1.0, seed=0, log=None)
+        after[clicks] = background_score(model)
+    assert after[4] < 0.5 * after[0], after

@@ -423,6 +423,7 @@ def sam_loss(
     alpha: float | None = 0.25,
     gamma: float = 2.0,
     eps: float = 1.0,
+    present: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, SamLossParts]:
     """SAM's training loss for a batch of ``B`` objects with ``K`` masks each.
 
@@ -454,6 +455,9 @@ def sam_loss(
         Weights of the three terms (SAM: 20, 1, 1).
     alpha, gamma, eps : float
         Parameters of :func:`focal_loss` and :func:`dice_loss`.
+    present : (B,) bool tensor, optional
+        False for prompts that point at no object (a click on background, empty target): their
+        true IoU is 0 whatever the prediction, so the IoU head learns to score them low.
 
     Returns
     -------
@@ -502,6 +506,11 @@ def sam_loss(
     chosen = per_mask.gather(1, pick)[:, 0]  # (B,): gradient flows to the chosen masks only
 
     true_iou = iou_of_masks(logits, target)  # (B, K), no gradient
+    if present is not None:
+        present = torch.as_tensor(present, dtype=torch.bool, device=true_iou.device)
+        if tuple(present.shape) != (b,):
+            raise ValueError(f"present must have shape (B,) = ({b},), got {tuple(present.shape)}")
+        true_iou = torch.where(present[:, None], true_iou, torch.zeros_like(true_iou))
     iou_err = ((iou_pred - true_iou.to(iou_pred.dtype)) ** 2).mean()
     loss = chosen.mean() + iou_weight * iou_err
 

@@ -33,6 +33,7 @@ __all__ = [
     "sample_objects",
     "positive_points",
     "negative_points",
+    "background_points",
     "jittered_box",
     "correction_point",
     "correction_points",
@@ -276,6 +277,41 @@ def negative_points(
     return np.stack([rows[pick] + r0, cols[pick] + c0], axis=1).astype(np.int64)
 
 
+def background_points(labels, k: int, rng: np.random.Generator, *, margin: float = 3.0) -> np.ndarray:
+    """Up to ``k`` distinct background pixels at least ``margin`` pixels away from every object.
+
+    Clicks that point at no object. SAM never sees them in training, so its predicted IoU for
+    them is arbitrary, and automatic segmentation keeps masks from grid points that fall on
+    background; trained with an empty target and a true IoU of 0 (see
+    :meth:`PromptBatch.with_background_clicks`), they teach the IoU head to score them low.
+    Pixels right next to an object are left out: a click there may well be meant for it.
+
+    Parameters
+    ----------
+    labels : (H, W) integer array
+        Ground-truth label image, 0 = background.
+    k : int >= 0
+        Number of points wanted.
+    rng : numpy.random.Generator
+    margin : float >= 0
+        Smallest distance to an object, in pixels.
+
+    Returns
+    -------
+    (m, 2) int64 array
+        ``(row, col)`` of ``m <= k`` distinct pixels, fewer when the background is smaller.
+    """
+    labels = _check_labels(labels)
+    k = _check_count("k", k)
+    rng = _check_rng(rng)
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not margin >= 0:
+        raise ValueError(f"margin must be a number of pixels >= 0, got {margin!r}")
+    far = ndi.distance_transform_edt(labels == 0) > margin
+    rows, cols = np.nonzero(far)
+    pick = rng.choice(len(rows), size=min(k, len(rows)), replace=False)
+    return np.stack([rows[pick], cols[pick]], axis=1).astype(np.int64)
+
+
 def jittered_box(
     mask,
     rng: np.random.Generator,
@@ -508,6 +544,36 @@ class PromptBatch:
             new_labels = np.concatenate([self.labels, labels], axis=1)
             mode = self.mode
         return PromptBatch(new_points, new_labels, self.boxes, self.masks, self.ids, mode)
+
+    def with_background_clicks(self, points) -> PromptBatch:
+        """A new batch with one more prompt per point: a single click on background.
+
+        Their ground truth is empty and their id 0 (no object). Only for batches of single
+        clicks (one positive point per object, no box), the prompts that must tell an object
+        from background on their own.
+
+        Parameters
+        ----------
+        points : (M, 2) array
+            ``(row, col)`` of the clicks, e.g. from :func:`background_points`.
+        """
+        points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        if self.boxes is not None or self.points is None or self.points.shape[1] != 1:
+            raise ValueError(
+                "background clicks join batches of single clicks (mode 'point', one point per "
+                f"object); this batch has mode {self.mode!r} with "
+                f"{0 if self.points is None else self.points.shape[1]} point(s) per object"
+            )
+        m = len(points)
+        empty = np.zeros((m, *self.masks.shape[1:]), dtype=bool)
+        return PromptBatch(
+            np.concatenate([self.points, points[:, None]]),
+            np.concatenate([self.labels, np.ones((m, 1), np.int64)]),
+            None,
+            np.concatenate([self.masks, empty]),
+            np.concatenate([self.ids, np.zeros(m, self.ids.dtype)]),
+            self.mode,
+        )
 
 
 def _check_n_points(n_points) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from napari_sam.models.loading import resolve_device
 from napari_sam.models.sam import Sam
 from napari_sam.training.evaluation import prompt_miou
 from napari_sam.training.losses import downsample_target, matched_sam_loss, sam_loss
-from napari_sam.training.prompts import PromptBatch, correction_points, simulate_prompts
+from napari_sam.training.prompts import PromptBatch, background_points, correction_points, simulate_prompts
 from napari_sam.training.targets import DEFAULT_EROSION_RADII, check_erosion_radii, erosion_targets
 
 MULTIMASK_TARGETS = ("best", "erosion")
@@ -60,6 +60,7 @@ def train(
     prompt_mode: str = "mixed",
     n_points: tuple[int, int] = (1, 3),
     correction_rounds: int = 1,
+    background_clicks: int = 0,
     focal_weight: float = 20.0,
     multimask_targets: str = "best",
     erosion_radii: tuple[int, ...] = DEFAULT_EROSION_RADII,
@@ -103,6 +104,12 @@ def train(
         Range of clicks per object in point modes.
     correction_rounds : int
         Extra rounds per step with a corrective click and the previous mask as prompt.
+    background_clicks : int
+        For each image prompted with single clicks, this many more single clicks on background
+        (:func:`~napari_sam.training.prompts.background_points`) with an empty target and a true
+        IoU of 0, so that the predicted IoU tells objects from background; automatic
+        segmentation then drops the masks of grid points on background. 0 (SAM's recipe) by
+        default.
     focal_weight : float
         Weight of the focal loss against the dice loss (1); SAM's 20 by default.
     multimask_targets : {"best", "erosion"}
@@ -140,12 +147,17 @@ def train(
     """
     if steps < 1 or images_per_step < 1 or objects_per_image < 1:
         raise ValueError("steps, images_per_step and objects_per_image must be at least 1")
+    if background_clicks < 0:
+        raise ValueError(f"background_clicks must be 0 or more, got {background_clicks}")
     if multimask_targets not in MULTIMASK_TARGETS:
         raise ValueError(
             f"multimask_targets must be one of {', '.join(map(repr, MULTIMASK_TARGETS))}; "
             f"got {multimask_targets!r}"
         )
     radii = None  # of the multi-scale targets; None: best of 3
+    if multimask_targets == "erosion" and background_clicks:
+        raise ValueError("background_clicks needs multimask_targets='best': eroded targets of "
+                         "an empty mask are empty, and would be scored as perfect")
     if multimask_targets == "erosion":
         radii = check_erosion_radii(erosion_radii)
         outputs = model.mask_decoder.num_multimask_outputs
@@ -184,7 +196,8 @@ def train(
         with autocast:
             loss, parts = _step_loss(model, examples, rng, objects_per_image=objects_per_image,
                                      prompt_mode=prompt_mode, n_points=n_points,
-                                     correction_rounds=correction_rounds, train_encoder=train_encoder,
+                                     correction_rounds=correction_rounds,
+                                     background_clicks=background_clicks, train_encoder=train_encoder,
                                      focal_weight=focal_weight, erosion_radii=radii)
         optimizer.zero_grad(set_to_none=True)
         if loss is not None:
@@ -240,7 +253,7 @@ def save_checkpoint(
 
 
 def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_points,
-               correction_rounds, train_encoder, focal_weight, erosion_radii):
+               correction_rounds, background_clicks, train_encoder, focal_weight, erosion_radii):
     """Loss of one step over all examples, and the parts of the last round for logging.
 
     ``erosion_radii`` None trains ambiguous prompts with the best of 3, else with matched
@@ -263,6 +276,9 @@ def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_p
             prompts = simulate_prompts(labels, objects_per_image, rng, mode=prompt_mode, n_points=clicks)
         except ValueError:  # no object large enough in this example
             continue
+        if background_clicks and prompts.boxes is None and prompts.points.shape[1] == 1:
+            prompts = prompts.with_background_clicks(background_points(labels, background_clicks, rng))
+        present = torch.from_numpy(prompts.ids != 0).to(model.device)
         target = downsample_target(prompts.masks, low_size).to(model.device)
         multiscale = None if erosion_radii is None else erosion_targets(target, erosion_radii)
         mask_input = None
@@ -272,7 +288,8 @@ def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_p
             if ambiguous and multiscale is not None:
                 loss, details = matched_sam_loss(logits, iou, multiscale, focal_weight=focal_weight)
             else:
-                loss, details = sam_loss(logits, iou, target, multimask=ambiguous, focal_weight=focal_weight)
+                loss, details = sam_loss(logits, iou, target, multimask=ambiguous,
+                                         focal_weight=focal_weight, present=present)
             losses.append(loss)
             parts = details.as_dict()
             if round_ < correction_rounds:
