@@ -105,3 +105,25 @@ def test_background_clicks_teach_the_iou_head_to_score_background_low(one_thread
               correction_rounds=0, background_clicks=clicks, focal_weight=1.0, seed=0, log=None)
         after[clicks] = background_score(model)
     assert after[4] < 0.5 * after[0], after
+
+
+@pytest.mark.slow
+def test_default_model_recipe_runs_both_stages_and_resumes(tmp_path):
+    """The recipe of the shipped model, shortened: stage 1 from scratch, then the background
+    stage from its weights; the export loads as the default model's architecture."""
+    from napari_sam.training.recipes import nuclei_s
+
+    weights = tmp_path / "weights.pt"
+    nuclei_s.main(["--output", str(tmp_path), "--steps", "2", "--background-steps", "1",
+                   "--export", str(weights)])
+    stages = {folder: json.loads((tmp_path / folder / "model.json").read_text())
+              for folder in ("scratch", "background")}
+    assert stages["scratch"]["step"] == 2 and stages["background"]["step"] == 1
+    assert stages["background"]["recipe"]["background_clicks"] > 0
+    assert not stages["background"]["recipe"]["train_encoder"]
+    final = torch.load(tmp_path / "background" / "model.pt", weights_only=True)
+    assert load_model(checkpoint=weights, device="cpu").img_size == 256
+    # resuming a finished run trains nothing more and exports the same weights
+    nuclei_s.main(["--output", str(tmp_path), "--steps", "2", "--background-steps", "1", "--resume"])
+    again = torch.load(tmp_path / "background" / "model.pt", weights_only=True)
+    assert all(torch.equal(final[k], again[k]) for k in final)

@@ -138,9 +138,9 @@ class AdaptiveSampler:
     """Our sampler: a coarse grid, then new clicks only where nothing is segmented yet.
 
     Round 0 clicks a coarse grid, skipping flat background. Each later round finds the pixels
-    that are neither covered by a kept mask (nor next to one) nor flat background nor near an
-    earlier click, and clicks the most interior points of those regions (maxima of their
-    distance transform, at least a fine grid cell apart). It stops when a round no longer adds
+    that are neither covered by a kept mask (nor next to one) nor flat background nor within a
+    fine grid cell of an earlier click, and clicks the most interior points of those regions
+    (maxima of their distance transform, at least a fine grid cell apart). It stops when a round no longer adds
     coverage, when nothing is left to click, or after ``max_rounds``.
 
     Parameters
@@ -207,8 +207,9 @@ class AdaptiveSampler:
         """Most interior points of the regions still to segment, a grid cell apart."""
         margin = max(1, int(round(cell / 4)))
         todo = active & ~ndimage.binary_dilation(covered, iterations=margin)
-        near_clicks = ndimage.distance_transform_edt(~clicked) < cell / 2
-        todo &= ~near_clicks
+        # A click closer than a fine grid cell to an earlier one mostly repeats it: where the
+        # earlier click's mask was rejected (e.g. on background), it would be rejected again.
+        todo &= ndimage.distance_transform_edt(~clicked) >= cell
         depth = ndimage.distance_transform_edt(todo)
         return peak_local_max(depth, min_distance=max(1, int(cell)), threshold_abs=cell / 4,
                               exclude_border=False)

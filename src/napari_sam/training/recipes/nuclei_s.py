@@ -1,7 +1,7 @@
 """Train ``nuclei_s``, the shipped default model, from scratch on synthetic nuclei.
 
     python -m napari_sam.training.recipes.nuclei_s --output runs/nuclei_s [--steps 2400]
-        [--resume] [--export src/napari_sam/weights/nuclei_s.pt]
+        [--background-steps 200] [--resume] [--export src/napari_sam/weights/nuclei_s.pt]
 
 Two stages: the whole model from scratch (``OUTPUT/scratch``), then the prompt encoder and mask
 decoder alone with clicks on background added (``OUTPUT/background``), which teaches the IoU
@@ -46,7 +46,9 @@ def export_half(checkpoint: Path, destination: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs") / NAME)
-    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--steps", type=int, default=2400, help="steps of stage 1")
+    parser.add_argument("--background-steps", type=int, default=BACKGROUND_STEPS,
+                        help="steps of stage 2")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export", type=Path, help="also write float16 weights here")
     args = parser.parse_args(argv)
@@ -58,14 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     metadata = {"architecture": NAME,
                 "data": "synthetic fluorescence nuclei, napari_sam.training.synthetic, 256 x 256"}
     stages = [("scratch", args.steps, SEED, RECIPE),
-              ("background", BACKGROUND_STEPS, BACKGROUND_SEED, BACKGROUND)]
+              ("background", args.background_steps, BACKGROUND_SEED, BACKGROUND)]
     for folder, steps, seed, recipe in stages:
         history = train(
             model, data, steps=steps, output=args.output / folder, resume=args.resume, seed=seed,
             validation=validation, validate_every=200, checkpoint_every=50, device="auto",
             metadata={**metadata, "stage": folder, "recipe": recipe, "seed": seed}, **recipe,
         )
-        if history.steps or not (args.output / folder / "history.json").is_file():
+        if history.steps:  # a resumed stage that was already complete keeps its history
             (args.output / folder / "history.json").write_text(json.dumps(history.__dict__))
     final = args.output / stages[-1][0] / "model.pt"
     if args.export:
