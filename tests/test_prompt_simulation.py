@@ -8,8 +8,8 @@ from scipy import ndimage as ndi
 
 from napari_sam.engine.prompts import box_rc_to_xy, rc_to_xy
 from napari_sam.training.prompts import (
-    background_points,
     PromptBatch,
+    background_points,
     correction_point,
     correction_points,
     jittered_box,

@@ -83,6 +83,24 @@ def test_bad_settings_are_refused():
               multimask_targets="erosion", log=None)
 
 
+def test_cli_train_on_files(tmp_path):
+    import tifffile
+
+    image, labels = synthetic_dataset(1, (2, 96, 96), seed=0).__next__()
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    checkpoint = tmp_path / "start.pt"
+    torch.save(MODELS["nuclei_s"].build().state_dict(), checkpoint)
+    status = cli(["train", f"{tmp_path / 'image.tif'}:{tmp_path / 'labels.tif'}",
+                  "--checkpoint", str(checkpoint), "--device", "cpu", "-o", str(tmp_path / "run"),
+                  "--steps", "2", "--images-per-step", "1", "--validation", "1"])
+    assert status == 0
+    assert (tmp_path / "run" / "model.pt").is_file()
+    record = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert record["data"]["n_pairs"] == 1
+    assert np.isfinite(record["validation"]["box"])
+
+
 def test_background_clicks_teach_the_iou_head_to_score_background_low(one_thread):
     """The same seeded run with and without clicks on background: with them, the predicted IoU
     of a click on background ends far lower (measured: 0.116 at the start, 0.089 after 30 steps

@@ -24,8 +24,17 @@ from napari_sam.models.loading import resolve_device
 from napari_sam.models.sam import Sam
 from napari_sam.training.evaluation import prompt_miou
 from napari_sam.training.losses import downsample_target, matched_sam_loss, sam_loss
-from napari_sam.training.prompts import PromptBatch, background_points, correction_points, simulate_prompts
-from napari_sam.training.targets import DEFAULT_EROSION_RADII, check_erosion_radii, erosion_targets
+from napari_sam.training.prompts import (
+    PromptBatch,
+    background_points,
+    correction_points,
+    simulate_prompts,
+)
+from napari_sam.training.targets import (
+    DEFAULT_EROSION_RADII,
+    check_erosion_radii,
+    erosion_targets,
+)
 
 MULTIMASK_TARGETS = ("best", "erosion")
 
