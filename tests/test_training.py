@@ -93,12 +93,15 @@ def test_cli_train_on_files(tmp_path):
     torch.save(MODELS["nuclei_s"].build().state_dict(), checkpoint)
     status = cli(["train", f"{tmp_path / 'image.tif'}:{tmp_path / 'labels.tif'}",
                   "--checkpoint", str(checkpoint), "--device", "cpu", "-o", str(tmp_path / "run"),
-                  "--steps", "2", "--images-per-step", "1", "--validation", "1"])
+                  "--steps", "2", "--images-per-step", "1", "--validation", "1",
+                  "--background-clicks", "2"])
     assert status == 0
     assert (tmp_path / "run" / "model.pt").is_file()
     record = json.loads((tmp_path / "run" / "model.json").read_text())
     assert record["data"]["n_pairs"] == 1
     assert np.isfinite(record["validation"]["box"])
+    assert cli(["train", f"{tmp_path / 'image.tif'}:{tmp_path / 'labels.tif'}", "-o",
+                str(tmp_path / "bad"), "--background-clicks", "-1"]) != 0
 
 
 def test_background_clicks_teach_the_iou_head_to_score_background_low(one_thread):

@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--objects-per-image", type=int, default=8)
     fit.add_argument("--train-encoder", action="store_true",
                      help="also train the image encoder (frozen by default)")
+    fit.add_argument("--background-clicks", type=int, default=0, metavar="N",
+                     help="N clicks on background per single-click image, trained to score low, "
+                     "so that automatic segmentation drops grid points on background (default 0)")
     fit.add_argument("--resume", action="store_true", help="continue from OUTPUT/training_state.pt")
     fit.add_argument("--validation", type=int, default=8, metavar="N",
                      help="held-out crops for validation mIoU (default 8)")
@@ -301,7 +304,8 @@ def _train(args: argparse.Namespace) -> int:
     history = train(
         model, data, steps=args.steps, output=args.output, lr=args.lr,
         images_per_step=args.images_per_step, objects_per_image=args.objects_per_image,
-        train_encoder=args.train_encoder, resume=args.resume, seed=args.seed,
+        train_encoder=args.train_encoder, background_clicks=args.background_clicks,
+        resume=args.resume, seed=args.seed,
         validation=validation, device=args.device,
         metadata={"base": args.model or str(args.checkpoint), "data": data.summary()},
     )
