@@ -140,8 +140,8 @@ class AdaptiveSampler:
     Round 0 clicks a coarse grid, skipping flat background. Each later round finds the pixels
     that are neither covered by a kept mask (nor next to one) nor flat background nor within a
     fine grid cell of an earlier click, and clicks the most interior points of those regions
-    (maxima of their distance transform, at least a fine grid cell apart). It stops when a round no longer adds
-    coverage, when nothing is left to click, or after ``max_rounds``.
+    (maxima of their distance transform, at least a fine grid cell apart). It stops when a
+    round no longer adds coverage, when nothing is left to click, or after ``max_rounds``.
 
     Parameters
     ----------

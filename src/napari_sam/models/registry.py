@@ -152,8 +152,8 @@ MODELS: dict[str, ModelSpec] = {
             "shipped, runs offline)",
             packaged="nuclei_s.pt",
             # Chosen on validation images (model card): one box per detected nucleus gives
-            # instance F1 0.95 there; a grid keeps fragments and off-centre masks (F1 at most
-            # 0.61 over predicted IoU 0.6-0.88 and stability 0.8-0.95).
+            # instance F1 0.93 there; a grid keeps parts and near-duplicates (F1 at most 0.57
+            # over predicted IoU 0.5-0.88 and stability 0.8-0.95).
             automatic=dict(pred_iou_thresh=0.5, stability_score_thresh=0.8, sampler="boxes"),
         ),
         ModelSpec(

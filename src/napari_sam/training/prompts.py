@@ -90,6 +90,16 @@ def _check_count(name: str, value, *, low: int = 0) -> int:
     return int(value)
 
 
+def _check_margin(value, *, zero_ok: bool) -> float:
+    """A distance in pixels: > 0, or >= 0 with ``zero_ok``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+        value >= 0 if zero_ok else value > 0
+    ):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"margin must be a number of pixels {bound}, got {value!r}")
+    return float(value)
+
+
 def _check_fraction(name: str, value, *, high: float = 1.0, high_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
@@ -247,9 +257,8 @@ def negative_points(
             raise ValueError(f"labels must have the mask's shape {mask.shape}, got {labels.shape}")
     if margin is None:
         margin = max(3.0, 0.5 * math.sqrt(float(mask.sum())))
-    elif isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not margin > 0:
-        raise ValueError(f"margin must be a number of pixels > 0, got {margin!r}")
-    margin = float(margin)
+    else:
+        margin = _check_margin(margin, zero_ok=False)
     if k == 0:
         return np.zeros((0, 2), dtype=np.int64)
 
@@ -304,9 +313,7 @@ def background_points(labels, k: int, rng: np.random.Generator, *, margin: float
     labels = _check_labels(labels)
     k = _check_count("k", k)
     rng = _check_rng(rng)
-    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not margin >= 0:
-        raise ValueError(f"margin must be a number of pixels >= 0, got {margin!r}")
-    far = ndi.distance_transform_edt(labels == 0) > margin
+    far = ndi.distance_transform_edt(labels == 0) > _check_margin(margin, zero_ok=True)
     rows, cols = np.nonzero(far)
     pick = rng.choice(len(rows), size=min(k, len(rows)), replace=False)
     return np.stack([rows[pick], cols[pick]], axis=1).astype(np.int64)
@@ -516,6 +523,11 @@ class PromptBatch:
         """Number of objects ``B``."""
         return len(self.masks)
 
+    @property
+    def single_clicks(self) -> bool:
+        """Whether every object has exactly one point and no box: SAM's ambiguous prompt."""
+        return self.boxes is None and self.points is not None and self.points.shape[1] == 1
+
     def points_xy(self) -> np.ndarray | None:
         """Points as SAM's ``(x, y)``, C-contiguous (``torch.from_numpy`` takes it), or None."""
         return None if self.points is None else np.ascontiguousarray(rc_to_xy(self.points))
@@ -558,7 +570,7 @@ class PromptBatch:
             ``(row, col)`` of the clicks, e.g. from :func:`background_points`.
         """
         points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-        if self.boxes is not None or self.points is None or self.points.shape[1] != 1:
+        if not self.single_clicks:
             raise ValueError(
                 "background clicks join batches of single clicks (mode 'point', one point per "
                 f"object); this batch has mode {self.mode!r} with "

@@ -285,14 +285,14 @@ def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_p
             prompts = simulate_prompts(labels, objects_per_image, rng, mode=prompt_mode, n_points=clicks)
         except ValueError:  # no object large enough in this example
             continue
-        if background_clicks and prompts.boxes is None and prompts.points.shape[1] == 1:
+        if background_clicks and prompts.single_clicks:
             prompts = prompts.with_background_clicks(background_points(labels, background_clicks, rng))
         present = torch.from_numpy(prompts.ids != 0).to(model.device)
         target = downsample_target(prompts.masks, low_size).to(model.device)
         multiscale = None if erosion_radii is None else erosion_targets(target, erosion_radii)
         mask_input = None
         for round_ in range(1 + correction_rounds):
-            ambiguous = prompts.boxes is None and prompts.points.shape[1] == 1
+            ambiguous = prompts.single_clicks
             logits, iou = _decode(model, features[index : index + 1], image_pe, prompts, mask_input, ambiguous)
             if ambiguous and multiscale is not None:
                 loss, details = matched_sam_loss(logits, iou, multiscale, focal_weight=focal_weight)
