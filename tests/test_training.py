@@ -73,6 +73,22 @@ def test_frozen_encoder_is_not_changed():
     assert any(not torch.equal(v, model.mask_decoder.state_dict()[k]) for k, v in decoder_before.items())
 
 
+@pytest.mark.parametrize("update", [False, True])
+def test_encoder_fine_tuning_keeps_batchnorm_statistics_unless_told(update):
+    """Fine-tuning a TinyViT encoder on small batches trains its BatchNorm weights but keeps the
+    running statistics it was trained with, unless ``update_batchnorm`` (training from scratch)."""
+    model = MODELS["nuclei_s"].build()
+    statistics = {k: v.clone() for k, v in model.image_encoder.state_dict().items() if "running_" in k}
+    weights = {k: v.clone() for k, v in model.image_encoder.named_parameters() if ".bn." in k}
+    assert statistics and weights
+    train(model, SyntheticNuclei((256, 256)), steps=1, images_per_step=1, objects_per_image=2,
+          train_encoder=True, update_batchnorm=update, lr=1e-3, warmup=1, log=None)
+    after = model.image_encoder.state_dict()
+    changed = [not torch.equal(v, after[k]) for k, v in statistics.items()]
+    assert all(changed) if update else not any(changed)
+    assert any(not torch.equal(v, after[k]) for k, v in weights.items())
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="at least 1"):
         train(small_random_model(), SyntheticNuclei((64, 64)), steps=0, log=None)
@@ -81,6 +97,37 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="background_clicks needs"):
         train(small_random_model(), SyntheticNuclei((64, 64)), steps=1, background_clicks=2,
               multimask_targets="erosion", log=None)
+    with pytest.raises(ValueError, match="loss_resolution must be one of 'low', 'full'"):
+        train(small_random_model(), SyntheticNuclei((64, 64)), steps=1, loss_resolution="high",
+              log=None)
+
+
+@pytest.mark.parametrize("targets", ["best", "erosion"])
+def test_full_resolution_loss_sees_the_exact_masks(monkeypatch, targets):
+    """With loss_resolution="full" the loss compares logits upsampled to the input size with
+    the exact masks (not their downsampled, binarised version), as the predictor upsamples."""
+    import napari_sam.training.trainer as trainer
+
+    seen = []
+
+    def spy(loss):
+        def wrapped(logits, iou, target, **options):
+            seen.append((tuple(logits.shape[-2:]), target))
+            return loss(logits, iou, target, **options)
+        return wrapped
+
+    monkeypatch.setattr(trainer, "sam_loss", spy(trainer.sam_loss))
+    monkeypatch.setattr(trainer, "matched_sam_loss", spy(trainer.matched_sam_loss))
+    for resolution in ("low", "full"):
+        seen.clear()
+        train(small_random_model(), SyntheticNuclei((64, 64), **RANGES), steps=2, images_per_step=2,
+              objects_per_image=2, loss_resolution=resolution, multimask_targets=targets, log=None)
+        size = 64 if resolution == "full" else 32  # TINY: 64 px input, 32 x 32 logits
+        assert seen and all(shape == (size, size) for shape, _ in seen), (resolution, seen[0][0])
+        assert all(target.shape[-2:] == (size, size) for _, target in seen)
+    # outlines also lie inside the low-resolution pixels (2 x 2 input pixels): exact masks
+    masks = torch.cat([target.reshape(-1, 64, 64) for _, target in seen])
+    assert (masks[:, :, 1:] != masks[:, :, :-1])[:, :, torch.arange(63) % 2 == 0].any()
 
 
 def test_cli_train_on_files(tmp_path):

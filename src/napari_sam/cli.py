@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--background-clicks", type=int, default=0, metavar="N",
                      help="N clicks on background per single-click image, trained to score low, "
                      "so that automatic segmentation drops grid points on background (default 0)")
+    fit.add_argument("--loss-resolution", choices=("low", "full"), default="low",
+                     help="compare masks with the labels at the decoder's resolution (cheap) or "
+                     "at the model's input size (sharper outlines of small objects; default low)")
     fit.add_argument("--resume", action="store_true", help="continue from OUTPUT/training_state.pt")
     fit.add_argument("--validation", type=int, default=8, metavar="N",
                      help="held-out crops for validation mIoU (default 8)")
@@ -305,7 +308,7 @@ def _train(args: argparse.Namespace) -> int:
         model, data, steps=args.steps, output=args.output, lr=args.lr,
         images_per_step=args.images_per_step, objects_per_image=args.objects_per_image,
         train_encoder=args.train_encoder, background_clicks=args.background_clicks,
-        resume=args.resume, seed=args.seed,
+        loss_resolution=args.loss_resolution, resume=args.resume, seed=args.seed,
         validation=validation, device=args.device,
         metadata={"base": args.model or str(args.checkpoint), "data": data.summary()},
     )

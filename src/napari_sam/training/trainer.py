@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from napari_sam.engine.image import to_rgb_uint8
@@ -37,6 +38,7 @@ from napari_sam.training.targets import (
 )
 
 MULTIMASK_TARGETS = ("best", "erosion")
+LOSS_RESOLUTIONS = ("low", "full")
 
 
 class TrainingData(Protocol):
@@ -66,11 +68,13 @@ def train(
     weight_decay: float = 0.01,
     warmup: int = 50,
     train_encoder: bool = False,
+    update_batchnorm: bool = False,
     prompt_mode: str = "mixed",
     n_points: tuple[int, int] = (1, 3),
     correction_rounds: int = 1,
     background_clicks: int = 0,
     focal_weight: float = 20.0,
+    loss_resolution: str = "low",
     multimask_targets: str = "best",
     erosion_radii: tuple[int, ...] = DEFAULT_EROSION_RADII,
     validation: list[tuple[np.ndarray, np.ndarray]] | None = None,
@@ -107,6 +111,12 @@ def train(
         AdamW learning rate (linear warm-up, then cosine decay to a tenth), decay, warm-up steps.
     train_encoder : bool
         Also train the image encoder (by default it is frozen: fine-tuning adapts the decoder).
+    update_batchnorm : bool
+        With ``train_encoder``: let the encoder's BatchNorm layers (TinyViT: ``vit_t``,
+        ``nuclei_s``) update their running statistics from each small batch, as when training
+        from scratch. Off by default: fine-tuning then trains their weights but keeps the
+        statistics the model was trained with (measured on ``nuclei_s``, 150 encoder steps at lr
+        3e-5: validation point mIoU 0.835 -> 0.840 with them kept, -> 0.816 with them updated).
     prompt_mode : {"mixed", "point", "box", "point+box"}
         Prompts simulated per image.
     n_points : tuple of int
@@ -121,6 +131,14 @@ def train(
         default.
     focal_weight : float
         Weight of the focal loss against the dice loss (1); SAM's 20 by default.
+    loss_resolution : {"low", "full"}
+        Where masks are compared with the ground truth. ``"low"``: at the decoder's resolution
+        (a quarter of the input), against the ground truth area-averaged and binarised to it;
+        cheap, but the outline can then only follow the low-resolution pixels. ``"full"``: the
+        logits are upsampled bilinearly to the input size, as :class:`~napari_sam.Predictor`
+        does before thresholding, and compared with the exact ground truth, so the model learns
+        to place outlines between low-resolution pixels. Worth it for small objects (nuclei of
+        a few low-resolution pixels); costs memory in proportion to the input area.
     multimask_targets : {"best", "erosion"}
         How the 3 outputs for an ambiguous prompt (one click) are trained. ``"best"`` (SAM's
         rule): only the output closest to the object gets the mask loss. ``"erosion"``: each
@@ -163,6 +181,12 @@ def train(
             f"multimask_targets must be one of {', '.join(map(repr, MULTIMASK_TARGETS))}; "
             f"got {multimask_targets!r}"
         )
+    if loss_resolution not in LOSS_RESOLUTIONS:
+        raise ValueError(
+            f"loss_resolution must be one of {', '.join(map(repr, LOSS_RESOLUTIONS))}; "
+            f"got {loss_resolution!r}"
+        )
+    full_resolution = loss_resolution == "full"
     radii = None  # of the multi-scale targets; None: best of 3
     if multimask_targets == "erosion" and background_clicks:
         raise ValueError("background_clicks needs multimask_targets='best': eroded targets of "
@@ -175,6 +199,9 @@ def train(
                 f"erosion_radii needs one radius per multimask output of the model ({outputs}), "
                 f"got {erosion_radii!r}"
             )
+        if full_resolution:  # the radii are given in low-resolution pixels
+            scale = model.img_size // model.prompt_encoder.mask_input_size[0]
+            radii = tuple(radius * scale for radius in radii)
     device = resolve_device(device)
     model.to(device=device, dtype=torch.float32)
     output = Path(output) if output is not None else None
@@ -196,9 +223,7 @@ def train(
 
     autocast = _autocast(device, mixed_precision)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast.fast_dtype == torch.float16 and device.type == "cuda")
-    model.train()
-    if not train_encoder:
-        model.image_encoder.eval()
+    _training_mode(model, train_encoder=train_encoder, update_batchnorm=update_batchnorm)
     tic = time.perf_counter()
     for step in range(start, steps):
         examples = [_fit(model.img_size, *data.sample(rng), rng) for _ in range(images_per_step)]
@@ -207,7 +232,8 @@ def train(
                                      prompt_mode=prompt_mode, n_points=n_points,
                                      correction_rounds=correction_rounds,
                                      background_clicks=background_clicks, train_encoder=train_encoder,
-                                     focal_weight=focal_weight, erosion_radii=radii)
+                                     focal_weight=focal_weight, erosion_radii=radii,
+                                     full_resolution=full_resolution)
         optimizer.zero_grad(set_to_none=True)
         if loss is not None:
             scaler.scale(loss).backward()
@@ -230,8 +256,7 @@ def train(
             history.validation.append({"step": done, **scores})
             if log:
                 log(f"validation at step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-            if not train_encoder:
-                model.image_encoder.eval()
+            _training_mode(model, train_encoder=train_encoder, update_batchnorm=update_batchnorm)
         if output is not None and (done % checkpoint_every == 0 or done == steps):
             save_checkpoint(model, output, step=done, history=history, metadata=metadata)
             _save_state(state_file, optimizer, schedule, rng, done)
@@ -262,11 +287,13 @@ def save_checkpoint(
 
 
 def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_points,
-               correction_rounds, background_clicks, train_encoder, focal_weight, erosion_radii):
+               correction_rounds, background_clicks, train_encoder, focal_weight, erosion_radii,
+               full_resolution):
     """Loss of one step over all examples, and the parts of the last round for logging.
 
     ``erosion_radii`` None trains ambiguous prompts with the best of 3, else with matched
-    multi-scale targets eroded by these radii.
+    multi-scale targets eroded by these radii. ``full_resolution`` compares logits upsampled to
+    the input size with the exact masks, instead of low-resolution logits with downsampled masks.
     """
     images = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1) for rgb, _ in examples])
     x = model.preprocess(images.to(model.device).float())
@@ -288,28 +315,46 @@ def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_p
         if background_clicks and prompts.single_clicks:
             prompts = prompts.with_background_clicks(background_points(labels, background_clicks, rng))
         present = torch.from_numpy(prompts.ids != 0).to(model.device)
-        target = downsample_target(prompts.masks, low_size).to(model.device)
+        if full_resolution:
+            target = torch.from_numpy(prompts.masks).float().to(model.device)
+        else:
+            target = downsample_target(prompts.masks, low_size).to(model.device)
         multiscale = None if erosion_radii is None else erosion_targets(target, erosion_radii)
         mask_input = None
         for round_ in range(1 + correction_rounds):
             ambiguous = prompts.single_clicks
             logits, iou = _decode(model, features[index : index + 1], image_pe, prompts, mask_input, ambiguous)
+            scored = _upsample(logits, labels.shape) if full_resolution else logits
             if ambiguous and multiscale is not None:
-                loss, details = matched_sam_loss(logits, iou, multiscale, focal_weight=focal_weight)
+                loss, details = matched_sam_loss(scored, iou, multiscale, focal_weight=focal_weight)
             else:
-                loss, details = sam_loss(logits, iou, target, multimask=ambiguous,
+                loss, details = sam_loss(scored, iou, target, multimask=ambiguous,
                                          focal_weight=focal_weight, present=present)
             losses.append(loss)
             parts = details.as_dict()
             if round_ < correction_rounds:
                 best = logits[torch.arange(len(logits)), details.index].detach()
-                full = F.interpolate(best[:, None].float(), size=labels.shape, mode="bilinear", align_corners=False)
-                points, point_labels = correction_points(full[:, 0].cpu().numpy() > 0, prompts.masks, rng)
+                outline = _upsample(best[:, None], labels.shape)[:, 0] > 0
+                points, point_labels = correction_points(outline.cpu().numpy(), prompts.masks, rng)
                 prompts = prompts.with_points(points, point_labels)
                 mask_input = best[:, None]
     if not losses:
         return None, parts
     return torch.stack(losses).mean(), parts
+
+
+def _training_mode(model: Sam, *, train_encoder: bool, update_batchnorm: bool) -> None:
+    """Training mode, but for a frozen encoder and, unless updated, BatchNorm statistics."""
+    model.train()
+    for module in model.image_encoder.modules():
+        if not train_encoder or (isinstance(module, nn.modules.batchnorm._BatchNorm)
+                                 and not update_batchnorm):
+            module.eval()
+
+
+def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Low-resolution logits ``(B, K, h, w)`` at the input size, as the predictor upsamples them."""
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
 def _decode(model: Sam, features, image_pe, prompts: PromptBatch, mask_input, multimask: bool):
