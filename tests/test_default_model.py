@@ -12,10 +12,13 @@ from napari_sam.training.synthetic import synthetic_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Measured 2026-11-25 (the TinyViT nuclei_s with its background stage): point mIoU 0.88 and box
-# mIoU 0.87 on these 3 images (87 objects), click IoU 0.78 in the 512-pixel test; the thresholds
-# leave room for differences across machines.
+# Measured 2026-11-30 (the TinyViT nuclei_s with its background and outline stages): point mIoU
+# 0.91 and box mIoU 0.90 on these 3 images (87 objects), click IoU 0.84 in the 512-pixel test;
+# the thresholds leave room for differences across machines.
 POINT_MIN, BOX_MIN, CLICK_MIN = 0.7, 0.7, 0.5
+# Small nuclei (radius 4-9 px): box mIoU 0.787 (0.725 before the outline stage, whose loss at
+# full resolution lets outlines fall between the 4-pixel steps of the decoder's 64 x 64 masks).
+SMALL_BOX_MIN = 0.76
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +33,15 @@ def test_held_out_quality(default_model):
     scores = prompt_miou(default_model, examples)
     assert scores["objects"] > 30
     assert scores["point"] > POINT_MIN and scores["box"] > BOX_MIN, scores
+
+
+def test_small_nuclei_are_outlined_finer_than_the_mask_grid(default_model):
+    """Nuclei a few decoder pixels across (4 input pixels each): a box gives a mask whose outline
+    follows the nucleus, not the staircase of the 64 x 64 low-resolution grid."""
+    examples = list(synthetic_dataset(3, (256, 256), seed=777, radius=(4.0, 9.0)))
+    scores = prompt_miou(default_model, examples)
+    assert scores["objects"] > 60
+    assert scores["box"] > SMALL_BOX_MIN, scores
 
 
 def test_click_on_a_nucleus_of_a_larger_image(default_model):

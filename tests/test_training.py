@@ -176,22 +176,31 @@ def test_background_clicks_teach_the_iou_head_to_score_background_low(one_thread
 
 
 @pytest.mark.slow
-def test_default_model_recipe_runs_both_stages_and_resumes(tmp_path):
-    """The recipe of the shipped model, shortened: stage 1 from scratch, then the background
-    stage from its weights; the export loads as the default model's architecture."""
+def test_default_model_recipe_runs_its_stages_and_resumes(tmp_path):
+    """The recipe of the shipped model, shortened: stage 1 from scratch, then the background and
+    outline stages from its weights; the export loads as the default model's architecture; a
+    run of the last stage alone from exported weights continues from them."""
     from napari_sam.training.recipes import nuclei_s
 
     weights = tmp_path / "weights.pt"
-    nuclei_s.main(["--output", str(tmp_path), "--steps", "2", "--background-steps", "1",
-                   "--export", str(weights)])
+    short = ["--steps", "2", "--background-steps", "1", "--outline-steps", "1"]
+    nuclei_s.main(["--output", str(tmp_path), *short, "--export", str(weights)])
     stages = {folder: json.loads((tmp_path / folder / "model.json").read_text())
-              for folder in ("scratch", "background")}
-    assert stages["scratch"]["step"] == 2 and stages["background"]["step"] == 1
+              for folder in nuclei_s.STAGES}
+    assert [stages[f]["step"] for f in nuclei_s.STAGES] == [2, 1, 1]
     assert stages["background"]["recipe"]["background_clicks"] > 0
-    assert not stages["background"]["recipe"]["train_encoder"]
-    final = torch.load(tmp_path / "background" / "model.pt", weights_only=True)
+    assert stages["outline"]["recipe"]["loss_resolution"] == "full"
+    assert not any(stages[f]["recipe"]["train_encoder"] for f in ("background", "outline"))
+    final = torch.load(tmp_path / "outline" / "model.pt", weights_only=True)
     assert load_model(checkpoint=weights, device="cpu").img_size == 256
     # resuming a finished run trains nothing more and exports the same weights
-    nuclei_s.main(["--output", str(tmp_path), "--steps", "2", "--background-steps", "1", "--resume"])
-    again = torch.load(tmp_path / "background" / "model.pt", weights_only=True)
+    nuclei_s.main(["--output", str(tmp_path), *short, "--resume"])
+    again = torch.load(tmp_path / "outline" / "model.pt", weights_only=True)
     assert all(torch.equal(final[k], again[k]) for k in final)
+    # the outline stage alone runs from the float16 export, without the stages before it
+    nuclei_s.main(["--output", str(tmp_path / "alone"), "--start", "outline", "--init", str(weights),
+                   "--outline-steps", "1"])
+    alone = json.loads((tmp_path / "alone" / "outline" / "model.json").read_text())
+    assert alone["step"] == 1 and not (tmp_path / "alone" / "scratch").exists()
+    with pytest.raises(SystemExit):  # --start needs --init
+        nuclei_s.main(["--output", str(tmp_path / "bad"), "--start", "outline"])
