@@ -78,12 +78,13 @@ def test_encoder_fine_tuning_keeps_batchnorm_statistics_unless_told(update):
     """Fine-tuning a TinyViT encoder on small batches trains its BatchNorm weights but keeps the
     running statistics it was trained with, unless ``update_batchnorm`` (training from scratch)."""
     model = MODELS["nuclei_s"].build()
-    statistics = {k: v.clone() for k, v in model.image_encoder.state_dict().items() if "running_" in k}
-    weights = {k: v.clone() for k, v in model.image_encoder.named_parameters() if ".bn." in k}
+    encoder = model.image_encoder
+    statistics = {k: v.clone() for k, v in encoder.state_dict().items() if "running_" in k}
+    weights = {k: v.clone() for k, v in encoder.named_parameters() if ".bn." in k}
     assert statistics and weights
     train(model, SyntheticNuclei((256, 256)), steps=1, images_per_step=1, objects_per_image=2,
           train_encoder=True, update_batchnorm=update, lr=1e-3, warmup=1, log=None)
-    after = model.image_encoder.state_dict()
+    after = encoder.state_dict()
     changed = [not torch.equal(v, after[k]) for k, v in statistics.items()]
     assert all(changed) if update else not any(changed)
     assert any(not torch.equal(v, after[k]) for k, v in weights.items())
@@ -198,8 +199,8 @@ def test_default_model_recipe_runs_its_stages_and_resumes(tmp_path):
     again = torch.load(tmp_path / "outline" / "model.pt", weights_only=True)
     assert all(torch.equal(final[k], again[k]) for k in final)
     # the outline stage alone runs from the float16 export, without the stages before it
-    nuclei_s.main(["--output", str(tmp_path / "alone"), "--start", "outline", "--init", str(weights),
-                   "--outline-steps", "1"])
+    nuclei_s.main(["--output", str(tmp_path / "alone"), "--start", "outline",
+                   "--init", str(weights), "--outline-steps", "1"])
     alone = json.loads((tmp_path / "alone" / "outline" / "model.json").read_text())
     assert alone["step"] == 1 and not (tmp_path / "alone" / "scratch").exists()
     with pytest.raises(SystemExit):  # --start needs --init

@@ -333,9 +333,14 @@ def _step_loss(model: Sam, examples, rng, *, objects_per_image, prompt_mode, n_p
             losses.append(loss)
             parts = details.as_dict()
             if round_ < correction_rounds:
-                best = logits[torch.arange(len(logits)), details.index].detach()
-                outline = _upsample(best[:, None], labels.shape)[:, 0] > 0
-                points, point_labels = correction_points(outline.cpu().numpy(), prompts.masks, rng)
+                chosen = torch.arange(len(logits)), details.index
+                best = logits[chosen].detach()
+                if full_resolution:
+                    full = scored[chosen]
+                else:
+                    full = _upsample(best[:, None], labels.shape)[:, 0]
+                outline = full.detach().cpu().numpy() > 0
+                points, point_labels = correction_points(outline, prompts.masks, rng)
                 prompts = prompts.with_points(points, point_labels)
                 mask_input = best[:, None]
     if not losses:

@@ -30,7 +30,8 @@ NAME = "nuclei_s"
 SEED = 0
 VALIDATION_SEED = 10_000  # held out: the training stream never draws from it
 RECIPE = dict(images_per_step=4, objects_per_image=8, lr=4e-4, weight_decay=0.01, warmup=50,
-              train_encoder=True, update_batchnorm=True, prompt_mode="mixed", n_points=(1, 3), correction_rounds=1,
+              train_encoder=True, update_batchnorm=True, prompt_mode="mixed", n_points=(1, 3),
+              correction_rounds=1,
               # From scratch, SAM's 20:1 focal:dice mix collapsed to empty masks here (loss flat,
               # mIoU 0 after 160 steps); with 1:1 the masks grow from the start.
               focal_weight=1.0)
@@ -43,9 +44,9 @@ BACKGROUND_STEPS = 200
 # and 2 compare 64 x 64 logits with binarised 64 x 64 masks, so outlines follow 4-pixel steps:
 # the true masks of the validation nuclei, binarised to 64 x 64 and upsampled like logits, keep
 # IoU 0.87 with themselves (0.84 under 400 px), and validation box mIoU had stalled at 0.81
-# (0.85 after this stage, docs/model_card.md). Stage 3 starts
-# from stage 2's weights rounded to float16, the form in which they had shipped when it was
-# added, so that the whole recipe and stage 3 alone from those weights give the same model.
+# (0.85 after this stage, docs/model_card.md). Stage 3 starts from stage 2's weights rounded
+# to float16, the form in which they had shipped when it was added, so that the whole recipe
+# and stage 3 alone from those weights give the same model.
 OUTLINE_SEED = 2
 OUTLINE = {**BACKGROUND, "lr": 2e-4, "loss_resolution": "full"}
 OUTLINE_STEPS = 300
