@@ -110,4 +110,5 @@ def load_model(
     check_shapes(state_dict, expected_shapes(name), name=name, source=source)  # before building
     model = MODELS[name].build()
     model.load_state_dict(state_dict, strict=True)
+    model.name = name
     return model.to(device=resolve_device(device), dtype=PRECISIONS[precision]).eval()

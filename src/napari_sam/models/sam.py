@@ -33,6 +33,9 @@ class Sam(nn.Module):
     """
 
     mask_threshold: float = 0.0
+    #: Registry name of the architecture (set by :func:`napari_sam.load_model`; None for a model
+    #: built by hand). Settings that suit a model (object diameter, automatic thresholds) follow it.
+    name: str | None = None
 
     def __init__(
         self,
