@@ -4,7 +4,9 @@ on-disk store of them."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +37,31 @@ class Embedding:
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A hash of a model's weights (names, shapes, types, values): equal weights, equal hash.
 
-    Computed once per model object (hashing vit_h's 2.5 GB takes a few seconds).
+    Hashing vit_h's 2.5 GB takes a few seconds, so the hash is kept with the model and reused
+    while its weights stay as they were: it is computed again when any parameter or buffer has
+    been changed in place (an optimiser step, ``load_state_dict``, ``add_``) or replaced (a
+    conversion to another type or device), which torch records in each tensor's version
+    counter and storage.
     """
+    state = _weights_state(model)
     cached = _FINGERPRINTS.get(model)
-    if cached is None:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        cached = _FINGERPRINTS[model] = digest.hexdigest()[:32]
-    return cached
+    if cached is not None and cached[0] == state:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    fingerprint = digest.hexdigest()[:32]
+    _FINGERPRINTS[model] = (state, fingerprint)
+    return fingerprint
+
+
+def _weights_state(model: torch.nn.Module) -> tuple:
+    """What changes whenever a weight of ``model`` may have changed: per tensor its storage,
+    in-place version counter, type and shape."""
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    return tuple((name, t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+                 for name, t in tensors)
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -59,6 +76,11 @@ class EmbeddingStore:
     slice (or tile) is recomputed alone. Entries are written completely before they are marked
     valid, so a run killed while writing leaves no half entry behind. Processes may share a
     store: each entry is its own subgroup.
+
+    Each entry records its key and the shape and SHA-256 of its features, and is checked
+    against them when read: an entry that is damaged (a chunk deleted, corrupt or copied from
+    another entry, unreadable metadata) or moved under another key is never used; it is
+    recomputed and overwritten, with a warning naming the store and the key.
 
     Parameters
     ----------
@@ -84,8 +106,9 @@ class EmbeddingStore:
     def embed(self, predictor, rgb: np.ndarray) -> Embedding:
         """Give ``predictor`` the embedding of ``rgb`` (``(H, W, 3)`` uint8), from the store if
         it is there, else by encoding it (and storing the result)."""
-        key = self.key(predictor.model, rgb)
-        embedding = self.get(key, predictor.model.device)
+        model = predictor.model
+        key = self.key(model, rgb)
+        embedding = self.get(key, model.device, dtype=model.dtype)
         if embedding is None:
             self.misses += 1
             embedding = predictor.set_image(rgb)
@@ -102,24 +125,71 @@ class EmbeddingStore:
         digest.update(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
         return digest.hexdigest()[:40]
 
-    def get(self, key: str, device: torch.device | str = "cpu") -> Embedding | None:
-        """The stored embedding of ``key``, or None."""
-        if key not in self._root:
+    def get(self, key: str, device: torch.device | str = "cpu", *,
+            dtype: torch.dtype = torch.float32) -> Embedding | None:
+        """The stored embedding of ``key`` as ``dtype`` on ``device``, or None.
+
+        None also when the entry is unfinished (its writer was stopped or is still writing), or
+        damaged: then with a warning, and the entry is overwritten by the next :meth:`put`.
+        """
+        try:
+            if key not in self._root:
+                return None
+            entry = self._root[key]
+            attrs = dict(entry.attrs)
+            if not attrs.get("complete"):
+                return None
+            problem = _check_attrs(attrs, key)
+            if problem is None:
+                features = np.asarray(entry["features"][...])
+                problem = _check_features(features, attrs)
+        except Exception as error:  # noqa: BLE001 - zarr and its codecs raise many types
+            problem = f"it cannot be read ({type(error).__name__}: {error})"
+        if problem is not None:
+            warnings.warn(
+                f"embedding cache {str(self.path)!r}: entry {key!r} is damaged, {problem}; "
+                "computing it again and overwriting it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return None
-        entry = self._root[key]
-        if not entry.attrs.get("complete"):
-            return None
-        features = torch.from_numpy(np.asarray(entry["features"][...])).to(device)
-        return Embedding(features=features, original_size=tuple(entry.attrs["original_size"]),
-                         input_size=tuple(entry.attrs["input_size"]))
+        return Embedding(features=torch.from_numpy(features).to(device=device, dtype=dtype),
+                         original_size=tuple(attrs["original_size"]),
+                         input_size=tuple(attrs["input_size"]))
 
     def put(self, key: str, embedding: Embedding) -> None:
-        """Store ``embedding`` under ``key``."""
-        features = embedding.features.detach().float().cpu().numpy()
-        entry = self._root.require_group(key)
-        entry.create_array("features", data=features, chunks=features.shape, overwrite=True)
-        entry.attrs.update(original_size=list(embedding.original_size),
+        """Store ``embedding`` under ``key``, replacing whatever was there."""
+        features = np.ascontiguousarray(embedding.features.detach().float().cpu().numpy())
+        entry = self._root.create_group(key, overwrite=True)
+        entry.create_array("features", data=features, chunks=features.shape)
+        entry.attrs.update(key=key, shape=list(features.shape), sha256=_sha256(features),
+                           original_size=list(embedding.original_size),
                            input_size=list(embedding.input_size), complete=True)
 
     def __len__(self) -> int:
         return sum(1 for _ in self._root.group_keys())
+
+
+def _sha256(features: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _check_attrs(attrs: dict, key: str) -> str | None:
+    """What is wrong with a complete entry's metadata, or None."""
+    # Entries written before checksums were recorded cannot prove they are whole: they are
+    # treated as damaged and recomputed once.
+    if "sha256" not in attrs or "shape" not in attrs:
+        return "it has no checksum (written by an older napari-sam)"
+    if attrs.get("key") != key:
+        return f"it holds the entry {attrs.get('key')!r} (copied or renamed)"
+    return None
+
+
+def _check_features(features: np.ndarray, attrs: dict) -> str | None:
+    """What is wrong with an entry's features, or None."""
+    if list(features.shape) != list(attrs["shape"]) or features.dtype != np.float32:
+        return (f"its features are {features.dtype} of shape {features.shape}, "
+                f"not float32 of shape {tuple(attrs['shape'])}")
+    if _sha256(features) != attrs["sha256"]:
+        return "its features do not match their checksum (a chunk is missing, corrupt or replaced)"
+    return None

@@ -1,0 +1,121 @@
+"""Bad input and damaged files in the engine, models and training: refused with a message that
+says what is wrong, or repaired with a warning; never silently wrong answers."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from napari_sam.engine.embeddings import EmbeddingStore, model_fingerprint
+from napari_sam.engine.predictor import Predictor
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+OTHER_RGB = RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- #
+# embedding store: damaged entries, changed weights, reduced precision
+# --------------------------------------------------------------------------- #
+def _chunk(store: EmbeddingStore, key: str) -> Path:
+    (chunk,) = [p for p in (store.path / key / "features").rglob("*") if p.is_file()
+                and p.name != "zarr.json"]
+    return chunk
+
+
+def _delete(store, key, other):
+    _chunk(store, key).unlink()
+
+
+def _copy_other(store, key, other):
+    _chunk(store, key).write_bytes(_chunk(store, other).read_bytes())
+
+
+def _corrupt(store, key, other):
+    _chunk(store, key).write_bytes(np.random.default_rng(1).bytes(300))
+
+
+def _break_metadata(store, key, other):
+    (store.path / key / "zarr.json").write_text("{not json")
+
+
+def _rename_other(store, key, other):
+    """The whole entry of another image under this key (a copied or renamed directory)."""
+    import shutil
+
+    shutil.rmtree(store.path / key)
+    shutil.copytree(store.path / other, store.path / key)
+
+
+def _drop_checksum(store, key, other):
+    """An entry as written before checksums were recorded."""
+    meta = json.loads((store.path / key / "zarr.json").read_text())
+    for name in ("sha256", "shape", "key"):
+        meta["attributes"].pop(name)
+    (store.path / key / "zarr.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage", [_delete, _copy_other, _corrupt, _break_metadata,
+                                    _rename_other, _drop_checksum])
+def test_a_damaged_cache_entry_is_recomputed_with_a_warning_naming_it(tmp_path, damage):
+    model = make_tiny_model()
+    predictor = Predictor(model)
+    store = EmbeddingStore(tmp_path / "cache.zarr")
+    truth = store.embed(predictor, RGB).features.clone()
+    store.embed(predictor, OTHER_RGB)
+    key, other = store.key(model, RGB), store.key(model, OTHER_RGB)
+    damage(store, key, other)
+
+    with pytest.warns(RuntimeWarning, match="damaged") as caught:
+        again = EmbeddingStore(store.path)
+        embedding = again.embed(predictor, RGB)
+    message = str(caught[0].message)
+    assert str(store.path) in message and key in message
+    assert (again.hits, again.misses) == (0, 1)
+    assert torch.equal(embedding.features, truth)
+
+    with warnings.catch_warnings():  # overwritten: a clean hit from now on
+        warnings.simplefilter("error")
+        third = EmbeddingStore(store.path)
+        assert torch.equal(third.embed(predictor, RGB).features, truth)
+    assert (third.hits, third.misses) == (1, 0)
+
+
+def test_weights_changed_in_place_are_not_served_embeddings_of_the_old_weights(tmp_path):
+    model = make_tiny_model()
+    predictor = Predictor(model)
+    store = EmbeddingStore(tmp_path / "cache.zarr")
+    before = store.embed(predictor, RGB).features.clone()
+    fingerprint = model_fingerprint(model)
+
+    with torch.no_grad():
+        model.image_encoder.patch_embed.proj.weight.add_(1)
+    assert model_fingerprint(model) != fingerprint
+    changed = store.embed(predictor, RGB).features.clone()
+    assert store.misses == 2 and not torch.equal(changed, before)
+
+    model.load_state_dict(make_tiny_model(seed=0).state_dict())  # back to the first weights
+    assert model_fingerprint(model) == fingerprint
+    assert torch.equal(store.embed(predictor, RGB).features, before)
+    assert (store.hits, store.misses) == (1, 2)
+
+
+def test_a_cached_embedding_is_served_in_the_models_reduced_precision(tmp_path):
+    model = make_tiny_model().to(torch.bfloat16)
+    store = EmbeddingStore(tmp_path / "cache.zarr")
+    computed = Predictor(model)
+    store.embed(computed, RGB)
+    first = computed.predict(points=[(20, 25)], labels=[1])
+
+    cached = Predictor(model)
+    embedding = EmbeddingStore(store.path).embed(cached, RGB)
+    assert embedding.features.dtype == torch.bfloat16
+    again = cached.predict(points=[(20, 25)], labels=[1])
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
