@@ -119,3 +119,68 @@ def test_a_cached_embedding_is_served_in_the_models_reduced_precision(tmp_path):
     again = cached.predict(points=[(20, 25)], labels=[1])
     for a, b in zip(first, again):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# --------------------------------------------------------------------------- #
+# settings and intensities
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("setting, match", [
+    (dict(pred_iou_thresh=5), r"pred_iou_thresh must be a number in \[0, 1\], got 5"),
+    (dict(pred_iou_thresh=float("nan")), r"pred_iou_thresh .* got nan"),
+    (dict(stability_score_thresh=1.5), r"stability_score_thresh .*\[0, 1\], got 1.5"),
+    (dict(stability_score_thresh=float("nan")), r"stability_score_thresh .* got nan"),
+    (dict(min_mask_region_area=-1), r"min_mask_region_area must be a number >= 0, got -1"),
+    (dict(points_per_side=0), r"points_per_side must be an integer >= 1, got 0"),
+    (dict(points_per_side=2.5), r"points_per_side must be an integer >= 1, got 2.5"),
+    (dict(points_per_side=4096), r"points_per_side=4096 is a grid of 16,777,216 prompts"),
+])
+def test_automatic_settings_out_of_range_are_refused_naming_them(setting, match):
+    from napari_sam.engine.amg import AutomaticMaskGenerator
+
+    with pytest.raises(ValueError, match=match):
+        AutomaticMaskGenerator(make_tiny_model(), **setting)
+
+
+@pytest.mark.parametrize("limits", [(np.nan, np.nan), (0, np.inf), (-np.inf, 10)])
+def test_non_finite_intensity_limits_are_refused(limits):
+    from napari_sam.engine.image import to_rgb_uint8
+
+    with pytest.raises(ValueError, match="limits must be finite"):
+        to_rgb_uint8(np.arange(12, dtype=np.uint16).reshape(3, 4), limits=limits)
+
+
+def _saturated_uint16(fraction: float) -> np.ndarray:
+    """Background near 100, dim objects up to ~2000, and ``fraction`` of pixels at 65535."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(100, 5, (200, 200))
+    image[50:120, 60:140] = rng.normal(1500, 200, (70, 80))
+    flat = image.reshape(-1)
+    flat[rng.choice(flat.size, int(fraction * flat.size), replace=False)] = 65535
+    return np.clip(image, 0, 65535).astype(np.uint16)
+
+
+def test_saturated_pixels_do_not_crush_the_image_and_are_reported():
+    from napari_sam.engine.image import to_rgb_uint8
+
+    image = _saturated_uint16(0.005)
+    with pytest.warns(UserWarning, match=r"0.5% of the pixels of channel 0 are saturated"):
+        rgb = to_rgb_uint8(image)
+    objects = rgb[60:110, 70:130, 0]
+    assert np.median(objects) > 150  # was 5: the objects were crushed to black
+    assert np.median(rgb[:40, :40, 0]) < 10
+
+
+def test_an_image_without_saturation_keeps_its_percentile_limits():
+    from napari_sam.engine.image import intensity_range
+
+    image = _saturated_uint16(0.0005)  # a few hot pixels: the percentiles already skip them
+    few_levels = np.repeat(np.array([0, 1000, 2000], np.uint16), 300).reshape(30, 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for img in (image, few_levels):
+            pixels = img.reshape(-1, 1)
+            np.testing.assert_array_equal(intensity_range(pixels),
+                                          np.percentile(pixels, (1, 99.8), axis=0))
+        uint8 = np.full((20, 20, 1), 255, np.uint8)
+        uint8[:10] = 7
+        np.testing.assert_array_equal(intensity_range(uint8)[:, 0], [7, 255])

@@ -10,6 +10,7 @@ masks are run-length encoded or painted only after non-maximum suppression.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
@@ -47,6 +48,8 @@ CROP_EDGE_TOLERANCE = 20  # pixels: masks this close to an inner crop edge are c
 # activations then stay in cache (8 prompts: 2x faster per prompt than 64 for nuclei_s). The
 # answers do not depend on the batch size.
 CPU_BATCH = 8
+# A grid of 1024 x 1024 prompts already takes long; 4096 per side (16.7 million) runs for hours.
+MAX_POINTS_PER_SIDE = 1024
 
 
 @dataclass
@@ -89,18 +92,21 @@ class AutomaticMaskGenerator:
         A model from :func:`napari_sam.load_model`.
     points_per_side : int or None
         Grid clicks per side (``grid``); the fine grid the ``adaptive`` sampler stands in for.
+        1 to 1024.
     points_per_batch : int
         Prompts decoded at once (at most 8 on a CPU, where small batches are faster).
     pred_iou_thresh : float
-        Keep masks whose predicted IoU is above this.
+        Keep masks whose predicted IoU is above this, in ``[0, 1]`` (0 keeps all).
     stability_score_thresh, stability_score_offset : float
-        Keep masks whose stability (IoU of the masks thresholded at +-offset) is at least this.
+        Keep masks whose stability (IoU of the masks thresholded at +-offset) is at least this
+        threshold, in ``[0, 1]`` (0 keeps all); the offset is >= 0.
     box_nms_thresh : float
-        Box IoU above which the lower-scoring of two masks of one crop is dropped.
+        Box IoU above which the lower-scoring of two masks of one crop is dropped, in ``[0, 1]``.
     crop_n_layers : int
         Also segment ``(2**i)**2`` overlapping crops in layers ``i = 1 .. crop_n_layers``.
     crop_nms_thresh : float
-        Box IoU for dropping duplicates between crops (masks from smaller crops win).
+        Box IoU for dropping duplicates between crops (masks from smaller crops win), in
+        ``[0, 1]``.
     crop_overlap_ratio : float
         Overlap of the crops of layer 1, as a fraction of the image's short side.
     crop_n_points_downscale_factor : int
@@ -108,7 +114,8 @@ class AutomaticMaskGenerator:
     point_grids : list of (N, 2) arrays, optional
         Normalised ``(x, y)`` grids, one per layer, instead of ``points_per_side``.
     min_mask_region_area : int
-        Fill holes and drop islands smaller than this many pixels, then suppress duplicates again.
+        Fill holes and drop islands smaller than this many pixels (>= 0), then suppress
+        duplicates again.
     output_mode : {"binary_mask", "uncompressed_rle", "coco_rle"}
         Form of each record's ``segmentation``; ``coco_rle`` needs pycocotools.
     sampler : {"grid", "boxes", "adaptive"} or PromptSampler
@@ -124,6 +131,12 @@ class AutomaticMaskGenerator:
     ----------
     decoder_calls : int
         Prompts the decoder answered in the last :meth:`generate`.
+
+    Raises
+    ------
+    ValueError
+        A setting outside its range, NaN or of the wrong type; the message names it, its value
+        and the valid range.
 
     Notes
     -----
@@ -165,6 +178,21 @@ class AutomaticMaskGenerator:
             raise ValueError(f"points_per_batch must be at least 1, not {points_per_batch}")
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be 0 or more, not {crop_n_layers}")
+        if points_per_side is not None:
+            _check_number("points_per_side", points_per_side, low=1, integer=True)
+            if points_per_side > MAX_POINTS_PER_SIDE:
+                raise ValueError(
+                    f"points_per_side={points_per_side} is a grid of {points_per_side ** 2:,} "
+                    f"prompts per crop, hours of decoding; use at most {MAX_POINTS_PER_SIDE} "
+                    "(Meta's default is 32; for small objects try crop_n_layers=1 or "
+                    "sampler='adaptive')"
+                )
+        for name, value in (("pred_iou_thresh", pred_iou_thresh),
+                            ("stability_score_thresh", stability_score_thresh),
+                            ("box_nms_thresh", box_nms_thresh), ("crop_nms_thresh", crop_nms_thresh)):
+            _check_number(name, value, low=0, high=1)
+        _check_number("stability_score_offset", stability_score_offset, low=0)
+        _check_number("min_mask_region_area", min_mask_region_area, low=0)
         self.predictor = Predictor(model)
         self.sampler = _make_sampler(sampler, points_per_side, point_grids, crop_n_layers,
                                      crop_n_points_downscale_factor, detector)
@@ -409,6 +437,18 @@ def _make_sampler(sampler, points_per_side, point_grids, crop_n_layers, downscal
     if point_grids is not None:
         return GridSampler([np.asarray(grid, dtype=np.float64) for grid in point_grids])
     return GridSampler.per_side(points_per_side, crop_n_layers, downscale)
+
+
+def _check_number(name: str, value, *, low: float, high: float | None = None,
+                  integer: bool = False) -> None:
+    """Refuse a setting that is not a finite number (an integer if ``integer``) in
+    ``[low, high]``, naming it, its value and the valid range."""
+    kind = numbers.Integral if integer else numbers.Real
+    valid = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    if not (valid and low <= value and (high is None or value <= high)):
+        what = "an integer" if integer else "a number"
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {what} {bounds}, got {value!r}")
 
 
 def _slice(prompts: PromptRound, start: int, stop: int) -> PromptRound:

@@ -7,6 +7,10 @@ import warnings
 import numpy as np
 
 DEFAULT_PERCENTILES = (1.0, 99.8)
+# A channel is saturated when at least this fraction of its pixels sit at its maximum, and at
+# least SATURATION_SPIKE times as many as at the next lower level.
+SATURATED_FRACTION = 0.002
+SATURATION_SPIKE = 10
 
 
 def channels_last(image: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
@@ -59,6 +63,12 @@ def intensity_range(
 ) -> np.ndarray:
     """Robust per-channel intensity limits of ``(H, W, C)`` pixels, ignoring NaN and inf.
 
+    A saturated channel (at least 0.2% of its pixels at its maximum, many more than at the
+    level below, and the high percentile on that maximum) takes its high limit from the pixels
+    below saturation instead, with a warning: else a few clipped pixels would set the high
+    limit and crush everything else towards black. uint8 images are left alone (SAM sees them
+    as they are).
+
     Returns
     -------
     (2, C) array
@@ -69,7 +79,35 @@ def intensity_range(
     with warnings.catch_warnings():  # an all-NaN channel warns, and gets limits (0, 0)
         warnings.simplefilter("ignore", RuntimeWarning)
         limits = np.nanpercentile(pixels, percentiles, axis=0)
+    if image.dtype not in (np.uint8, np.bool_):
+        for channel in range(pixels.shape[1]):
+            limits[1, channel] = _below_saturation(pixels[:, channel], limits[1, channel],
+                                                   percentiles[1], channel)
     return np.nan_to_num(limits)
+
+
+def _below_saturation(values: np.ndarray, high: float, percentile: float, channel: int) -> float:
+    """``high``, or the ``percentile`` of the unsaturated ``values`` when ``high`` sits on a
+    saturated maximum (see :func:`intensity_range`)."""
+    values = values[~np.isnan(values)]
+    if values.size == 0 or high < values.max():
+        return high
+    top = values.max()
+    at_top = np.count_nonzero(values == top)
+    below = values[values < top]
+    if at_top < SATURATED_FRACTION * values.size or below.size == 0:
+        return high
+    if at_top < SATURATION_SPIKE * np.count_nonzero(below == below.max()):
+        return high  # a level about as common as the one below it: data, not clipping
+    unsaturated = float(np.percentile(below, percentile))
+    warnings.warn(
+        f"{100 * at_top / values.size:.2g}% of the pixels of channel {channel} are saturated "
+        f"(at {top:g}); the high intensity limit is taken from the others ({unsaturated:g}) so "
+        "that they are not crushed towards black. Pass limits= to choose it yourself",
+        UserWarning,
+        stacklevel=3,
+    )
+    return unsaturated
 
 
 def to_rgb_uint8(
@@ -99,6 +137,17 @@ def to_rgb_uint8(
     Returns
     -------
     (H, W, 3) uint8 array
+
+    Raises
+    ------
+    ValueError
+        ``limits`` of the wrong shape, not finite, or with low > high; see also
+        :func:`channels_last`.
+
+    Warns
+    -----
+    UserWarning
+        Without ``limits``: a channel is saturated (see :func:`intensity_range`).
 
     Examples
     --------
@@ -130,6 +179,11 @@ def rescale_to_uint8(image: np.ndarray, limits: np.ndarray | tuple[float, float]
         raise ValueError(
             f"limits of shape {limits.shape} do not fit an image with {image.shape[-1]} channels: "
             "give (low, high) or one pair per channel, shape (2, C)"
+        )
+    if not np.isfinite(limits).all():
+        raise ValueError(
+            f"limits must be finite numbers, got {limits.tolist()}: give the intensities that map "
+            "to 0 and 255, or leave limits out to use percentiles of the image"
         )
     low, high = np.broadcast_to(limits.reshape(2, -1), (2, image.shape[-1]))
     if (high < low).any():
