@@ -184,3 +184,58 @@ def test_an_image_without_saturation_keeps_its_percentile_limits():
         uint8 = np.full((20, 20, 1), 255, np.uint8)
         uint8[:10] = 7
         np.testing.assert_array_equal(intensity_range(uint8)[:, 0], [7, 255])
+
+
+# --------------------------------------------------------------------------- #
+# checkpoints
+# --------------------------------------------------------------------------- #
+def test_random_bytes_are_called_not_a_pytorch_file_without_torchs_advice(tmp_path):
+    from napari_sam import load_model
+
+    path = tmp_path / "download.pth"
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ValueError) as error:
+        load_model(checkpoint=path, device="cpu")
+    message = str(error.value)
+    assert "download.pth" in message and "not a PyTorch file" in message
+    assert "weights_only" not in message
+
+
+def test_a_checkpoint_with_python_objects_is_refused_naming_them_without_torchs_advice(tmp_path):
+    import argparse
+
+    from napari_sam.models.weights import read_state_dict
+
+    path = tmp_path / "run.pt"
+    torch.save({"weight": torch.zeros(2), "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(ValueError, match=r"run.pt.*Python objects \(argparse.Namespace\)") as error:
+        read_state_dict(path)
+    assert "weights_only" not in str(error.value)
+
+
+def test_a_renamed_key_is_named_with_the_closest_architecture(tmp_path, vit_t_checkpoint):
+    from napari_sam import load_model
+
+    state = torch.load(vit_t_checkpoint, weights_only=True)
+    state["mask_decoder.iou_tokn.weight"] = state.pop("mask_decoder.iou_token.weight")
+    path = tmp_path / "renamed.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"closest to 'vit_t'") as error:
+        load_model(checkpoint=path, device="cpu")
+    message = str(error.value)
+    assert "renamed.pt" in message
+    assert "missing: mask_decoder.iou_token.weight (1)" in message
+    assert "unexpected: mask_decoder.iou_tokn.weight (1)" in message
+
+
+def test_nan_or_inf_weights_are_refused_naming_the_file_and_how_many(tmp_path, vit_t_checkpoint):
+    from napari_sam import load_model
+
+    state = torch.load(vit_t_checkpoint, weights_only=True)
+    state["mask_decoder.iou_token.weight"][0, 0] = float("nan")
+    state["mask_decoder.mask_tokens.weight"][1, 2] = float("inf")
+    path = tmp_path / "diverged.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"diverged.pt' holds NaN or infinite values in 2 of its "
+                                         rf"{len(state)} tensors"):
+        load_model(checkpoint=path, device="cpu")

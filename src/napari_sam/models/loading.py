@@ -12,6 +12,7 @@ from napari_sam.models.registry import DEFAULT_MODEL, MODELS
 from napari_sam.models.sam import Sam
 from napari_sam.models.weights import (
     check_shapes,
+    closest_architecture,
     expected_shapes,
     fetch,
     identify,
@@ -97,10 +98,7 @@ def load_model(
         if name is None:
             name = identify(state_dict)
             if name is None:
-                raise ValueError(
-                    f"{source} matches none of the known architectures ({', '.join(MODELS)}): "
-                    "it is not a SAM checkpoint, or one of an architecture napari-sam does not know"
-                )
+                raise ValueError(_unknown_architecture(state_dict, source))
     else:
         name = name or DEFAULT_MODEL
         path = weights_path(name)
@@ -112,3 +110,16 @@ def load_model(
     model.load_state_dict(state_dict, strict=True)
     model.name = name
     return model.to(device=resolve_device(device), dtype=PRECISIONS[precision]).eval()
+
+
+def _unknown_architecture(state_dict: dict[str, torch.Tensor], source: str) -> str:
+    """Why weights fit no registry architecture: the nearest one and how they differ from it."""
+    known = f"{source} matches none of the known architectures ({', '.join(MODELS)})"
+    near, shared, details = closest_architecture(state_dict)
+    if 2 * shared < len(state_dict):
+        example = next(iter(state_dict))
+        return (f"{known}: it is not a SAM checkpoint, or one of an architecture napari-sam does "
+                f"not know (the closest, {near!r}, has only {shared} of its {len(state_dict)} "
+                f"tensors; its first is {example!r})")
+    return (f"{known}; it is closest to {near!r}, but differs from it ({details}): is it damaged, "
+            f"or were keys renamed? If it is a {near!r} checkpoint, fix those keys")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from functools import cache
-from pathlib import Path
-
 from numbers import Number
+from pathlib import Path
 
 import torch
 
@@ -67,7 +68,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     FileNotFoundError
         The file does not exist.
     ValueError
-        The file is not a PyTorch checkpoint, is truncated, or holds no tensors.
+        The file is not a PyTorch checkpoint, is truncated, holds Python objects besides
+        tensors, holds no tensors, or holds NaN or infinite weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -75,9 +77,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for broken files
+        reason, advice = _why_unreadable(path, error)
         raise ValueError(
-            f"{str(path)!r} is not a readable PyTorch checkpoint (is it truncated, or another kind "
-            f"of file?): {error}. Pass the .pth/.pt file of a SAM model, e.g. sam_vit_b_01ec64.pth"
+            f"{str(path)!r} is not a readable PyTorch checkpoint ({reason}): {advice}"
         ) from None
     for wrapper in ("model", "state_dict"):
         if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
@@ -87,7 +89,41 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{str(path)!r} holds a {type(data).__name__}, not a state dict of tensors: pass the "
             "checkpoint file of a SAM model"
         )
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    state_dict = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    broken = [k for k, v in state_dict.items()
+              if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ValueError(
+            f"{str(path)!r} holds NaN or infinite values in {len(broken)} of its "
+            f"{len(state_dict)} tensors ({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}): "
+            "these weights are broken (e.g. saved from a training run that diverged); use "
+            "another checkpoint"
+        )
+    return state_dict
+
+
+def _why_unreadable(path: Path, error: Exception) -> tuple[str, str]:
+    """Why ``torch.load`` refused a file, and what to do: never torch's advice to load it with
+    ``weights_only=False``, which would run any code the file holds."""
+    with path.open("rb") as file:
+        head = file.read(4)
+    any_sam = "pass the .pth/.pt file of a SAM model, e.g. sam_vit_b_01ec64.pth"
+    if not head:
+        return "the file is empty", any_sam
+    if head == b"PK\x03\x04":  # the zip archive torch.save writes
+        if isinstance(error, pickle.UnpicklingError):
+            found = re.findall(r"GLOBAL ([\w.]+)", str(error))
+            what = f" ({', '.join(dict.fromkeys(found))})" if found else ""
+            return (f"besides tensors it holds Python objects{what}, which napari-sam does not "
+                    "load because that could run code from the file",
+                    "save only the weights, torch.save(model.state_dict(), path), and pass that file")
+        return ("is it truncated, or damaged in transfer? Its zip archive is incomplete or corrupt",
+                "download or copy it again")
+    if head[:1] == b"\x80":  # a pickle: the format of torch.save before PyTorch 1.6
+        return ("an old-style pickle file that cannot be read as weights alone: truncated, or "
+                "holding Python objects",
+                "in a trusted environment, save torch.save(model.state_dict(), path) again")
+    return "it is not a PyTorch file at all, neither a zip archive nor a pickle", any_sam
 
 
 class _ShapesOnly(torch.overrides.TorchFunctionMode):
@@ -163,6 +199,38 @@ def check_shapes(
             f"{source} is a {other!r} checkpoint, not {name!r}: pass name={other!r} "
             f"(napari-sam --model {other})"
         )
+    details = _differences(found, wanted)[1]
+    raise ValueError(
+        f"{source} does not fit the {name!r} architecture ({details}). Known architectures: "
+        f"{', '.join(MODELS)}; pass the matching name, or a checkpoint made for {name!r}"
+    )
+
+
+def closest_architecture(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, int, str]:
+    """The registry architecture whose keys and shapes differ least from ``state_dict``.
+
+    Returns
+    -------
+    name : str
+        Registry name of that architecture.
+    shared : int
+        Keys of ``state_dict`` that it has, with the same shape.
+    details : str
+        The keys missing, unexpected and of another shape, as in :func:`check_shapes`.
+    """
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    scored = []
+    for name in MODELS:
+        wanted = expected_shapes(name)
+        count, details = _differences(found, wanted)
+        shared = sum(1 for k, shape in found.items() if wanted.get(k) == shape)
+        scored.append((count, name, shared, details))
+    _, name, shared, details = min(scored)
+    return name, shared, details
+
+
+def _differences(found: Mapping[str, tuple], wanted: Mapping[str, tuple]) -> tuple[int, str]:
+    """How many keys differ between two key-to-shape maps, and which (a few of each kind)."""
     missing = sorted(set(wanted) - set(found))
     unexpected = sorted(set(found) - set(wanted))
     wrong = sorted(k for k in set(wanted) & set(found) if wanted[k] != found[k])
@@ -171,10 +239,7 @@ def check_shapes(
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
         if keys
     )
-    raise ValueError(
-        f"{source} does not fit the {name!r} architecture ({details}). Known architectures: "
-        f"{', '.join(MODELS)}; pass the matching name, or a checkpoint made for {name!r}"
-    )
+    return len(missing) + len(unexpected) + len(wrong), details
 
 
 def load_weights(model: Sam, state_dict: Mapping[str, torch.Tensor], *, name: str, source: str) -> None:
