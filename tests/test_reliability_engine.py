@@ -239,3 +239,51 @@ def test_nan_or_inf_weights_are_refused_naming_the_file_and_how_many(tmp_path, v
     with pytest.raises(ValueError, match=rf"diverged.pt' holds NaN or infinite values in 2 of its "
                                          rf"{len(state)} tensors"):
         load_model(checkpoint=path, device="cpu")
+
+
+# --------------------------------------------------------------------------- #
+# training data
+# --------------------------------------------------------------------------- #
+def _pairs_on_disk(folder: Path, n: int, *, empty: set[int]):
+    import tifffile
+
+    from napari_sam.training.synthetic import synthetic_nuclei
+
+    pairs = []
+    for i in range(n):
+        image, labels = synthetic_nuclei((64, 64), seed=i)
+        if i in empty:
+            labels = np.zeros_like(labels)
+        tifffile.imwrite(folder / f"img{i}.tif", image)
+        tifffile.imwrite(folder / f"lab{i}.tif", labels)
+        pairs.append((folder / f"img{i}.tif", folder / f"lab{i}.tif"))
+    return pairs
+
+
+def test_training_on_all_zero_labels_is_refused_before_it_starts_naming_the_files(tmp_path):
+    from napari_sam.training.data import LabelledSlices
+    from napari_sam.training.trainer import train
+
+    data = LabelledSlices(_pairs_on_disk(tmp_path, 2, empty={0, 1}), crop_size=64)
+    with pytest.raises(ValueError, match="hold no object") as error:
+        train(make_tiny_model(), data, steps=1, output=tmp_path / "run", device="cpu", log=None)
+    assert "lab0.tif" in str(error.value) and "lab1.tif" in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_pair_with_all_zero_labels_among_others_is_named_in_a_warning(tmp_path):
+    from napari_sam.training.data import LabelledSlices
+
+    data = LabelledSlices(_pairs_on_disk(tmp_path, 2, empty={1}), crop_size=64)
+    with pytest.warns(UserWarning, match=r"pair 1: labels '.*lab1.tif'"):
+        data.check_labelled()
+
+
+def test_validation_examples_without_objects_are_refused(tmp_path):
+    from napari_sam.training.data import LabelledSlices
+    from napari_sam.training.trainer import train
+
+    data = LabelledSlices(_pairs_on_disk(tmp_path, 1, empty=set()), crop_size=64)
+    empty = [(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint32))]
+    with pytest.raises(ValueError, match="none of the 1 validation examples holds a labelled"):
+        train(make_tiny_model(), data, steps=1, validation=empty, device="cpu", log=None)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +230,36 @@ class LabelledSlices:
         labels = relabel_sequential(np.array(labels))[0].astype(np.uint32, copy=False)
         return image, labels
 
+    def check_labelled(self) -> None:
+        """Make sure there is something to learn from: labelled objects.
+
+        Reads each pair's label slices until one holds an object (all of them for a pair that
+        has none), so call it once, before training.
+
+        Raises
+        ------
+        ValueError
+            No pair holds a labelled object (every label image is all zeros); names the labels.
+
+        Warns
+        -----
+        UserWarning
+            Some pairs hold no labelled object; names them. They still give examples.
+        """
+        empty = [(index, pair) for index, pair in enumerate(self._pairs) if not _has_objects(pair)]
+        if not empty:
+            return
+        names = "; ".join(f"pair {index}: labels {_describe(pair.source['labels'])}"
+                          for index, pair in empty)
+        if len(empty) == len(self._pairs):
+            raise ValueError(
+                f"the training labels hold no object, every label image is all zeros ({names}): "
+                "training on them would teach nothing. Check that these are the label images "
+                "(0 = background, objects 1, 2, ...), not the images or empty masks"
+            )
+        warnings.warn(f"these labels hold no object, every pixel is 0: {names}; their images "
+                      "only give examples without objects", UserWarning, stacklevel=2)
+
     def held_out(self, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """A fixed list of ``n`` examples, the same for the same ``seed``, e.g. for validation.
 
@@ -345,6 +376,21 @@ class LabelledSlices:
 # --------------------------------------------------------------------------- #
 # opening and validation
 # --------------------------------------------------------------------------- #
+def _has_objects(pair: _Pair) -> bool:
+    """Whether any slice of ``pair``'s labels holds a nonzero pixel (read slice by slice)."""
+    every = slice(None)
+    return any(np.any(pair.read("labels", z, every, every)) for z in range(pair.n_slices))
+
+
+def _describe(source: dict) -> str:
+    """A source as the user gave it: its path, napari layer name, or type."""
+    if "path" in source:
+        return repr(source["path"])
+    if "layer" in source:
+        return f"layer {source['layer']!r}"
+    return f"(a {source['type']})"
+
+
 def _count_objects(labels: np.ndarray) -> int:
     ids = np.unique(labels)
     return int(np.count_nonzero(ids))

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.models.loading import resolve_device
 from napari_sam.models.sam import Sam
+from napari_sam.training.data import LabelledSlices
 from napari_sam.training.evaluation import prompt_miou
 from napari_sam.training.losses import downsample_target, matched_sam_loss, sam_loss
 from napari_sam.training.prompts import (
@@ -100,7 +101,9 @@ def train(
     model : Sam
         Trained in place.
     data : TrainingData
-        Gives examples of at most the model's input size (smaller ones are zero-padded).
+        Gives examples of at most the model's input size (smaller ones are zero-padded). A
+        :class:`~napari_sam.training.data.LabelledSlices` without any labelled object is
+        refused before training starts (see its ``check_labelled``).
     steps : int
         Optimiser steps in total (a resumed run continues up to it).
     output : path, optional
@@ -171,6 +174,12 @@ def train(
     Returns
     -------
     TrainingHistory
+
+    Raises
+    ------
+    ValueError
+        A setting out of range; training labels or validation examples without any labelled
+        object (nothing would be learnt, and the scores would be NaN).
     """
     if steps < 1 or images_per_step < 1 or objects_per_image < 1:
         raise ValueError("steps, images_per_step and objects_per_image must be at least 1")
@@ -202,6 +211,13 @@ def train(
         if full_resolution:  # the radii are given in low-resolution pixels
             scale = model.img_size // model.prompt_encoder.mask_input_size[0]
             radii = tuple(radius * scale for radius in radii)
+    if isinstance(data, LabelledSlices):
+        data.check_labelled()
+    if validation is not None and not any(np.any(labels) for _, labels in validation):
+        raise ValueError(
+            f"none of the {len(validation)} validation examples holds a labelled object, so "
+            "their scores would be NaN: give examples with objects, or validation=None"
+        )
     device = resolve_device(device)
     model.to(device=device, dtype=torch.float32)
     output = Path(output) if output is not None else None
