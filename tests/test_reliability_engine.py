@@ -287,3 +287,55 @@ def test_validation_examples_without_objects_are_refused(tmp_path):
     empty = [(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint32))]
     with pytest.raises(ValueError, match="none of the 1 validation examples holds a labelled"):
         train(make_tiny_model(), data, steps=1, validation=empty, device="cpu", log=None)
+
+
+# --------------------------------------------------------------------------- #
+# plugin: failures in background jobs
+# --------------------------------------------------------------------------- #
+@pytest.fixture
+def notifications(monkeypatch, tmp_path):
+    """Notifications shown, with the error log redirected to ``tmp_path``."""
+    pytest.importorskip("pytestqt")
+    from napari.utils.notifications import notification_manager
+
+    from napari_sam.plugin import background
+
+    monkeypatch.setattr(background, "error_log", lambda: tmp_path / "errors.log")
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def _fail(error: Exception):
+    def broken_step():
+        raise error
+    return broken_step
+
+
+def test_a_programming_error_in_a_job_is_called_a_bug_with_its_traceback_in_a_log_file(
+        qtbot, notifications, tmp_path, caplog):
+    from napari_sam.plugin.background import run_in_background
+
+    with caplog.at_level("ERROR", logger="napari_sam.plugin.background"):
+        worker = run_in_background(_fail(TypeError("unsupported operand")), what="segmenting")
+        qtbot.waitUntil(lambda: worker.ended, timeout=10_000)
+    (shown,) = [n.message for n in notifications if "segmenting failed" in n.message]
+    log_file = tmp_path / "errors.log"
+    assert "TypeError: unsupported operand" in shown and "bug" in shown and str(log_file) in shown
+    written = log_file.read_text()
+    assert "segmenting failed" in written and "broken_step" in written and "TypeError" in written
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None and record.exc_info[0] is TypeError
+
+
+def test_bad_input_in_a_job_is_a_short_message_not_a_bug(qtbot, notifications, tmp_path, caplog):
+    from napari_sam.plugin.background import run_in_background
+
+    with caplog.at_level("WARNING", logger="napari_sam.plugin.background"):
+        worker = run_in_background(_fail(ValueError("the image is empty")), what="segmenting")
+        qtbot.waitUntil(lambda: worker.ended, timeout=10_000)
+    (shown,) = [n.message for n in notifications if "segmenting failed" in n.message]
+    assert shown == "napari-sam: segmenting failed: the image is empty"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "ValueError: the image is empty" in (tmp_path / "errors.log").read_text()
