@@ -189,7 +189,8 @@ class AutomaticMaskGenerator:
                 )
         for name, value in (("pred_iou_thresh", pred_iou_thresh),
                             ("stability_score_thresh", stability_score_thresh),
-                            ("box_nms_thresh", box_nms_thresh), ("crop_nms_thresh", crop_nms_thresh)):
+                            ("box_nms_thresh", box_nms_thresh),
+                            ("crop_nms_thresh", crop_nms_thresh)):
             _check_number(name, value, low=0, high=1)
         _check_number("stability_score_offset", stability_score_offset, low=0)
         _check_number("min_mask_region_area", min_mask_region_area, low=0)

@@ -93,9 +93,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     broken = [k for k, v in state_dict.items()
               if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
+        examples = ", ".join(broken[:3]) + (" ..." if len(broken) > 3 else "")
         raise ValueError(
             f"{str(path)!r} holds NaN or infinite values in {len(broken)} of its "
-            f"{len(state_dict)} tensors ({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}): "
+            f"{len(state_dict)} tensors ({examples}): "
             "these weights are broken (e.g. saved from a training run that diverged); use "
             "another checkpoint"
         )
@@ -116,7 +117,8 @@ def _why_unreadable(path: Path, error: Exception) -> tuple[str, str]:
             what = f" ({', '.join(dict.fromkeys(found))})" if found else ""
             return (f"besides tensors it holds Python objects{what}, which napari-sam does not "
                     "load because that could run code from the file",
-                    "save only the weights, torch.save(model.state_dict(), path), and pass that file")
+                    "save only the weights, torch.save(model.state_dict(), path), and pass "
+                    "that file")
         return ("is it truncated, or damaged in transfer? Its zip archive is incomplete or corrupt",
                 "download or copy it again")
     if head[:1] == b"\x80":  # a pickle: the format of torch.save before PyTorch 1.6
