@@ -11,10 +11,11 @@ TIFF files out of it.
 
 Prints point mIoU (one click at each nucleus's most interior pixel, the mask with the highest
 predicted IoU), box mIoU (its exact bounding box) and the instance F1 at IoU 0.5 of automatic
-segmentation with each sampler, at the slice's native scale (tiles of the model's input size,
-as the napari plugin and the command line cut them) and with the whole slice shrunk to the
-model's input. ``--figure`` saves the image with the true outlines (left) and those of the
-automatic segmentation at native scale with the model's own sampler (right).
+segmentation with each sampler, through :class:`napari_sam.Segmenter` (the path of the command
+line and the plugin): with the estimated object diameter (the default), at the slice's native
+scale (tiles of the model's input size), and with the whole slice shrunk to the model's input.
+``--figure`` saves the image with the true outlines (left) and those of the default automatic
+segmentation with the model's own sampler (right).
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ import tifffile
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from napari_sam import AutomaticMaskGenerator, load_model
+from napari_sam import Segmenter, load_model
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.models.registry import MODELS
 from napari_sam.training.evaluation import bounding_box, centre_point, instance_f1
-from napari_sam.volume.tiling import TiledPredictor, segment_plane, tile_layout
 
 WHEEL = "stardist==0.9.2"
 MEMBERS = ("stardist/data/images/img2d.tif", "stardist/data/images/mask2d.tif")
@@ -90,26 +90,23 @@ def main() -> None:
     image, labels = dsb_nuclei(args.data)
     model = load_model(checkpoint=args.checkpoint, device="cpu") if args.checkpoint else load_model(device="cpu")
     settings = dict(MODELS["nuclei_s"].automatic)
-    rgb = to_rgb_uint8(image)
-    tile = model.img_size
     print(f"image {image.shape}, {len(np.unique(labels[labels > 0]))} nuclei; automatic segmentation "
           f"settings {settings}\n")
     print("| scale | point mIoU | box mIoU | F1 grid | F1 boxes | F1 adaptive |")
     print("|---|---|---|---|---|---|")
-    native = {}  # sampler -> label image at native scale, for the figure
-    for name, size in (("native, tiles of the model input", tile), ("whole slice shrunk to the input", None)):
-        halo = size // 8 if size else 0
-        predictor = TiledPredictor(model, tile=size, halo=halo)
-        predictor.set_image(image)
-        point, box = prompt_scores(predictor, labels)
-        tiles = tile_layout(labels.shape, size, halo)
-        found = {s: segment_plane(AutomaticMaskGenerator(model, **{**settings, "sampler": s}), rgb, tiles)
-                 for s in ("grid", "boxes", "adaptive")}
-        native = native or found
+    default = {}  # sampler -> label image of the default path, for the figure
+    for name, options in (("diameter auto (the default path)", {}),
+                          ("native, tiles of the model input", dict(diameter=None)),
+                          ("whole slice shrunk to the input", dict(diameter=None, tile=max(image.shape)))):
+        segmenter = Segmenter(model, **options)
+        segmenter.set_image(image)
+        point, box = prompt_scores(segmenter, labels)
+        found = {s: segmenter.segment_all(sampler=s) for s in ("grid", "boxes", "adaptive")}
+        default = default or found
         f1 = [instance_f1(found[s], labels)["f1"] for s in ("grid", "boxes", "adaptive")]
         print(f"| {name} | {point:.3f} | {box:.3f} | {f1[0]:.3f} | {f1[1]:.3f} | {f1[2]:.3f} |")
     if args.figure:
-        save_figure(args.figure, rgb, labels, native[settings["sampler"]])
+        save_figure(args.figure, to_rgb_uint8(image), labels, default[settings["sampler"]])
 
 
 if __name__ == "__main__":

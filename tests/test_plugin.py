@@ -361,14 +361,17 @@ def test_model_panel_fills_the_disk_cache_and_reuses_it(make_napari_viewer, qtbo
 
 
 def test_large_slice_is_tiled_at_the_model_scale(make_napari_viewer, qtbot):
-    """A 512 px sample slice with the 256 px model: by default it is cut into tiles of the model's
-    input size, not shrunk to it (which halves the nuclei and spoils the masks)."""
+    """A 512 px sample slice with the 256 px model: by default it is resampled to the model's
+    object size and cut into tiles of the model's input size, not shrunk to it (which halves
+    the nuclei and spoils the masks)."""
     viewer = make_napari_viewer()
     viewer.open_sample("napari-sam", "nuclei_2d")
     truth = viewer.layers["nuclei 2D (truth)"].data
     widget = InteractiveWidget(viewer)
     assert widget.image.layer().name == "nuclei 2D"
-    assert Session.for_viewer(viewer).tiling() == (256, 32)
+    segmenter = Session.for_viewer(viewer).segmenter(
+        Session.for_viewer(viewer).source(widget.image.layer()), ())
+    assert (segmenter.tile, segmenter.halo) == (256, 32)
     ious = []
     for object_id in np.unique(truth)[1::25]:
         widget.clear()

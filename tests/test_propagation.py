@@ -11,7 +11,7 @@ from napari_sam import load_model
 from napari_sam.training.synthetic import synthetic_nuclei
 from napari_sam.volume.io import intensity_limits, open_volume
 from napari_sam.volume.propagation import PropagatedPlane, propagate
-from napari_sam.volume.tiling import TiledPredictor
+from napari_sam.engine.tiling import TiledPredictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,22 +18,24 @@ import numpy as np
 import pytest
 import zarr
 
+from napari_sam.engine.mask_ops import paint_labels
+from napari_sam.engine.tiling import segment_tiles, tile_layout
 from napari_sam.volume.stack import RECORD, segment_stack
-from napari_sam.volume.tiling import segment_plane, tile_layout
 
-# Tiles of at most 128 px: the shipped model (256 px input, trained on nuclei of radius 4-22 px
-# at that size) sees the spheres (radius 6-8) at 2-2.7 times their size, as it was trained.
-SETTINGS = dict(sampler="boxes", tile=128, halo=32)
+# The spheres (radius 6-8) are given a diameter of 15 px: the shipped model (30 px) sees the
+# planes enlarged twice, 384 px, in tiles of its 256 px input split at 192 (96 in the plane).
+SETTINGS = dict(sampler="boxes", diameter=15, tile=256, halo=32)
+SCALED_SHAPE = (384, 384)
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def sphere_volume(shape=(4, 192, 192), seed=0):
     """uint16 volume and true labels: spheres of radius 6-8, four of them on tile seams (the
-    tile cores of SETTINGS split the planes at 64 and 128)."""
+    tile cores of SETTINGS split the planes at 96)."""
     rng = np.random.default_rng(seed)
     z, y, x = np.indices(shape)
     truth = np.zeros(shape, np.uint32)
-    centres = [(1, 64, 64), (2, 64, 150), (1, 140, 128), (2, 128, 30), (1, 20, 20), (2, 160, 170)]
+    centres = [(1, 96, 96), (2, 96, 150), (1, 140, 96), (2, 96, 30), (1, 20, 20), (2, 160, 170)]
     for label, (cz, cy, cx) in enumerate(centres, 1):
         radius = 6 + label % 3
         inside = ((z - cz) * 6) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= radius**2
@@ -71,16 +73,19 @@ def assert_objects_whole_and_linked(labels: np.ndarray, truth: np.ndarray) -> No
     assert len(set(seen.values())) == len(seen)
 
 
-def test_tile_layout_partitions_the_plane():
+def test_tile_layout_partitions_the_plane_into_tiles_of_the_full_size():
     tiles = tile_layout((130, 100), 64, 8)
     owned = np.zeros((130, 100), int)
     for tile in tiles:
         r0, c0, r1, c1 = tile.core
         owned[r0:r1, c0:c1] += 1
         b0, b1, b2, b3 = tile.box
-        assert b2 - b0 <= 64 and b3 - b1 <= 64
-        assert b0 == max(0, r0 - 8) and b3 == min(100, c1 + 8)
+        assert b2 - b0 == 64 and b3 - b1 == 64  # no tile smaller than the model input
+        assert b0 <= max(0, r0 - 8) and b1 <= max(0, c0 - 8)  # at least the halo around
+        assert b2 >= min(130, r1 + 8) and b3 >= min(100, c1 + 8)
+        assert b0 >= 0 and b1 >= 0 and b2 <= 130 and b3 <= 100
     assert (owned == 1).all()
+    assert tile_layout((300, 40), 64, 8)[0].box == (0, 0, 64, 40)  # a narrow plane: its width
     assert len(tile_layout((50, 60), 64, 8)) == 1
     with pytest.raises(ValueError, match="halo"):
         tile_layout((500, 500), 64, 32)
@@ -106,7 +111,8 @@ def test_objects_on_seams_come_out_once_and_whole(one_thread, volume):
 
     image, truth = volume
     rgb = np.repeat((image[1] > 1000).astype(np.uint8)[..., None] * 255, 3, axis=-1)
-    labels = segment_plane(Blobs(), rgb, tile_layout(rgb.shape[:2], 64, 16))
+    labels = paint_labels(segment_tiles(Blobs(), rgb, tile_layout(rgb.shape[:2], 64, 16)),
+                          rgb.shape[:2])
     assert labels.max() == len(np.unique(truth[1])) - 1
     for label in np.unique(truth[1])[1:]:
         found, share = dominant(labels, truth[1] == label)
@@ -195,7 +201,7 @@ def test_second_run_with_a_cache_computes_no_embedding(one_thread, volume, tmp_p
     image, _ = volume
     image = (image[:2] // 16).astype(np.uint8)  # uint8 is used as is: no intensity scaling
     cache = tmp_path / "cache.zarr"
-    tiles = len(tile_layout(image.shape[1:], SETTINGS["tile"], SETTINGS["halo"]))
+    tiles = len(tile_layout(SCALED_SHAPE, SETTINGS["tile"], SETTINGS["halo"]))
     first = segment_stack(image, tmp_path / "a.zarr", cache=cache, **SETTINGS)
     assert len(calls) == 2 * tiles
     calls.clear()
@@ -233,16 +239,17 @@ def test_bad_sources_and_outputs_are_refused(tmp_path, volume):
 
 
 def test_tiled_predictor_completes_objects_cut_by_a_seam(one_thread):
-    """Tiles of 100 px with a 2 px halo split the plane at 96: discs on that seam are cut in
-    either tile, and must come back whole from a tile centred on them."""
+    """Tiles of 100 px with a 2 px halo split the plane at 96: discs (30 px across, the size
+    the model works at) on that seam are cut in either tile, and must come back whole from a
+    tile centred on them."""
     from napari_sam import load_model
     from napari_sam.engine.image import to_rgb_uint8
-    from napari_sam.volume.tiling import TiledPredictor
+    from napari_sam.engine.tiling import TiledPredictor
 
     rows, cols = np.indices((192, 192))
     truth = np.zeros((192, 192), int)
     for label, (row, col) in enumerate([(96, 40), (40, 96), (96, 96), (150, 97)], 1):
-        truth[(rows - row) ** 2 + (cols - col) ** 2 <= 49] = label
+        truth[(rows - row) ** 2 + (cols - col) ** 2 <= 225] = label
     noise = np.random.default_rng(0).normal(0, 40, truth.shape)
     plane = to_rgb_uint8(np.clip(200 + 1800 * (truth > 0) + noise, 0, None).astype(np.uint16))
     tiled = TiledPredictor(load_model(device="cpu"), tile=100, halo=2)
@@ -258,25 +265,26 @@ def test_tiled_predictor_completes_objects_cut_by_a_seam(one_thread):
 
 
 def test_tiled_predictor_answers_from_the_tile_of_the_prompt(one_thread, volume):
-    from napari_sam import load_model
+    from napari_sam import Segmenter, load_model
     from napari_sam.engine.image import to_rgb_uint8
-    from napari_sam.volume.tiling import TiledPredictor
 
     image, truth = volume
     model = load_model(device="cpu")
     plane = to_rgb_uint8(image[1])
-    tiled = TiledPredictor(model, tile=128, halo=32)
-    tiled.set_image(plane)
+    segmenter = Segmenter(model, diameter=SETTINGS["diameter"], tile=SETTINGS["tile"],
+                          halo=SETTINGS["halo"])
+    segmenter.set_image(plane)
+    tiled = segmenter._tiled
     for label in np.unique(truth[1])[1:]:
         target = truth[1] == label
         if target.sum() < 30:
             continue
         rows, cols = np.nonzero(target)
         box = [rows.min(), cols.min(), rows.max(), cols.max()]
-        masks, scores, _ = tiled.predict(box=box, multimask=False)
+        masks, scores, _ = segmenter.predict(box=box, multimask=False)
         assert masks.shape == (1, *plane.shape[:2])
         iou = (masks[0] & target).sum() / (masks[0] | target).sum()
         assert iou > 0.7, (label, iou)  # whole, also for the spheres on seams
     assert len(tiled._embeddings) < len(tiled.tiles) + 4  # only the tiles prompts needed
     with pytest.raises(ValueError, match="positive point or a box"):
-        tiled.predict(points=[[5, 5]], labels=[0])
+        segmenter.predict(points=[[5, 5]], labels=[0])

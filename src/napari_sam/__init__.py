@@ -11,6 +11,7 @@ The engine runs without napari: load a model, embed an image, segment with promp
 from napari_sam.engine.amg import AutomaticMaskGenerator
 from napari_sam.engine.embeddings import Embedding
 from napari_sam.engine.predictor import Predictor
+from napari_sam.engine.segmenter import Segmenter, segment, segment_all
 from napari_sam.engine.selection import select_mask
 from napari_sam.models.loading import load_model, resolve_device
 from napari_sam.models.registry import MODELS
@@ -20,8 +21,11 @@ __all__ = [
     "AutomaticMaskGenerator",
     "Embedding",
     "Predictor",
+    "Segmenter",
     "load_model",
     "resolve_device",
+    "segment",
+    "segment_all",
     "select_mask",
 ]
 __version__ = "0.1.0.dev0"

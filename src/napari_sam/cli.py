@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--box", metavar="MINROW,MINCOL,MAXROW,MAXCOL", type=_floats(4),
                          help="a box around the object")
     _model_options(segment)
+    _scale_options(segment)
     segment.add_argument("-o", "--output", type=Path, required=True,
                          help="mask file: .tif/.npy (0/1) or .png (0/255)")
     segment.set_defaults(run=_segment)
@@ -51,23 +52,25 @@ def _parser() -> argparse.ArgumentParser:
     auto = commands.add_parser(
         "auto",
         help="segment everything in a 2D image into a label image",
-        description="Automatic segmentation (SAM's automatic mask generator): prompts all over "
-        "the image, the good and distinct masks kept, written as a uint32 label image.",
+        description="Automatic segmentation (SAM's automatic mask generator, tiled, at the "
+        "objects' scale): prompts all over the image, the good and distinct masks kept, written "
+        "as a uint32 label image.",
     )
     auto.add_argument("image", type=Path, help="2D image: .tif, .png, .jpg or .npy")
     _model_options(auto)
+    _scale_options(auto)
     auto.add_argument("-o", "--output", type=Path, required=True, help="label image (.tif or .npy)")
     auto.add_argument("--sampler", choices=SAMPLERS,
                       help="grid: Meta's point grid; boxes: one box per detected object; adaptive: "
                       "a coarse grid, then clicks only where nothing is segmented yet (default: "
                       "what suits the model)")
-    auto.add_argument("--points-per-side", type=int, default=32)
+    auto.add_argument("--points-per-side", type=int)
     auto.add_argument("--pred-iou-thresh", type=float,
                       help="keep masks with a higher predicted IoU (default: what suits the model)")
     auto.add_argument("--stability-score-thresh", type=float,
                       help="keep masks at least this stable (default: what suits the model)")
-    auto.add_argument("--crop-n-layers", type=int, default=0, help="also segment overlapping crops")
-    auto.add_argument("--min-mask-region-area", type=int, default=0,
+    auto.add_argument("--crop-n-layers", type=int, help="also segment overlapping crops")
+    auto.add_argument("--min-mask-region-area", type=int,
                       help="fill holes and drop islands smaller than this many pixels")
     auto.set_defaults(run=_auto)
 
@@ -104,9 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--stability-score-thresh", type=float)
     stack.set_defaults(run=_segment_stack)
 
-    sample = commands.add_parser("sample", help="write a synthetic fluorescence nuclei image")
+    sample = commands.add_parser("sample", help="write a synthetic fluorescence nuclei image or stack")
     sample.add_argument("output", type=Path, help="output .tif (uint16 image)")
     sample.add_argument("--size", type=int, default=512, help="side in pixels (default 512)")
+    sample.add_argument("--3d", dest="planes", nargs="?", type=int, const=16, metavar="PLANES",
+                        help="a z-stack of PLANES planes (16 by default) instead of one image")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--labels", type=Path, help="also write the true labels here (.tif)")
     sample.set_defaults(run=_sample)
@@ -152,12 +157,35 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
 
 
+def _scale_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--diameter", type=_diameter, default="auto", metavar="PX|auto|native",
+                        help="typical object diameter in pixels; planes are resampled so that "
+                        "objects arrive at the size the model works best at. auto (default): "
+                        "estimated from the image (once per volume); native: keep the pixels")
+    parser.add_argument("--tile", type=int, help="tile (resampled) planes larger than this many "
+                        "pixels (default: the model's input size)")
+    parser.add_argument("--halo", type=int, help="context around each tile in pixels "
+                        "(default: an eighth of the tile)")
+
+
+def _diameter(text: str) -> float | str | None:
+    if text in ("auto", "native"):
+        return None if text == "native" else text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of pixels, auto or native, got {text!r}")
+    return value
+
+
 def _stack_options(parser: argparse.ArgumentParser) -> None:
     _model_options(parser)
     parser.add_argument("--axes", help="axes of the volume, e.g. zyx or zcyx (default: guessed)")
     parser.add_argument("--z", type=_range, metavar="START:STOP", help="planes to process")
-    parser.add_argument("--tile", type=int, help="tile planes larger than this many pixels")
-    parser.add_argument("--halo", type=int, default=128, help="context around each tile (pixels)")
+    _scale_options(parser)
 
 
 def _range(text: str) -> slice:
@@ -192,11 +220,12 @@ def _embed(args: argparse.Namespace) -> int:
     from napari_sam.volume.stack import embed_stack
 
     start = time.perf_counter()
-    computed, reused = embed_stack(
+    computed, reused, scale = embed_stack(
         args.source, args.cache, model=args.model, checkpoint=args.checkpoint, device=args.device,
-        axes=args.axes, z=args.z, tile=args.tile, halo=args.halo, progress=_progress("embed"),
+        axes=args.axes, z=args.z, diameter=args.diameter, tile=args.tile, halo=args.halo,
+        progress=_progress("embed"),
     )
-    print(f"{args.cache}: {computed} tiles embedded, {reused} already there "
+    print(f"{args.cache}: {computed} tiles embedded, {reused} already there; {scale} "
           f"({time.perf_counter() - start:.0f} s)")
     return 0
 
@@ -209,13 +238,13 @@ def _segment_stack(args: argparse.Namespace) -> int:
                if getattr(args, name) is not None}
     summary = segment_stack(
         args.source, args.output, model=args.model, checkpoint=args.checkpoint, device=args.device,
-        axes=args.axes, z=args.z, tile=args.tile, halo=args.halo, cache=args.cache,
-        resume=args.resume, link=not args.no_link, workers=args.workers, scheduler=args.scheduler,
+        axes=args.axes, z=args.z, diameter=args.diameter, tile=args.tile, halo=args.halo,
+        cache=args.cache, resume=args.resume, link=not args.no_link, workers=args.workers, scheduler=args.scheduler,
         progress=_progress("segment"), **options,
     )
     linked = f", {summary.objects_3d} objects in 3D" if summary.linked else ""
     print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "
-          f"{summary.objects} objects in them{linked} ({summary.seconds:.0f} s)")
+          f"{summary.objects} objects in them{linked}; {summary.scale} ({summary.seconds:.0f} s)")
     return 0
 
 
@@ -233,17 +262,23 @@ def _floats(count: int):
     return parse
 
 
-def _segment(args: argparse.Namespace) -> int:
-    from napari_sam import Predictor, load_model
+def _segmenter(args: argparse.Namespace, **automatic):
+    """The one path (:class:`~napari_sam.Segmenter`) with the command line's settings."""
+    from napari_sam import Segmenter, load_model
 
+    return Segmenter(load_model(args.model, args.checkpoint, args.device), diameter=args.diameter,
+                     tile=args.tile, halo=args.halo, automatic=automatic)
+
+
+def _segment(args: argparse.Namespace) -> int:
     if not (args.point or args.negative or args.box):
         raise ValueError("give at least one prompt: --point ROW,COL, --negative ROW,COL or --box")
     image = read_image(args.image)
     start = time.perf_counter()
-    predictor = Predictor(load_model(args.model, args.checkpoint, args.device))
-    predictor.set_image(image)
+    segmenter = _segmenter(args)
+    segmenter.set_image(image)
     points = args.point + args.negative
-    masks, scores, _ = predictor.predict(
+    masks, scores, _ = segmenter.predict(
         points=points or None,
         labels=[1] * len(args.point) + [0] * len(args.negative) if points else None,
         box=args.box,
@@ -252,38 +287,32 @@ def _segment(args: argparse.Namespace) -> int:
     best = int(np.argmax(scores))
     write_mask(args.output, masks[best])
     print(
-        f"{args.output}: {int(masks[best].sum())} pixels, predicted IoU {scores[best]:.3f} "
-        f"({time.perf_counter() - start:.1f} s)"
+        f"{args.output}: {int(masks[best].sum())} pixels, predicted IoU {scores[best]:.3f}; "
+        f"{segmenter.describe_scale()} ({time.perf_counter() - start:.1f} s)"
     )
     return 0
 
 
 def _auto(args: argparse.Namespace) -> int:
-    from napari_sam import AutomaticMaskGenerator, load_model
-    from napari_sam.models.weights import automatic_settings
-
     image = read_image(args.image)
     if args.output.suffix.lower() not in (".tif", ".tiff", ".npy"):
         raise ValueError(f"write the labels to a .tif or .npy file, not {args.output.name!r}")
     start = time.perf_counter()
-    model = load_model(args.model, args.checkpoint, args.device)
-    settings = automatic_settings(args.model, args.checkpoint, **{
+    segmenter = _segmenter(args, **{
         option: getattr(args, option)
-        for option in ("pred_iou_thresh", "stability_score_thresh", "sampler")
+        for option in ("pred_iou_thresh", "stability_score_thresh", "sampler", "points_per_side",
+                       "crop_n_layers", "min_mask_region_area")
         if getattr(args, option) is not None
     })
-    generator = AutomaticMaskGenerator(
-        model, points_per_side=args.points_per_side, crop_n_layers=args.crop_n_layers,
-        min_mask_region_area=args.min_mask_region_area, **settings,
-    )
-    labels = generator.generate_labels(image)
+    segmenter.set_image(image)
+    labels = segmenter.segment_all()
     if args.output.suffix.lower() == ".npy":
         np.save(args.output, labels)
     else:
         import tifffile
 
         tifffile.imwrite(args.output, labels)
-    print(f"{args.output}: {labels.max()} objects, {generator.decoder_calls} prompts decoded "
+    print(f"{args.output}: {labels.max()} objects; {segmenter.describe_scale()} "
           f"({time.perf_counter() - start:.1f} s)")
     return 0
 
@@ -323,7 +352,8 @@ def _sample(args: argparse.Namespace) -> int:
 
     from napari_sam.training.synthetic import synthetic_nuclei
 
-    image, labels = synthetic_nuclei((args.size, args.size), seed=args.seed)
+    shape = (args.size, args.size) if args.planes is None else (args.planes, args.size, args.size)
+    image, labels = synthetic_nuclei(shape, seed=args.seed)
     tifffile.imwrite(args.output, image)
     if args.labels is not None:
         tifffile.imwrite(args.labels, labels)

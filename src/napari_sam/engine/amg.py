@@ -126,6 +126,9 @@ class AutomaticMaskGenerator:
         max_row, max_col)``; by default :func:`napari_sam.engine.detection.detect_objects`.
     embedding_store : EmbeddingStore, optional
         Reuse embeddings stored there, and store the new ones.
+    enlarge : bool
+        Enlarge images (and crops) smaller than the model input to it, as Meta does; False
+        pads them instead (see :class:`~napari_sam.Predictor`).
 
     Attributes
     ----------
@@ -171,6 +174,7 @@ class AutomaticMaskGenerator:
         sampler: str | PromptSampler = "grid",
         detector=None,
         embedding_store: EmbeddingStore | None = None,
+        enlarge: bool = True,
     ) -> None:
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, not {output_mode!r}")
@@ -194,7 +198,7 @@ class AutomaticMaskGenerator:
             _check_number(name, value, low=0, high=1)
         _check_number("stability_score_offset", stability_score_offset, low=0)
         _check_number("min_mask_region_area", min_mask_region_area, low=0)
-        self.predictor = Predictor(model)
+        self.predictor = Predictor(model, enlarge=enlarge)
         self.sampler = _make_sampler(sampler, points_per_side, point_grids, crop_n_layers,
                                      crop_n_points_downscale_factor, detector)
         self.points_per_batch = points_per_batch

@@ -71,27 +71,15 @@ def detect_objects(
     array([[ 4.,  5.,  8., 11.],
            [12., 20., 16., 25.]])
     """
-    grey = _grey(image, channel_axis)
-    if min_size is not None and not _is_number(min_size, low=0):
-        raise ValueError(f"min_size must be a number of pixels >= 0 or None, got {min_size!r}")
     if max_boxes is not None and not (
         _is_number(max_boxes, low=0) and isinstance(max_boxes, numbers.Integral)
     ):
         raise ValueError(f"max_boxes must be an integer >= 0 or None, got {max_boxes!r}")
     if not _is_number(padding, low=0):
         raise ValueError(f"padding must be a number of pixels >= 0, got {padding!r}")
-    no_boxes = np.zeros((0, 4))
-    if not np.ptp(grey) > 0:
-        return no_boxes
-
-    residual, mask, radius = _foreground(grey)
-    if not mask.any():
-        return no_boxes
-    labels = _trim(_split(mask, radius), residual)
-    if min_size is None:
-        min_size = max(9.0, 0.2 * np.pi * radius**2)
+    labels = object_labels(image, channel_axis=channel_axis, min_size=min_size)
     areas = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero((areas > 0) & (areas >= min_size))
+    keep = np.flatnonzero(areas > 0)
     if max_boxes is not None:
         keep = keep[np.argsort(-areas[keep], kind="stable")[:max_boxes]]
     slices = ndi.find_objects(labels)
@@ -102,9 +90,36 @@ def detect_objects(
     ).reshape(-1, 4)
     boxes[:, :2] -= padding
     boxes[:, 2:] += padding
-    last = np.array(grey.shape, dtype=np.float64) - 1
+    last = np.array(labels.shape, dtype=np.float64) - 1
     boxes = np.clip(boxes, 0, np.concatenate([last, last]))
     return boxes[np.lexsort(boxes.T[::-1])]
+
+
+def object_labels(image: np.ndarray, *, channel_axis: int | None = None,
+                  min_size: float | None = None) -> np.ndarray:
+    """The label image of the objects :func:`detect_objects` boxes (arguments as there).
+
+    Returns
+    -------
+    (H, W) int array
+        0 for background; ids need not be consecutive.
+    """
+    grey = _grey(image, channel_axis)
+    if min_size is not None and not _is_number(min_size, low=0):
+        raise ValueError(f"min_size must be a number of pixels >= 0 or None, got {min_size!r}")
+    if not np.ptp(grey) > 0:
+        return np.zeros(grey.shape, dtype=np.int64)
+    residual, mask, radius = _foreground(grey)
+    if not mask.any():
+        return np.zeros(grey.shape, dtype=np.int64)
+    labels = _trim(_split(mask, radius), residual)
+    if min_size is None:
+        min_size = max(9.0, 0.2 * np.pi * radius**2)
+    areas = np.bincount(labels.ravel())
+    small = areas < min_size
+    small[0] = False
+    labels[small[labels]] = 0
+    return labels
 
 
 def _is_number(value, *, low: float) -> bool:

@@ -107,7 +107,7 @@ class EmbeddingStore:
         """Give ``predictor`` the embedding of ``rgb`` (``(H, W, 3)`` uint8), from the store if
         it is there, else by encoding it (and storing the result)."""
         model = predictor.model
-        key = self.key(model, rgb)
+        key = self.key(model, rgb, predictor.long_side(rgb.shape[:2]))
         embedding = self.get(key, model.device, dtype=model.dtype)
         if embedding is None:
             self.misses += 1
@@ -119,9 +119,11 @@ class EmbeddingStore:
         return embedding
 
     @staticmethod
-    def key(model: torch.nn.Module, rgb: np.ndarray) -> str:
+    def key(model: torch.nn.Module, rgb: np.ndarray, long_side: int | None = None) -> str:
+        """The entry of ``rgb`` embedded by ``model``, resized so that its longer side is
+        ``long_side`` (the model input by default) before padding."""
         digest = hashlib.sha256(model_fingerprint(model).encode())
-        digest.update(str(rgb.shape).encode())
+        digest.update(str((rgb.shape, long_side or model.img_size)).encode())
         digest.update(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
         return digest.hexdigest()[:40]
 

@@ -56,6 +56,10 @@ class Predictor:
     ----------
     model : Sam
         A model from :func:`napari_sam.load_model`.
+    enlarge : bool
+        Images smaller than the model input are enlarged to it, as Meta's ``SamPredictor``
+        does (the default). With False they are only padded, so objects keep their size in
+        pixels: the one path (:class:`~napari_sam.Segmenter`) sizes its tiles so.
 
     Examples
     --------
@@ -65,8 +69,9 @@ class Predictor:
     >>> best = masks[scores.argmax()]  # doctest: +SKIP
     """
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Sam, *, enlarge: bool = True) -> None:
         self.model = model.eval()
+        self.enlarge = enlarge
         self._embedding: Embedding | None = None
         self._context: DecoderImageContext | None = None  # decoder's image side, no mask prompt
 
@@ -96,7 +101,7 @@ class Predictor:
         Embedding
         """
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, limits=limits)
-        resized = resize_rgb(rgb, self.model.img_size)
+        resized = resize_rgb(rgb, self.long_side(rgb.shape[:2]))
         model = self.model
         x = torch.as_tensor(resized, device=model.device).permute(2, 0, 1)[None].float()
         x = model.preprocess(x).to(model.dtype)
@@ -106,6 +111,11 @@ class Predictor:
         )
         self.set_embedding(embedding)
         return embedding
+
+    def long_side(self, shape: tuple[int, int]) -> int:
+        """The longer side an image of ``shape`` gets before padding to the model input."""
+        size = self.model.img_size
+        return size if self.enlarge else min(size, max(shape))
 
     def set_embedding(self, embedding: Embedding) -> None:
         """Use an embedding computed before (by :meth:`set_image` or a cache)."""

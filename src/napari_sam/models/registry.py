@@ -127,8 +127,15 @@ class ModelSpec:
         File name of weights shipped inside the package (``napari_sam/weights``), if any.
     automatic : dict
         :class:`~napari_sam.AutomaticMaskGenerator` settings that suit this model where they
-        differ from Meta's defaults (tuned for vit_h), the sampler included; the command line
-        and stack segmentation use them unless told otherwise.
+        differ from Meta's defaults (tuned for vit_h), the sampler included; the one path
+        (:class:`~napari_sam.Segmenter`: the command line, the plugin, stacks) uses them unless
+        told otherwise.
+    diameter : float or None
+        Object diameter, in pixels of the model input, that the model segments best: the one
+        path resamples planes so that their objects arrive at this size. None: the model has no
+        preferred size, and planes keep their pixels.
+    diameter_range : (float, float) or None
+        The diameters the model was trained on (informative).
     """
 
     name: str
@@ -138,6 +145,8 @@ class ModelSpec:
     description: str
     packaged: str | None = None
     automatic: Mapping[str, float | str] = field(default_factory=dict)
+    diameter: float | None = None
+    diameter_range: tuple[float, float] | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -155,6 +164,11 @@ MODELS: dict[str, ModelSpec] = {
             # instance F1 0.93 there; a grid keeps parts and near-duplicates (F1 at most 0.57
             # over predicted IoU 0.5-0.88 and stability 0.8-0.95).
             automatic=dict(pred_iou_thresh=0.5, stability_score_thresh=0.8, sampler="boxes"),
+            # Trained on nuclei of radius 4-22 px; on held-out nuclei of one size, point mIoU and
+            # automatic F1 rise with the diameter up to about 40 px and fall beyond the training
+            # range (docs/benchmarks.md, "Object scale"): 30 px leaves room for larger nuclei.
+            diameter=30.0,
+            diameter_range=(8.0, 44.0),
         ),
         ModelSpec(
             name="vit_b",

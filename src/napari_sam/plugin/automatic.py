@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_sam.engine.amg import SAMPLERS, AutomaticMaskGenerator
+from napari_sam.engine.amg import SAMPLERS
 from napari_sam.models.weights import automatic_settings
 from napari_sam.plugin.background import CancelFlag, Cancelled, run_in_background
 from napari_sam.plugin.layer_choice import LayerChoice
@@ -40,7 +40,6 @@ from napari_sam.plugin.layers import (
 from napari_sam.plugin.model_widget import path_row
 from napari_sam.plugin.session import LayerError, Session
 from napari_sam.volume.stack import segment_stack
-from napari_sam.volume.tiling import segment_plane, tile_layout
 
 SLICE_LAYER = "SAM automatic"
 
@@ -139,22 +138,21 @@ class AutomaticWidget(QWidget):
         self._flag = flag
 
         def job():
-            with session.lock:  # the panel's options hold every setting the model suggests
-                generator = AutomaticMaskGenerator(session.model(), **options)
-                rgb = session.slice_predictor(source, index).image  # what prompts see too
-                labels = segment_plane(generator, rgb,
-                                       tile_layout(rgb.shape[:2], *session.tiling()))
+            with session.lock:  # the same tiles and scale as prompts
+                segmenter = session.segmenter(source, index)
+                labels = segmenter.segment_all(**options)
             flag.check()  # a cancelled slice is not written
-            return labels
+            return labels, segmenter.describe_scale()
 
-        def done(labels: np.ndarray) -> None:
+        def done(result) -> None:
+            labels, scale = result
             name = f"{SLICE_LAYER} ({image.name})"
             layer = (self.viewer.layers[name] if name in self.viewer.layers
                      else new_labels_layer(self.viewer, image, source, name))
             offset = next_label(layer) - 1  # ids stay unique across slices
             layer.data[slice_key(index)] = np.where(labels > 0, labels + offset, 0)
             layer.refresh()
-            self.status.setText(f"{describe(index)}: {int(labels.max())} objects")
+            self.status.setText(f"{describe(index)}: {int(labels.max())} objects; {scale}")
 
         self.status.setText(f"segmenting {describe(index)}…")
         self._busy(True)
@@ -186,11 +184,11 @@ class AutomaticWidget(QWidget):
             flag.check()
 
         def job():
-            tile, halo = session.tiling()
             try:
                 return segment_stack(
                     source.volume, output, model=None if settings.checkpoint else settings.model,
-                    checkpoint=settings.checkpoint, device=settings.device, tile=tile, halo=halo,
+                    checkpoint=settings.checkpoint, device=settings.device,
+                    diameter=settings.diameter, tile=settings.tile, halo=settings.halo,
                     cache=settings.cache, resume=resume, link=link, progress=progress, **options)
             except Cancelled:
                 return None
@@ -203,7 +201,7 @@ class AutomaticWidget(QWidget):
                 objects = summary.objects_3d if summary.objects_3d is not None else summary.objects
                 self.status.setText(
                     f"{summary.segmented} slice(s) segmented, {summary.skipped} already done, "
-                    f"{objects} objects, {summary.seconds:.0f} s")
+                    f"{objects} objects, {summary.seconds:.0f} s; {summary.scale}")
 
         self.status.setText("segmenting the stack…")
         self._busy(True)

@@ -360,7 +360,7 @@ class InteractiveWidget(QWidget):
 
             def __init__(self, plane: int) -> None:
                 self.index = (*lead, plane)
-                self.image = session.slice_predictor(source, self.index).image
+                self.image = session.segmenter(source, self.index).image
 
             def predict(self, **prompts):
                 return session.predict(source, self.index, **prompts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -18,6 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_sam.engine.segmenter import AUTO
 from napari_sam.models.registry import MODELS
 from napari_sam.plugin.background import run_in_background
 from napari_sam.plugin.prefetch import SliceEmbedder
@@ -61,12 +63,20 @@ class ModelWidget(QWidget):
         self.device = QComboBox()
         self.device.addItems(DEVICES)
         self.device.setCurrentText(settings.device)
+        self.diameter = QDoubleSpinBox()
+        self.diameter.setRange(0, 4096)
+        self.diameter.setDecimals(1)
+        self.diameter.setSpecialValueText("auto")
+        self.diameter.setToolTip("typical object width in pixels: slices are resampled so that "
+                                 "objects arrive at the size the model works best at; auto "
+                                 "estimates it once per image (shown below once embedded)")
+        self.diameter.setValue(0 if isinstance(settings.diameter, str) else settings.diameter)
         self.tile = QSpinBox()
         self.tile.setRange(0, 16384)
         self.tile.setSingleStep(256)
         self.tile.setSpecialValueText("model input")
-        self.tile.setToolTip("slices larger than this are embedded in tiles; the model's input "
-                             "size keeps objects at the scale it was trained at")
+        self.tile.setToolTip("resampled slices larger than this are embedded in tiles; the "
+                             "model's input size keeps objects at the scale it was trained at")
         self.tile.setValue(settings.tile or 0)
         self.halo = QSpinBox()
         self.halo.setRange(-1, 4096)
@@ -92,6 +102,7 @@ class ModelWidget(QWidget):
         form.addRow("model", self.model)
         form.addRow("checkpoint", path_row(self.checkpoint, self._choose_checkpoint))
         form.addRow("device", self.device)
+        form.addRow("object diameter (px)", self.diameter)
         form.addRow("tile (px)", self.tile)
         form.addRow("halo (px)", self.halo)
         form.addRow("cache folder", path_row(self.cache, self._choose_cache))
@@ -114,7 +125,8 @@ class ModelWidget(QWidget):
         """The panel's choices as :class:`~napari_sam.plugin.session.ModelSettings` fields."""
         return dict(
             model=self.model.currentText(), checkpoint=self.checkpoint.text().strip() or None,
-            device=self.device.currentText(), tile=self.tile.value() or None,
+            device=self.device.currentText(), diameter=self.diameter.value() or AUTO,
+            tile=self.tile.value() or None,
             halo=None if self.halo.value() < 0 else self.halo.value(),
             cache=self.cache.text().strip() or None,
         )

@@ -93,13 +93,13 @@ class SliceEmbedder(QObject):
                 if flag():
                     return
                 computed = session.embed(source, plane, flag)
-                yield done, len(slices), plane, computed
+                yield done, len(slices), plane, computed, session.segmenter(source, plane).describe_scale()
 
         def yielded(step) -> None:
-            done, total, plane, computed = step
+            done, total, plane, computed, scale = step
             self.progress.emit(done, total)
             how = "embedded" if computed else "ready (cached)"
-            self.status.emit(f"{layer.name}, {describe(plane)}: {how} ({done}/{total})")
+            self.status.emit(f"{layer.name}, {describe(plane)}: {how} ({done}/{total}); {scale}")
 
         self.progress.emit(0, len(slices))
         self.worker = run_in_background(job, what=f"embedding {layer.name!r}", yielded=yielded)

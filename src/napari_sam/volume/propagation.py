@@ -77,7 +77,7 @@ def propagate(
         ``predictor_for(p)`` returns a predictor whose image is plane ``p``, whose
         ``predict(points=, labels=, box=, mask=, multimask=)`` answers in pixels of the whole
         plane and whose ``image`` is the ``(H, W[, C])`` plane the model sees, such as a
-        :class:`~napari_sam.volume.tiling.TiledPredictor`. The caller owns the embeddings
+        :class:`~napari_sam.engine.tiling.TiledPredictor`. The caller owns the embeddings
         (and their cache); ``predictor_for(plane)`` is asked for its ``image`` only.
     mask : (H, W) array-like of bool
         The object in plane ``plane``; not empty.

@@ -22,13 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.engine.amg import AutomaticMaskGenerator
 from napari_sam.engine.embeddings import EmbeddingStore
 from napari_sam.engine.image import rescale_to_uint8, to_rgb_uint8
-from napari_sam.models.weights import automatic_settings
+from napari_sam.engine.scale import check_diameter, estimate_diameter, object_diameters
+from napari_sam.engine.segmenter import AUTO, Segmenter
+from napari_sam.models.loading import load_model
+from napari_sam.models.registry import DEFAULT_MODEL, MODELS
+from napari_sam.models.weights import identify, read_state_dict
 from napari_sam.volume.io import Volume, intensity_limits, open_volume
 from napari_sam.volume.linking import link_slices
-from napari_sam.volume.tiling import segment_plane, tile_layout
 
 RECORD = ".napari_sam"  # folder inside the output array: run settings and one marker per plane
 
@@ -43,11 +45,22 @@ class StackJob:
     checkpoint: str | None
     device: str
     limits: list | None
+    diameter: float | None
+    estimated: bool  # the diameter is the volume's estimate (or None: too few objects)
     tile: int | None
-    halo: int
+    halo: int | None
     cache: str | None
     stride: int
     options: dict[str, Any] = field(default_factory=dict)
+
+    def segmenter(self) -> Segmenter:
+        """The one path (:class:`~napari_sam.Segmenter`) with this job's settings; the model
+        is loaded once per process."""
+        model = _loaded_model(self.model, self.checkpoint, self.device,
+                              _file_identity(self.checkpoint))
+        store = EmbeddingStore(self.cache) if self.cache else None
+        return Segmenter(model, diameter=self.diameter, tile=self.tile, halo=self.halo,
+                         store=store, automatic=self.options, estimated=self.estimated)
 
 
 @dataclass
@@ -61,6 +74,7 @@ class StackSummary:
     seconds: float
     linked: bool
     objects_3d: int | None = None  # objects in the whole volume after linking
+    scale: str = ""  # the object diameter used, for a user (Segmenter.describe_scale)
 
 
 def segment_stack(
@@ -72,8 +86,9 @@ def segment_stack(
     device: str = "auto",
     axes: str | None = None,
     z: slice | range | None = None,
+    diameter: float | str | None = AUTO,
     tile: int | None = None,
-    halo: int = 128,
+    halo: int | None = None,
     cache: str | os.PathLike | None = None,
     resume: bool = False,
     link: bool = True,
@@ -97,8 +112,12 @@ def segment_stack(
         Axes of ``source`` when the guess is wrong.
     z : slice or range, optional
         Planes to segment along the plane axis (all by default); the others stay 0.
+    diameter : float, "auto" or None
+        Typical object diameter in pixels; ``"auto"`` estimates it once for the whole volume
+        (:func:`volume_diameter`). See :class:`~napari_sam.Segmenter`.
     tile, halo : int, optional
-        Tile planes larger than ``tile`` pixels, with ``halo`` pixels of context.
+        Tiles of the resampled planes and their context (default: the model's input size and
+        an eighth of it).
     cache : path, optional
         An :class:`~napari_sam.engine.embeddings.EmbeddingStore` to reuse embeddings from.
     resume : bool
@@ -113,7 +132,7 @@ def segment_stack(
         ``progress(done, total)`` after each plane.
     **amg_options
         Settings of :class:`~napari_sam.AutomaticMaskGenerator` (``sampler``,
-        ``points_per_side``, thresholds...); by default those that suit the model.
+        ``points_per_side``, thresholds...) on top of those that suit the model.
 
     Returns
     -------
@@ -135,14 +154,8 @@ def segment_stack(
         )
     n_planes = volume.n_planes
     todo = list(range(n_planes))[z] if z is not None else list(range(n_planes))
-    limits = volume_limits(volume)
-    job = StackJob(
-        volume=volume, output=str(output), model=model,
-        checkpoint=None if checkpoint is None else str(checkpoint), device=device,
-        limits=limits, tile=tile, halo=halo, cache=None if cache is None else str(cache),
-        stride=2**32 // (n_planes + 1),
-        options=automatic_settings(model, checkpoint, **amg_options),
-    )
+    job = _job(volume, output, model=model, checkpoint=checkpoint, device=device,
+               diameter=diameter, tile=tile, halo=halo, cache=cache, options=amg_options)
     labels = _open_output(job, volume, resume)
     done = _done(job.output)
     remaining = [p for p in todo if p not in done]
@@ -153,7 +166,56 @@ def segment_stack(
     objects_3d = link_slices(labels).n_objects_3d if linked else None
     return StackSummary(planes=len(todo), segmented=len(remaining),
                         skipped=len(todo) - len(remaining), objects=objects,
-                        seconds=time.perf_counter() - start, linked=linked, objects_3d=objects_3d)
+                        seconds=time.perf_counter() - start, linked=linked, objects_3d=objects_3d,
+                        scale=_describe_scale(job))
+
+
+def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, halo, cache,
+         options) -> StackJob:
+    """The settings of a run over ``volume``, with its limits and diameter resolved once."""
+    checkpoint = None if checkpoint is None else str(checkpoint)
+    limits = volume_limits(volume)
+    spec = MODELS.get(model_name(model, checkpoint))
+    estimated = isinstance(diameter, str) and diameter == AUTO
+    if estimated:
+        estimated = spec is not None and spec.diameter is not None
+        diameter = volume_diameter(volume, limits) if estimated else None
+    elif diameter is not None:
+        diameter = check_diameter(diameter, volume.plane_shape)
+    return StackJob(volume=volume, output=str(output), model=model, checkpoint=checkpoint,
+                    device=device, limits=limits, diameter=diameter, estimated=estimated,
+                    tile=tile, halo=halo,
+                    cache=None if cache is None else str(cache),
+                    stride=2**32 // (volume.n_planes + 1), options=dict(options))
+
+
+def _describe_scale(job: StackJob) -> str:
+    if job.diameter is None:
+        if job.estimated:
+            return ("object diameter not estimated (fewer than 3 objects found): planes kept at "
+                    "their own pixels; give --diameter to be sure")
+        return "planes kept at their own pixels"
+    return f"object diameter {job.diameter:.1f} px ({'estimated' if job.estimated else 'given'})"
+
+
+def model_name(model: str | None, checkpoint: str | os.PathLike | None) -> str | None:
+    """The registry architecture of a run: ``model``, recognised from ``checkpoint``, or the
+    default model."""
+    if model is not None:
+        return model
+    return identify(read_state_dict(checkpoint)) if checkpoint is not None else DEFAULT_MODEL
+
+
+def volume_diameter(volume: Volume, limits=None, *, max_planes: int = 3) -> float | None:
+    """One object-diameter estimate for a whole volume (see
+    :func:`~napari_sam.engine.scale.estimate_diameter`), from the objects of a few planes
+    spread through it (the centres of ``max_planes`` equal parts), normalised with the volume's
+    ``limits``. None when fewer than three objects are found.
+    """
+    count = min(volume.n_planes, max_planes)
+    picked = ((np.arange(count) + 0.5) * volume.n_planes / count).astype(int)
+    found = [object_diameters(plane_rgb(volume, int(i), limits)) for i in picked]
+    return estimate_diameter(np.concatenate(found))
 
 
 def segment_one(job: StackJob, plane: int) -> int:
@@ -164,16 +226,17 @@ def segment_one(job: StackJob, plane: int) -> int:
     int
         The number of objects found.
     """
-    generator = _generator(job.model, job.checkpoint, job.device, job.cache,
-                           json.dumps(job.options, sort_keys=True))
-    rgb = plane_rgb(job.volume, plane, job.limits)
-    labels = segment_plane(generator, rgb, tile_layout(rgb.shape[:2], job.tile, job.halo))
+    segmenter = job.segmenter()
+    segmenter.set_image(plane_rgb(job.volume, plane, job.limits))
+    labels = segmenter.segment_all()
     count = int(labels.max())
     if count >= job.stride:
         raise ValueError(f"plane {plane} has {count} objects, more than the {job.stride - 1} "
                          "ids a plane can use in this volume")
     labels[labels > 0] += np.uint32(plane * job.stride)
-    output = _output_array(job.output)
+    import zarr
+
+    output = zarr.open_array(job.output, mode="r+")  # opened anew: the folder may be new too
     if job.volume.planes:
         output[plane] = labels
     else:
@@ -188,8 +251,9 @@ def volume_limits(volume: Volume) -> list | None:
 
 
 def plane_rgb(volume: Volume, plane: int, limits) -> np.ndarray:
-    """The 8-bit RGB image the model sees for one plane, with the volume's intensity limits."""
-    image = volume.plane(plane) if volume.planes else volume.plane(())
+    """The 8-bit RGB image of one plane (numbered through all plane axes), with the volume's
+    intensity limits."""
+    image = volume.plane(tuple(int(i) for i in np.unravel_index(plane, volume.planes)))
     if limits is None:
         return to_rgb_uint8(image)
     return to_rgb_uint8(rescale_to_uint8(image if image.ndim == 3 else image[..., None], limits))
@@ -197,49 +261,48 @@ def plane_rgb(volume: Volume, plane: int, limits) -> np.ndarray:
 
 def embed_stack(source, cache: str | os.PathLike, *, model: str | None = None,
                 checkpoint: str | os.PathLike | None = None, device: str = "auto",
-                axes: str | None = None, z: slice | range | None = None, tile: int | None = None,
-                halo: int = 128, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+                axes: str | None = None, z: slice | range | None = None,
+                diameter: float | str | None = AUTO, tile: int | None = None,
+                halo: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> tuple[int, int, str]:
     """Compute the embeddings of every plane's tiles into an embedding store, ahead of time.
 
     Arguments as in :func:`segment_stack`; :func:`segment_stack` and the napari plugin with the
-    same model, tiling and ``cache`` then compute no embedding again.
+    same model, diameter, tiling and ``cache`` then compute no embedding again.
 
     Returns
     -------
     computed, reused : int
         Tiles embedded now, and tiles found in the store.
+    scale : str
+        The object diameter used, for a user.
     """
-    from napari_sam import Predictor, load_model
-
     volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
     planes = list(range(volume.n_planes))[z] if z is not None else list(range(volume.n_planes))
-    limits = volume_limits(volume)
-    store = EmbeddingStore(cache)
-    predictor = Predictor(load_model(model, checkpoint, device))
+    job = _job(volume, "", model=model, checkpoint=checkpoint, device=device, diameter=diameter,
+               tile=tile, halo=halo, cache=cache, options={})
+    segmenter = job.segmenter()
     for done, plane in enumerate(planes, 1):
-        rgb = plane_rgb(volume, plane, limits)
-        for each in tile_layout(rgb.shape[:2], tile, halo):
-            store.embed(predictor, np.ascontiguousarray(rgb[each.slices]))
+        segmenter.set_image(plane_rgb(volume, plane, job.limits))
+        for tile_ in segmenter.tiles:
+            segmenter.embed_tile(tile_)
         if progress is not None:
             progress(done, len(planes))
-    return store.misses, store.hits
+    return segmenter.store.misses, segmenter.store.hits, _describe_scale(job)
 
 
 @functools.lru_cache(maxsize=2)
-def _generator(model, checkpoint, device, cache, options_json) -> AutomaticMaskGenerator:
-    """One generator (and model) per process and settings: dask workers load the model once."""
-    from napari_sam import load_model
-
-    store = EmbeddingStore(cache) if cache else None
-    return AutomaticMaskGenerator(load_model(model, checkpoint, device), embedding_store=store,
-                                  **json.loads(options_json))
+def _loaded_model(model, checkpoint, device, file_identity):
+    """One model per process and weights: dask workers load it once. ``file_identity`` makes
+    a checkpoint re-written at the same path a new entry."""
+    return load_model(model, checkpoint, device)
 
 
-@functools.lru_cache(maxsize=4)
-def _output_array(path: str):
-    import zarr
-
-    return zarr.open_array(path, mode="r+")
+def _file_identity(path: str | None) -> tuple | None:
+    if path is None or not os.path.isfile(path):
+        return None  # load_model says what is wrong with it
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _open_output(job: StackJob, volume: Volume, resume: bool):

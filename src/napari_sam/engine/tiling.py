@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_sam.engine.amg import AutomaticMaskGenerator
-from napari_sam.engine.mask_ops import WindowMask, paint_labels
+from napari_sam.engine.mask_ops import WindowMask
 
 MERGE_OVERLAP = 0.5  # two masks are one object when they share this much of the smaller one
 
@@ -34,9 +34,11 @@ class Tile:
 def tile_layout(shape: tuple[int, int], tile: int | None, halo: int = 0) -> list[Tile]:
     """Tiles of at most ``tile`` pixels a side covering a plane of ``shape``.
 
-    The cores (``tile - 2 * halo`` pixels a side, as even as possible) partition the plane; each
-    tile sees its core plus ``halo`` pixels of context on every side. A plane that fits in one
-    tile (or ``tile=None``) is one tile.
+    The cores (at most ``tile - 2 * halo`` pixels a side, as even as possible) partition the
+    plane; each tile sees its core plus at least ``halo`` pixels of context on every side, and
+    is ``tile`` pixels a side wherever the plane is that large (the context grows to fill it),
+    so that no tile is smaller than the model input. A plane that fits in one tile (or
+    ``tile=None``) is one tile.
 
     Raises
     ------
@@ -56,9 +58,17 @@ def tile_layout(shape: tuple[int, int], tile: int | None, halo: int = 0) -> list
     tiles = []
     for r0, r1 in zip(rows[:-1], rows[1:]):
         for c0, c1 in zip(cols[:-1], cols[1:]):
-            box = (max(0, r0 - halo), max(0, c0 - halo), min(height, r1 + halo), min(width, c1 + halo))
-            tiles.append(Tile((r0, c0, r1, c1), box))
+            (top, bottom), (left, right) = _around(r0, r1, tile, height), _around(c0, c1, tile, width)
+            tiles.append(Tile((r0, c0, r1, c1), (top, left, bottom, right)))
     return tiles
+
+
+def _around(start: int, stop: int, size: int, length: int) -> tuple[int, int]:
+    """A span of ``size`` (at most ``length``) centred on ``[start, stop)``, inside
+    ``[0, length)``; as ``(start, stop)``."""
+    size = min(size, length)
+    low = min(max(0, (start + stop - size) // 2), length - size)
+    return low, low + size
 
 
 def _cuts(length: int, core: int) -> list[int]:
@@ -66,7 +76,8 @@ def _cuts(length: int, core: int) -> list[int]:
     return [round(i * length / count) for i in range(count + 1)]
 
 
-def segment_plane(generator: AutomaticMaskGenerator, rgb: np.ndarray, tiles: list[Tile]) -> np.ndarray:
+def segment_tiles(generator: AutomaticMaskGenerator, rgb: np.ndarray,
+                  tiles: list[Tile]) -> list[WindowMask]:
     """Automatic segmentation of one ``(H, W, 3)`` uint8 plane, tile by tile.
 
     Each tile's masks are moved into the plane. A mask belongs to the tile whose core holds the
@@ -77,12 +88,13 @@ def segment_plane(generator: AutomaticMaskGenerator, rgb: np.ndarray, tiles: lis
 
     Returns
     -------
-    (H, W) uint32 array
-        Labels 1..n, larger objects painted first.
+    list of WindowMask
+        The objects of the plane, each once (paint them with
+        :func:`~napari_sam.engine.mask_ops.paint_labels`).
     """
     shape = rgb.shape[:2]
     if len(tiles) == 1:
-        return generator.generate_labels(rgb)
+        return generator.generate_masks(rgb)
     found: list[tuple[WindowMask, int, bool]] = []  # mask, tile index, cut by an inner edge
     for index, tile in enumerate(tiles):
         r0, c0 = tile.box[:2]
@@ -101,7 +113,7 @@ def segment_plane(generator: AutomaticMaskGenerator, rgb: np.ndarray, tiles: lis
                     mask = _union(mask, other)
         if all(_overlap(mask, previous) < MERGE_OVERLAP for previous in kept):
             kept.append(mask)
-    return paint_labels(kept, shape)
+    return kept
 
 
 def _owns(tile: Tile, mask: WindowMask) -> bool:
@@ -170,7 +182,7 @@ class TiledPredictor:
     def __init__(self, model, *, tile: int | None = 1024, halo: int = 128, store=None) -> None:
         from napari_sam.engine.predictor import Predictor
 
-        self.predictor = Predictor(model)
+        self.predictor = Predictor(model, enlarge=False)
         self.tile, self.halo, self.store = tile, halo, store
         self._rgb: np.ndarray | None = None
         self._embeddings: dict[tuple[int, int, int, int], object] = {}

@@ -1,0 +1,287 @@
+"""The one path from a 2D plane to masks, shared by every entry point.
+
+plane -> 8-bit RGB (the volume's intensity limits) -> resampled so that objects arrive at the
+model's size (``diameter``) -> tiles of the model's input size with a halo -> embeddings (an
+optional :class:`~napari_sam.engine.embeddings.EmbeddingStore`) -> prompts or automatic
+segmentation -> masks in the plane's own pixels.
+
+The command line, the napari plugin, stack segmentation and the functions :func:`segment` and
+:func:`segment_all` all go through :class:`Segmenter`, so the same plane gives the same masks
+and the same cached embeddings whichever door a user comes in by. :class:`~napari_sam.Predictor`
+and :class:`~napari_sam.AutomaticMaskGenerator` are the layer beneath: exact equivalents of
+Meta's classes, on the image exactly as given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_sam.engine.amg import AutomaticMaskGenerator
+from napari_sam.engine.image import to_rgb_uint8
+from napari_sam.engine.mask_ops import paint_labels
+from napari_sam.engine.scale import Resampling, check_diameter, estimate_diameter, object_diameters
+from napari_sam.engine.tiling import Tile, TiledPredictor, segment_tiles
+from napari_sam.models.registry import MODELS
+
+AUTO = "auto"
+
+
+class Segmenter:
+    """Prompted and automatic segmentation of 2D planes, at the objects' own scale, tiled.
+
+    Parameters
+    ----------
+    model : Sam
+        A loaded model (:func:`napari_sam.load_model`); its registry name (``model.name``)
+        gives its preferred object diameter and automatic settings.
+    diameter : float, "auto" or None
+        Typical object diameter in pixels of the planes. ``"auto"`` (the default) estimates it
+        from each plane without weights (:func:`~napari_sam.engine.scale.object_diameters`);
+        for a volume, estimate it once (:func:`napari_sam.volume.stack.volume_diameter`) and
+        pass the number. Planes are resampled so that objects arrive at the model's preferred
+        diameter; masks come back in the plane's pixels. None keeps the plane's pixels, and so
+        does ``"auto"`` for a model without a preferred size (Meta's) or a plane in which fewer
+        than three objects are found.
+    tile, halo : int, optional
+        Resampled planes larger than ``tile`` pixels are cut into tiles with ``halo`` pixels of
+        context. By default the model's input size and an eighth of it: a model sees objects at
+        the scale it was trained at only when nothing is shrunk to its input.
+    store : EmbeddingStore, optional
+        Reuse and keep tile embeddings there.
+    automatic : dict, optional
+        :class:`~napari_sam.AutomaticMaskGenerator` settings for :meth:`segment_all` on top of
+        those that suit the model (``MODELS[name].automatic``).
+    estimated : bool
+        ``diameter`` (a number, or None when no estimate was possible) is an estimate made for
+        a whole volume; this only changes what :meth:`describe_scale` says.
+
+    Examples
+    --------
+    >>> segmenter = Segmenter(load_model())  # doctest: +SKIP
+    >>> segmenter.set_image(image)  # doctest: +SKIP
+    >>> masks, scores, _ = segmenter.predict(points=[[120, 64]])  # doctest: +SKIP
+    >>> labels = segmenter.segment_all()  # doctest: +SKIP
+    """
+
+    def __init__(self, model, *, diameter: float | str | None = AUTO, tile: int | None = None,
+                 halo: int | None = None, store=None, automatic: dict | None = None,
+                 estimated: bool = False) -> None:
+        spec = MODELS.get(getattr(model, "name", None) or "")
+        self.model = model
+        self.model_diameter = spec.diameter if spec is not None else None
+        if diameter is not None and not (isinstance(diameter, str) and diameter == AUTO):
+            diameter = check_diameter(diameter, (np.inf, np.inf))
+            if self.model_diameter is None:
+                raise ValueError(
+                    f"the model {getattr(model, 'name', None) or '(unnamed)'!r} has no preferred "
+                    "object size to resample to: pass diameter=None (keep the plane's pixels)"
+                )
+        self.diameter_setting = diameter
+        self.tile = int(tile or model.img_size)
+        self.halo = self.tile // 8 if halo is None else int(halo)
+        self.automatic = {**(dict(spec.automatic) if spec is not None else {}), **(automatic or {})}
+        self.store = store
+        self._tiled = TiledPredictor(model, tile=self.tile, halo=self.halo, store=store)
+        self._rgb: np.ndarray | None = None
+        self.diameter: float | None = None
+        self.estimated = estimated
+        self.resampling: Resampling | None = None
+
+    # -- the plane ---------------------------------------------------------------------------
+
+    def set_image(self, image: np.ndarray, *, channel_axis: int | None = None, limits=None) -> None:
+        """Set the plane: any 2D image (see :meth:`napari_sam.Predictor.set_image`).
+
+        Nothing is embedded until a prompt or :meth:`segment_all` needs a tile.
+
+        Raises
+        ------
+        ValueError
+            Not a 2D image, bad ``limits``, or a diameter larger than the plane.
+        """
+        rgb = to_rgb_uint8(image, channel_axis=channel_axis, limits=limits)
+        shape = rgb.shape[:2]
+        if isinstance(self.diameter_setting, str):  # AUTO
+            self.estimated = self.model_diameter is not None
+            self.diameter = estimate_diameter(object_diameters(rgb)) if self.estimated else None
+        else:
+            self.diameter = (None if self.diameter_setting is None
+                             else check_diameter(self.diameter_setting, shape))
+        self.resampling = Resampling.by_factor(shape, self.factor)
+        self._rgb = rgb
+        self._tiled.set_image(self.resampling.image(rgb))
+
+    @property
+    def factor(self) -> float:
+        """How much planes are enlarged (> 1) or shrunk (< 1) before the model sees them."""
+        if self.diameter is None or self.model_diameter is None:
+            return 1.0
+        return self.model_diameter / self.diameter
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The plane as 8-bit RGB in its own pixels, ``(H, W, 3)``; None before :meth:`set_image`."""
+        return self._rgb
+
+    @property
+    def tiles(self) -> list[Tile]:
+        """The tiles of the resampled plane."""
+        return self._tiled.tiles
+
+    def embed_tile(self, tile: Tile) -> bool:
+        """Embed one of :attr:`tiles` now; returns whether the encoder ran."""
+        return self._tiled.embed_tile(tile)
+
+    def describe_scale(self) -> str:
+        """One line for a user: the diameter used and what it did to the plane."""
+        if self.resampling is None:
+            return "no image yet"
+        if self.diameter is None:
+            if self.model_diameter is None:
+                return "planes kept at their own pixels (the model has no preferred object size)"
+            if not self.estimated:
+                return "planes kept at their own pixels (diameter=None)"
+            return ("object diameter not estimated (fewer than 3 objects found): planes kept at "
+                    "their own pixels; give the diameter to be sure")
+        how = "estimated" if self.estimated else "given"
+        return (f"object diameter {self.diameter:.1f} px ({how}); planes resampled "
+                f"x{self.factor:.2f} for the model's {self.model_diameter:g} px")
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def predict(self, points=None, labels=None, box=None, multimask: bool = True, *, mask=None):
+        """Masks for one object, in pixels of the plane.
+
+        Parameters
+        ----------
+        points : (N, 2) array-like, optional
+            ``(row, col)`` clicks in the plane.
+        labels : (N,) array-like, optional
+            1 for a click on the object, 0 off it (all 1 by default).
+        box : (4,) array-like, optional
+            ``(min_row, min_col, max_row, max_col)`` around the object, maxima inclusive.
+        multimask : bool
+            Three answers (for one ambiguous click) instead of one.
+        mask : (H, W) bool array, optional
+            A mask of the plane to refine (a mask prompt).
+
+        Returns
+        -------
+        masks : (k, H, W) bool array
+        scores : (k,) float array
+            Predicted IoU.
+        logits : (k, h, w) float array
+            Low-resolution logits of the tile that answered (in its own frame).
+        """
+        resampling = self._require_image()
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != resampling.shape:
+                raise ValueError(
+                    f"mask has shape {mask.shape} but the plane has shape {resampling.shape}: "
+                    "give a mask of the whole plane given to set_image"
+                )
+            mask = resampling.to_scaled(mask)
+        if points is not None:
+            points = resampling.points(np.asarray(points, dtype=float).reshape(-1, 2))
+        if box is not None:
+            box = resampling.box(box)
+        masks, scores, logits = self._tiled.predict(points=points, labels=labels, box=box,
+                                                    multimask=multimask, mask=mask)
+        return resampling.dense_to_plane(masks), scores, logits
+
+    # -- automatic ---------------------------------------------------------------------------
+
+    def segment_all(self, **automatic) -> np.ndarray:
+        """Automatic segmentation of the plane, tile by tile, at the objects' scale.
+
+        Parameters
+        ----------
+        **automatic
+            :class:`~napari_sam.AutomaticMaskGenerator` settings on top of this segmenter's.
+
+        Returns
+        -------
+        (H, W) uint32 array
+            Labels 1..n in the plane's pixels, 0 for background; larger objects painted first.
+        """
+        resampling = self._require_image()
+        generator = AutomaticMaskGenerator(self.model, embedding_store=self.store, enlarge=False,
+                                           **{**self.automatic, **automatic})
+        found = segment_tiles(generator, self._tiled.image, self._tiled.tiles)
+        masks = [m for m in (resampling.to_plane(mask) for mask in found) if m is not None]
+        return paint_labels(masks, resampling.shape)
+
+    def _require_image(self) -> Resampling:
+        if self.resampling is None:
+            raise RuntimeError("no image yet: call set_image(plane) first")
+        return self.resampling
+
+
+def _model(model):
+    from napari_sam.models.loading import load_model
+
+    return load_model(model) if model is None or isinstance(model, str) else model
+
+
+def segment(image: np.ndarray, points=None, labels=None, box=None, *, mask=None, model=None,
+            diameter: float | str | None = AUTO, channel_axis: int | None = None,
+            limits=None) -> np.ndarray:
+    """Segment one object of a 2D image from clicks and/or a box.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) array
+        Any 2D image (uint8 as it is, other types scaled by percentiles or ``limits``).
+    points, labels, box, mask
+        Prompts as in :meth:`Segmenter.predict`, ``(row, col)`` pixels.
+    model : Sam or str, optional
+        A loaded model or a registry name; the shipped default model by default.
+    diameter : float, "auto" or None
+        Object diameter in pixels (see :class:`Segmenter`).
+    channel_axis, limits
+        As in :func:`~napari_sam.engine.image.to_rgb_uint8`.
+
+    Returns
+    -------
+    (H, W) bool array
+        The mask with the highest predicted IoU (of three for a single click).
+
+    Examples
+    --------
+    >>> mask = napari_sam.segment(image, points=[[120, 64]])  # doctest: +SKIP
+    """
+    segmenter = Segmenter(_model(model), diameter=diameter)
+    segmenter.set_image(image, channel_axis=channel_axis, limits=limits)
+    n_points = 0 if points is None else len(np.asarray(points, dtype=float).reshape(-1, 2))
+    masks, scores, _ = segmenter.predict(points=points, labels=labels, box=box, mask=mask,
+                                         multimask=n_points == 1 and box is None and mask is None)
+    return masks[int(np.argmax(scores))]
+
+
+def segment_all(image: np.ndarray, *, model=None, diameter: float | str | None = AUTO,
+                channel_axis: int | None = None, limits=None, **automatic) -> np.ndarray:
+    """Segment every object of a 2D image into a label image.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) array
+        Any 2D image.
+    model, diameter, channel_axis, limits
+        As in :func:`segment`.
+    **automatic
+        :class:`~napari_sam.AutomaticMaskGenerator` settings on top of those that suit the
+        model (sampler, thresholds...).
+
+    Returns
+    -------
+    (H, W) uint32 array
+        Labels 1..n, 0 for background.
+
+    Examples
+    --------
+    >>> labels = napari_sam.segment_all(image)  # doctest: +SKIP
+    """
+    segmenter = Segmenter(_model(model), diameter=diameter, automatic=automatic)
+    segmenter.set_image(image, channel_axis=channel_axis, limits=limits)
+    return segmenter.segment_all()
