@@ -48,9 +48,10 @@ def tiny_load_model(monkeypatch):
 
 
 def tiny_answer(image, **prompts):
-    predictor = napari_sam.Predictor(make_tiny_model())
-    predictor.set_image(image)
-    masks, scores, _ = predictor.predict(**prompts)
+    """The answer of the one path (tiles of the tiny model's 64 px input) to ``prompts``."""
+    segmenter = napari_sam.Segmenter(make_tiny_model())
+    segmenter.set_image(image)
+    masks, scores, _ = segmenter.predict(**prompts)
     return masks[int(np.argmax(scores))]
 
 
@@ -255,13 +256,14 @@ def test_auto_writes_the_generators_label_image(image_file, tmp_path, tiny_load_
     options = ["--sampler", "grid", "--points-per-side", "8", "--pred-iou-thresh", "0",
                "--stability-score-thresh", "0"]
     assert main(["auto", str(path), "-o", str(out), *options]) == 0
-    expected = napari_sam.AutomaticMaskGenerator(
-        make_tiny_model(), points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0
-    ).generate_labels(image)
+    segmenter = napari_sam.Segmenter(make_tiny_model(), automatic=dict(
+        sampler="grid", points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0))
+    segmenter.set_image(image)
+    expected = segmenter.segment_all()
     labels = tifffile.imread(out)
     assert labels.dtype == np.uint32 and expected.max() > 0
     np.testing.assert_array_equal(labels, expected)
-    assert f"{expected.max()} objects, 64 prompts decoded" in capsys.readouterr().out
+    assert f"{expected.max()} objects; planes kept at their own pixels" in capsys.readouterr().out
 
 
 def test_auto_uses_the_settings_that_suit_the_default_model(image_file, tmp_path, monkeypatch):
@@ -272,8 +274,15 @@ def test_auto_uses_the_settings_that_suit_the_default_model(image_file, tmp_path
             seen.update(settings)
             super().__init__(model, **settings)
 
-    monkeypatch.setattr(napari_sam, "AutomaticMaskGenerator", Recorder)
-    monkeypatch.setattr(napari_sam, "load_model", lambda *args, **kwargs: make_tiny_model())
+    from napari_sam.engine import segmenter
+
+    def tiny_nuclei_s(*args, **kwargs):
+        model = make_tiny_model()
+        model.name = "nuclei_s"  # what load_model() records for the default model
+        return model
+
+    monkeypatch.setattr(segmenter, "AutomaticMaskGenerator", Recorder)
+    monkeypatch.setattr(napari_sam, "load_model", tiny_nuclei_s)
     path, _ = image_file
     assert main(["auto", str(path), "-o", str(tmp_path / "l.npy"), "--points-per-side", "4"]) == 0
     recommended = napari_sam.MODELS["nuclei_s"].automatic
@@ -304,10 +313,10 @@ def test_segment_stack_and_embed_on_a_tiff_volume(tmp_path, capsys):
     image, truth = sphere_volume()
     source = tmp_path / "volume.tif"
     tifffile.imwrite(source, image, photometric="minisblack")
-    tiles = ["--tile", "128", "--halo", "32"]
+    tiles = ["--diameter", "15"]  # enlarged twice, to 384 px: 4 tiles of the model's 256 px
     cache = str(tmp_path / "cache.zarr")
     assert main(["embed", str(source), "--cache", cache, "--z", "0:2", *tiles]) == 0
-    assert "18 tiles embedded, 0 already there" in capsys.readouterr().out
+    assert "8 tiles embedded, 0 already there; object diameter 15.0 px (given)" in capsys.readouterr().out
     out = str(tmp_path / "labels.zarr")
     assert main(["segment-stack", str(source), out, "--cache", cache, "--sampler", "boxes", *tiles]) == 0
     report = capsys.readouterr().out

@@ -151,12 +151,20 @@ def test_negative_click_and_box_prompts(viewer, qtbot, stack):
     box_mask = widget.answer.masks[widget.answer.choice]
     assert iou(box_mask, target) > 0.6
 
-    # a negative click on the object's centre must shrink or remove what is shown there
+    # a negative click on the object's centre reaches the model with the box, in (row, col)
+    # of the slice (this model keeps a boxed nucleus whole whatever the click: what the mask
+    # does is the model's, the prompts are the plugin's)
+    session, seen = Session.for_viewer(viewer), []
+    predict = session.predict
+    session.predict = lambda source, index, **prompts: seen.append(prompts) or predict(
+        source, index, **prompts)
     row, col = interior_point(target)
     click(widget, z, row, col, positive=False)
     wait_idle(qtbot, widget)
     assert widget.points.features["positive"].tolist() == [False]
-    assert widget.answer.masks[widget.answer.choice].sum() < box_mask.sum()
+    np.testing.assert_array_equal(seen[-1]["points"], [[row, col]])
+    np.testing.assert_array_equal(seen[-1]["labels"], [0])
+    np.testing.assert_array_equal(seen[-1]["box"], [rows.min(), cols.min(), rows.max(), cols.max()])
 
 
 def test_key_bindings_commit_and_cycle(viewer, qtbot, stack):
@@ -356,7 +364,9 @@ def test_model_panel_fills_the_disk_cache_and_reuses_it(make_napari_viewer, qtbo
                         timeout=WAIT_MS)
         assert panel.progress.value() == panel.progress.maximum() == 3  # slice 4, then 5 and 3
         statuses.append(panel.status.text())
-    assert len(EmbeddingStore(cache)) == 3
+    session = Session.for_viewer(viewer)
+    tiles = len(session.segmenter(session.source(viewer.layers["nuclei"]), (4,)).tiles)
+    assert len(EmbeddingStore(cache)) == 3 * tiles  # every tile of slices 4, 5 and 3
     assert "embedded (3/3)" in statuses[0] and "ready (cached) (3/3)" in statuses[1]
 
 
@@ -380,3 +390,24 @@ def test_large_slice_is_tiled_at_the_model_scale(make_napari_viewer, qtbot):
         wait_idle(qtbot, widget)
         ious.append(iou(widget.answer.masks[widget.answer.choice], target))
     assert len(ious) >= 8 and np.mean(ious) > 0.6, ious
+
+
+def test_embeddings_from_the_command_line_are_found_by_the_plugin(make_napari_viewer, stack,
+                                                                   tmp_path):
+    """`napari-sam embed` and the plugin take the same path (limits, diameter, tiles): a slice
+    embedded by the command line is computed again by neither."""
+    import tifffile
+
+    from napari_sam.cli import main
+
+    tifffile.imwrite(tmp_path / "stack.tif", stack[0])
+    cache = tmp_path / "embeddings.zarr"
+    assert main(["embed", str(tmp_path / "stack.tif"), "--cache", str(cache), "--z", "3:6",
+                 "--device", "cpu"]) == 0
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(tifffile.imread(tmp_path / "stack.tif"), name="nuclei")
+    session = Session.for_viewer(viewer)
+    session.configure(cache=str(cache), device="cpu")
+    source = session.source(layer)
+    assert sum(session.embed(source, (z,)) for z in (3, 4, 5)) == 0
+    assert session.embed(source, (7,)) > 0  # a slice it did not embed is computed

@@ -19,6 +19,7 @@ import numpy as np
 from napari_sam.engine.amg import AutomaticMaskGenerator
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.engine.mask_ops import paint_labels
+from napari_sam.engine.prompts import check_prompts
 from napari_sam.engine.scale import Resampling, check_diameter, estimate_diameter, object_diameters
 from napari_sam.engine.tiling import Tile, TiledPredictor, segment_tiles
 from napari_sam.models.registry import MODELS
@@ -174,6 +175,9 @@ class Segmenter:
             Low-resolution logits of the tile that answered (in its own frame).
         """
         resampling = self._require_image()
+        if points is not None or box is not None:  # checked in the plane's own pixels
+            check_prompts(points=points, labels=labels, boxes=box, mask_input=None,
+                          image_shape=resampling.shape, mask_shape=(1, 1), batched=False)
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != resampling.shape:
