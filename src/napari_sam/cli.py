@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="write a synthetic fluorescence nuclei image or stack")
     sample.add_argument("output", type=Path, help="output .tif (uint16 image)")
-    sample.add_argument("--size", type=int, default=512, help="side in pixels (default 512)")
+    sample.add_argument("--size", type=int, help="side in pixels (default 512, or 256 for a stack)")
     sample.add_argument("--3d", dest="planes", nargs="?", type=int, const=16, metavar="PLANES",
                         help="a z-stack of PLANES planes (16 by default) instead of one image")
     sample.add_argument("--seed", type=int, default=0)
@@ -352,7 +352,10 @@ def _sample(args: argparse.Namespace) -> int:
 
     from napari_sam.training.synthetic import synthetic_nuclei
 
-    shape = (args.size, args.size) if args.planes is None else (args.planes, args.size, args.size)
+    if args.planes is None:
+        shape = (args.size or 512,) * 2
+    else:
+        shape = (args.planes, *(args.size or 256,) * 2)
     image, labels = synthetic_nuclei(shape, seed=args.seed)
     tifffile.imwrite(args.output, image)
     if args.labels is not None:
