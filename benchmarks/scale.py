@@ -8,16 +8,21 @@ For the held-out synthetic sets of ``benchmarks/default_model.py`` and the real 
 :class:`napari_sam.Segmenter` (what ``napari-sam segment``, ``napari-sam auto``,
 ``segment-stack`` and the plugin run) with ``diameter="auto"`` and with the true diameter (the
 median equivalent diameter of the true nuclei), and, for comparison, by the path the command
-line took before (the whole plane shrunk to the model input, ``diameter=None, tile=None``).
+line took before (the whole plane at its own pixels as one tile: shrunk to the model input when
+larger, ``diameter=None, tile=plane``).
 
 Prints point mIoU (one click at each nucleus's most interior pixel, the best-scored of three
 masks) and the instance F1 at IoU 0.5 of automatic segmentation with the model's settings.
+
+``--sweep`` instead measures the model on nuclei of one size at a time, seen at their own pixels
+(256 px images, one tile): how the preferred diameter of ``nuclei_s`` was chosen.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +30,9 @@ from skimage.transform import resize
 
 from napari_sam import Segmenter, load_model
 from napari_sam.engine.scale import estimate_diameter, object_diameters
+from napari_sam.models.registry import MODELS
 from napari_sam.training.evaluation import centre_point, instance_f1
-from napari_sam.training.synthetic import synthetic_dataset
+from napari_sam.training.synthetic import synthetic_dataset, synthetic_nuclei
 
 sys.path.insert(0, str(Path(__file__).parent))
 from default_model import HELD_OUT  # noqa: E402
@@ -75,17 +81,40 @@ def scores(model, examples, diameter: str) -> tuple[float, float]:
     return float(np.mean(ious)), 2 * matched / max(total, 1)
 
 
+def sweep(model, radii=(4, 6, 8, 10, 13, 17, 22, 28, 35), images: int = 4) -> None:
+    """Point mIoU and F1 of ``model`` on nuclei of radius ``r`` +- 15%, at their own pixels."""
+    print("| nucleus radius | median diameter | point mIoU | F1 |")
+    print("|---|---|---|---|")
+    for radius in radii:
+        pairs = [synthetic_nuclei((256, 256), radius=(0.85 * radius, 1.15 * radius), density=0.3,
+                                  seed=100 + i) for i in range(images)]
+        point, f1 = scores(model, pairs, "before")
+        print(f"| {radius} | {np.median([true_diameter(l) for _, l in pairs]):.1f} | {point:.3f} "
+              f"| {f1:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4, help="images per synthetic set")
     parser.add_argument("--data", type=Path, default=Path.home() / ".cache" / "napari-sam" / "dsb2018")
     parser.add_argument("--checkpoint", help="evaluate this file instead of the shipped weights")
+    parser.add_argument("--model-diameter", type=float,
+                        help="try another preferred diameter for the model (default: its spec's)")
+    parser.add_argument("--sweep", action="store_true", help="one nucleus size at a time instead")
+    parser.add_argument("--sets", nargs="+", help="only these sets (first words of their names)")
     args = parser.parse_args()
+    if args.sweep:
+        sweep(load_model(device="cpu"))
+        return
+    if args.model_diameter:
+        MODELS["nuclei_s"] = replace(MODELS["nuclei_s"], diameter=args.model_diameter)
 
     model = load_model(checkpoint=args.checkpoint, device="cpu") if args.checkpoint else load_model(device="cpu")
     sets = {name: list(synthetic_dataset(args.images, (256, 256), **options))
             for name, options in HELD_OUT.items()}
     sets["DSB 2018 (real)"] = [dsb_nuclei(args.data)]
+    if args.sets:
+        sets = {name: pairs for name, pairs in sets.items() if name.split()[0] in args.sets}
     print("| set | scale | true diameter | estimate / true | point: auto | point: true | point: "
           "before | F1: auto | F1: true | F1: before |")
     print("|---|---|---|---|---|---|---|---|---|---|")
