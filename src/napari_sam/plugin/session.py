@@ -71,8 +71,7 @@ class ImageSource:
 
     volume: Volume
     limits: list | None
-    # model name -> the volume's estimated object diameter (computed once, in a worker)
-    diameters: dict = field(default_factory=dict, compare=False, repr=False)
+    _estimate: list = field(default_factory=list, compare=False, repr=False)  # computed once
 
     @classmethod
     def from_layer(cls, layer) -> ImageSource:
@@ -110,6 +109,13 @@ class ImageSource:
         axes = _LAYER_AXES[ndim] + ("c" if layer.rgb else "")
         volume = Volume(data, axes, source=f"layer {layer.name!r}")
         return cls(volume, volume_limits(volume))
+
+    def estimated_diameter(self) -> float | None:
+        """The objects' diameter, estimated once for the whole volume (see
+        :func:`~napari_sam.volume.stack.volume_diameter`); slow the first time."""
+        if not self._estimate:
+            self._estimate.append(volume_diameter(self.volume, self.limits))
+        return self._estimate[0]
 
     def plane_index(self, position) -> tuple[int, ...]:
         """The slice shown at a viewer position in data coordinates (one value per layer axis)."""
@@ -202,13 +208,8 @@ class Session:
         setting = self.settings.diameter
         if not (isinstance(setting, str) and setting == AUTO):
             return setting
-        name = self.model().name
-        spec = MODELS.get(name or "")
-        if spec is None or spec.diameter is None:
-            return None
-        if name not in source.diameters:
-            source.diameters[name] = volume_diameter(source.volume, source.limits)
-        return source.diameters[name]
+        spec = MODELS.get(self.model().name or "")
+        return None if spec is None or spec.diameter is None else source.estimated_diameter()
 
     def segmenter(self, source: ImageSource, index: tuple[int, ...]) -> Segmenter:
         """The one path (:class:`~napari_sam.Segmenter`) set to one slice; embedded tiles are
