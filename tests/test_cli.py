@@ -289,7 +289,7 @@ def test_auto_uses_the_settings_that_suit_the_default_model(image_file, tmp_path
     assert seen["pred_iou_thresh"] == recommended["pred_iou_thresh"]
     assert seen["sampler"] == recommended["sampler"]
     assert main(["auto", str(path), "-o", str(tmp_path / "l.npy"), "--points-per-side", "4",
-                 "--pred-iou-thresh", "0.9"]) == 0
+                 "--pred-iou-thresh", "0.9", "--overwrite"]) == 0
     assert seen["pred_iou_thresh"] == 0.9
     assert np.load(tmp_path / "l.npy").dtype == np.uint32
 

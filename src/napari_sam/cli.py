@@ -3,25 +3,87 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from napari_sam import image_files
 from napari_sam.engine.amg import SAMPLERS
 from napari_sam.models.registry import MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    User errors (bad files, settings, devices, missing optional packages) are one line on
+    stderr and exit status 2; Ctrl-C says what was kept and exits with 130. Programming errors
+    keep their traceback.
+    """
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_values(sys.argv[1:] if argv is None else argv))
+    started = time.time()
     try:
+        if getattr(args, "device", None) is not None:
+            _check_device(args.device)
         return args.run(args)
+    except KeyboardInterrupt:
+        kept = getattr(args, "kept", _kept_nothing)  # what a command keeps when interrupted
+        print(f"napari-sam: interrupted: {kept(args, started)}", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.partition(".")[0] == "napari_sam":
+            raise
+        package = {"PIL": "Pillow"}.get(error.name, error.name.partition(".")[0])
+        print(f"napari-sam: error: this needs the package {package!r}, which is not installed: "
+              f"pip install {package}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, RuntimeError, IndexError) as error:  # OSError: files
         print(f"napari-sam: error: {error}", file=sys.stderr)
         return 2
+
+
+def _negative_values(argv: list[str]) -> list[str]:
+    """Join an option and a value that starts with a minus sign: ``--point -5,10`` becomes
+    ``--point=-5,10``, which argparse would otherwise take for an unknown option."""
+    joined: list[str] = []
+    for token in argv:
+        previous = joined[-1] if joined else ""
+        if (re.fullmatch(r"-\.?\d.*", token) and previous.startswith("-") and "=" not in previous
+                and previous != "--"):
+            joined[-1] = f"{previous}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device this machine does not have, naming the ones it has."""
+    import torch
+
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    available = ["auto", "cpu"]
+    if cuda:
+        available += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if mps:
+        available.append("mps")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if device == "auto" or parsed is not None and (
+        parsed.type == "cpu"
+        or parsed.type == "cuda" and cuda and (parsed.index or 0) < torch.cuda.device_count()
+        or parsed.type == "mps" and mps
+    ):
+        return
+    why = " (this PyTorch was built without CUDA)" if (
+        parsed is not None and parsed.type == "cuda" and torch.version.cuda is None) else ""
+    raise ValueError(f"device {device!r} is not available here{why}: use one of "
+                     f"{', '.join(available)}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     _scale_options(segment)
     segment.add_argument("-o", "--output", type=Path, required=True,
                          help="mask file: .tif/.npy (0/1) or .png (0/255)")
+    _overwrite_option(segment)
     segment.set_defaults(run=_segment)
 
     auto = commands.add_parser(
@@ -60,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(auto)
     _scale_options(auto)
     auto.add_argument("-o", "--output", type=Path, required=True, help="label image (.tif or .npy)")
+    _overwrite_option(auto)
     auto.add_argument("--sampler", choices=SAMPLERS,
                       help="grid: Meta's point grid; boxes: one box per detected object; adaptive: "
                       "a coarse grid, then clicks only where nothing is segmented yet (default: "
@@ -83,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("source", help="zarr store, OME-zarr, tiff/OME-tiff or .npy volume")
     embed.add_argument("--cache", type=Path, required=True, help="embedding cache (a zarr group)")
     _stack_options(embed)
-    embed.set_defaults(run=_embed)
+    embed.set_defaults(run=_embed, kept=_kept_embeddings)
 
     stack = commands.add_parser(
         "segment-stack",
@@ -105,15 +169,17 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--points-per-side", type=int)
     stack.add_argument("--pred-iou-thresh", type=float)
     stack.add_argument("--stability-score-thresh", type=float)
-    stack.set_defaults(run=_segment_stack)
+    stack.set_defaults(run=_segment_stack, kept=_kept_planes)
 
     sample = commands.add_parser("sample", help="write a synthetic fluorescence nuclei image or stack")
-    sample.add_argument("output", type=Path, help="output .tif (uint16 image)")
+    sample.add_argument("output", type=Path,
+                        help="output file: .tif or .npy (uint16), or .png (16-bit grey) for one image")
     sample.add_argument("--size", type=int, help="side in pixels (default 512, or 256 for a stack)")
     sample.add_argument("--3d", dest="planes", nargs="?", type=int, const=16, metavar="PLANES",
                         help="a z-stack of PLANES planes (16 by default) instead of one image")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--labels", type=Path, help="also write the true labels here (.tif)")
+    sample.add_argument("--labels", type=Path, help="also write the true labels here (.tif or .npy)")
+    _overwrite_option(sample)
     sample.set_defaults(run=_sample)
 
     fit = commands.add_parser(
@@ -140,14 +206,21 @@ def _parser() -> argparse.ArgumentParser:
                      help="compare masks with the labels at the decoder's resolution (cheap) or "
                      "at the model's input size (sharper outlines of small objects; default low)")
     fit.add_argument("--resume", action="store_true", help="continue from OUTPUT/training_state.pt")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="start afresh even if OUTPUT holds a model.pt, replacing it")
     fit.add_argument("--validation", type=int, default=8, metavar="N",
                      help="held-out crops for validation mIoU (default 8)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.set_defaults(run=_train)
+    fit.set_defaults(run=_train, kept=_kept_checkpoint)
 
     models = commands.add_parser("models", help="list the models napari-sam knows")
     models.set_defaults(run=_models)
     return parser
+
+
+def _overwrite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (never an input)")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -239,8 +312,8 @@ def _segment_stack(args: argparse.Namespace) -> int:
     summary = segment_stack(
         args.source, args.output, model=args.model, checkpoint=args.checkpoint, device=args.device,
         axes=args.axes, z=args.z, diameter=args.diameter, tile=args.tile, halo=args.halo,
-        cache=args.cache, resume=args.resume, link=not args.no_link, workers=args.workers, scheduler=args.scheduler,
-        progress=_progress("segment"), **options,
+        cache=args.cache, resume=args.resume, link=not args.no_link, workers=args.workers,
+        scheduler=args.scheduler, progress=_progress("segment"), **options,
     )
     linked = f", {summary.objects_3d} objects in 3D" if summary.linked else ""
     print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "
@@ -255,7 +328,7 @@ def _floats(count: int):
             values = tuple(float(part) for part in parts)
         except ValueError:
             values = ()
-        if len(values) != count:
+        if len(values) != count or not all(math.isfinite(value) for value in values):
             raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers, got {text!r}")
         return values
 
@@ -273,7 +346,9 @@ def _segmenter(args: argparse.Namespace, **automatic):
 def _segment(args: argparse.Namespace) -> int:
     if not (args.point or args.negative or args.box):
         raise ValueError("give at least one prompt: --point ROW,COL, --negative ROW,COL or --box")
-    image = read_image(args.image)
+    image_files.check_output(args.output, image_files.MASK_FORMATS, what="the mask",
+                             inputs=(args.image, args.checkpoint), overwrite=args.overwrite)
+    image = image_files.read_image(args.image)
     start = time.perf_counter()
     segmenter = _segmenter(args)
     segmenter.set_image(image)
@@ -285,7 +360,7 @@ def _segment(args: argparse.Namespace) -> int:
         multimask=len(points) == 1 and args.box is None,  # one click is ambiguous
     )
     best = int(np.argmax(scores))
-    write_mask(args.output, masks[best])
+    image_files.write_mask(args.output, masks[best])
     print(
         f"{args.output}: {int(masks[best].sum())} pixels, predicted IoU {scores[best]:.3f}; "
         f"{segmenter.describe_scale()} ({time.perf_counter() - start:.1f} s)"
@@ -294,9 +369,9 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _auto(args: argparse.Namespace) -> int:
-    image = read_image(args.image)
-    if args.output.suffix.lower() not in (".tif", ".tiff", ".npy"):
-        raise ValueError(f"write the labels to a .tif or .npy file, not {args.output.name!r}")
+    image_files.check_output(args.output, image_files.LABEL_FORMATS, what="the labels",
+                             inputs=(args.image, args.checkpoint), overwrite=args.overwrite)
+    image = image_files.read_image(args.image)
     start = time.perf_counter()
     segmenter = _segmenter(args, **{
         option: getattr(args, option)
@@ -306,12 +381,7 @@ def _auto(args: argparse.Namespace) -> int:
     })
     segmenter.set_image(image)
     labels = segmenter.segment_all()
-    if args.output.suffix.lower() == ".npy":
-        np.save(args.output, labels)
-    else:
-        import tifffile
-
-        tifffile.imwrite(args.output, labels)
+    image_files.write_array(args.output, labels)
     print(f"{args.output}: {labels.max()} objects; {segmenter.describe_scale()} "
           f"({time.perf_counter() - start:.1f} s)")
     return 0
@@ -324,11 +394,41 @@ def _pair(text: str) -> tuple[Path, Path]:
     return Path(image), Path(labels)
 
 
+#: What ``train`` writes into its output folder.
+TRAINING_FILES = ("model.pt", "model.json", "training_state.pt")
+
+
+def _check_training_output(args: argparse.Namespace) -> None:
+    """Refuse to replace an earlier model or an input with the files ``train`` writes."""
+    folder = args.output
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"{str(folder)!r} is a file: -o takes a folder for {', '.join(TRAINING_FILES)}")
+    # With --resume the run continues from its own model.pt, which may also be the checkpoint.
+    inputs = [path for pair in args.pairs for path in pair]
+    if not args.resume and args.checkpoint is not None:
+        inputs.append(args.checkpoint)
+    for name in TRAINING_FILES:
+        for source in inputs:
+            if image_files.same_file(folder / name, source):
+                raise ValueError(
+                    f"{str(source)!r} is an input of this command and would be replaced by the "
+                    f"{name} it writes: choose another output folder (or --resume the run that "
+                    "wrote it)"
+                )
+    if (folder / "model.pt").exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(
+            f"{str(folder / 'model.pt')!r} exists (an earlier fine-tuned model): pass --resume to "
+            "continue its training, --overwrite to replace it, or choose another folder"
+        )
+
+
 def _train(args: argparse.Namespace) -> int:
     from napari_sam import load_model
     from napari_sam.training.data import LabelledSlices
     from napari_sam.training.trainer import train
 
+    _check_training_output(args)
     model = load_model(args.model, args.checkpoint, args.device)
     data = LabelledSlices(args.pairs, crop_size=model.img_size)
     validation = data.held_out(args.validation, seed=args.seed + 1) if args.validation else None
@@ -348,18 +448,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    import tifffile
-
     from napari_sam.training.synthetic import synthetic_nuclei
 
     if args.planes is None:
-        shape = (args.size or 512,) * 2
+        shape, formats = (args.size or 512,) * 2, image_files.IMAGE_FORMATS
     else:
-        shape = (args.planes, *(args.size or 256,) * 2)
-    image, labels = synthetic_nuclei(shape, seed=args.seed)
-    tifffile.imwrite(args.output, image)
+        shape, formats = (args.planes, *(args.size or 256,) * 2), image_files.STACK_FORMATS
+    image_files.check_output(args.output, formats, what="a uint16 image" if args.planes is None
+                             else "a stack", overwrite=args.overwrite)
     if args.labels is not None:
-        tifffile.imwrite(args.labels, labels)
+        image_files.check_output(args.labels, image_files.LABEL_FORMATS, what="the labels",
+                                 inputs=(args.output,), overwrite=args.overwrite)
+    image, labels = synthetic_nuclei(shape, seed=args.seed)
+    image_files.write_array(args.output, image)
+    if args.labels is not None:
+        image_files.write_array(args.labels, labels)
     print(f"{args.output}: {image.shape} {image.dtype}, {labels.max()} nuclei")
     return 0
 
@@ -370,35 +473,38 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read a 2D image file (.tif/.tiff, .npy, or anything Pillow reads)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        return tifffile.imread(path)
-    if suffix == ".npy":
-        return np.load(path)
-    from PIL import Image
-
-    return np.asarray(Image.open(path))
+# --------------------------------------------------------------------------- #
+# what an interrupted command leaves behind
+# --------------------------------------------------------------------------- #
+def _kept_nothing(args: argparse.Namespace, started: float) -> str:
+    return "nothing was written"  # every file is written whole under a temporary name
 
 
-def write_mask(path: Path, mask: np.ndarray) -> None:
-    """Write a boolean mask: 0/1 uint8 for .tif/.npy, 0/255 for image formats."""
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
+def _kept_planes(args: argparse.Namespace, started: float) -> str:
+    from napari_sam.volume.stack import RECORD
 
-        tifffile.imwrite(path, mask.astype(np.uint8))
-    elif suffix == ".npy":
-        np.save(path, mask.astype(np.uint8))
-    else:
-        from PIL import Image
+    done = args.output / RECORD / "done"
+    if not done.is_dir():
+        return "nothing was written" if not args.output.exists() else (
+            f"{str(args.output)!r} is incomplete: delete it and run the same command again")
+    finished = sum(1 for marker in done.iterdir() if marker.name.isdigit())
+    return (f"{finished} planes of {str(args.output)!r} are finished and kept; run the same "
+            "command with --resume to continue")
 
-        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+
+def _kept_embeddings(args: argparse.Namespace, started: float) -> str:
+    if not args.cache.exists():
+        return "nothing was written"
+    return (f"the tiles embedded so far are kept in {str(args.cache)!r}; run the same command "
+            "again to embed the rest")
+
+
+def _kept_checkpoint(args: argparse.Namespace, started: float) -> str:
+    state = args.output / "training_state.pt"
+    if not state.is_file() or state.stat().st_mtime < started:
+        return "nothing was written"
+    return (f"the last checkpoint is kept in {str(args.output)!r}; run the same command with "
+            "--resume to continue")
 
 
 if __name__ == "__main__":
