@@ -184,10 +184,9 @@ class AutomaticWidget(QWidget):
             flag.check()
 
         def job():
-            try:
+            try:  # the session's model: one copy in memory, and the weights prompts use
                 return segment_stack(
-                    source.volume, output, model=None if settings.checkpoint else settings.model,
-                    checkpoint=settings.checkpoint, device=settings.device,
+                    source.volume, output, model=session.model(),
                     diameter=settings.diameter, tile=settings.tile, halo=settings.halo,
                     cache=settings.cache, resume=resume, link=link, progress=progress, **options)
             except Cancelled:

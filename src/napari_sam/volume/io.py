@@ -6,6 +6,8 @@ Nothing here loads a whole volume: :func:`open_volume` reads metadata only, and
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ import dask.array as da
 import numpy as np
 import tifffile
 import zarr
+from zarr.storage import LocalStore
 
 from napari_sam.engine.image import DEFAULT_PERCENTILES, intensity_range
 
@@ -43,6 +46,8 @@ class Volume:
         One letter per axis of ``data`` from ``'tczyx'``, each at most once, with ``y`` and ``x``.
     source : str
         A short description: the path, or ``'numpy array'``.
+    path : str, optional
+        The file or folder the data is read from, when there is one.
 
     Examples
     --------
@@ -54,6 +59,7 @@ class Volume:
     data: Any
     axes: str
     source: str = "array"
+    path: str | None = None
 
     def __post_init__(self):
         check_axes(self.axes, self.data.shape)
@@ -138,6 +144,20 @@ class Volume:
         )
         return values.reshape(-1, self.channels) if self.channels else values.reshape(-1)
 
+    def fingerprint(self, sample: np.ndarray | None = None) -> str:
+        """A hash of the volume's shape, type, axes and :meth:`sample`: the same data gives the
+        same fingerprint wherever it is stored; other data almost surely another.
+
+        Parameters
+        ----------
+        sample : ndarray, optional
+            The result of :meth:`sample` with its defaults, when the caller has it already.
+        """
+        sample = self.sample() if sample is None else sample
+        digest = hashlib.sha256(f"{self.shape} {self.dtype.str} {self.axes}".encode())
+        digest.update(np.ascontiguousarray(sample).tobytes())
+        return digest.hexdigest()[:32]
+
     def _read(self, index: int | tuple[int, ...], rows: slice, cols: slice) -> np.ndarray:
         """Read ``[rows, cols]`` of the plane at ``index`` as ``(y, x[, c])``."""
         position = iter(self._plane_index(index))
@@ -199,10 +219,14 @@ def open_volume(
     >>> open_volume(np.zeros((10, 2, 64, 64), np.uint16))
     Volume('numpy array', axes='zcyx', shape=(10, 2, 64, 64), dtype=uint16)
     """
+    path = None
     if isinstance(source, (str, os.PathLike)):
-        data, found, description = _open_path(Path(source).expanduser(), axes)
+        path = Path(source).expanduser()
+        data, found, description = _open_path(path, axes)
     elif isinstance(source, zarr.Array):
         data, found, description = source, _zarr_axes(source), f"zarr array {source.store_path}"
+        if isinstance(source.store, LocalStore):
+            path = Path(source.store.root) / source.path
     elif isinstance(source, (np.ndarray, da.Array)):
         data, found = source, None
         description = "dask array" if isinstance(source, da.Array) else "numpy array"
@@ -210,25 +234,28 @@ def open_volume(
         raise TypeError(f"cannot open a {type(source).__name__}; {_SUPPORTED}")
     if axes is None:
         axes = found or guess_axes(data.shape)
-    return Volume(data, axes.lower(), description)
+    return Volume(data, axes.lower(), description, None if path is None else str(path))
 
 
 def guess_axes(shape: tuple[int, ...]) -> str:
     """Guess the axes of an array from its shape alone.
 
     2D is ``'yx'``; 3D is ``'yxc'`` (RGB/RGBA) when the last axis has 3 or 4 entries, else
-    ``'zyx'``; 4D is ``'zcyx'`` when axis 1 has at most 4 entries and axis 0 more, else
-    ``'tzyx'``; 5D is ``'tczyx'``.
+    ``'zyx'``; 4D is ``'zyxc'`` (an RGB/RGBA z-stack) when the last axis has 3 or 4 entries and
+    the middle two more than 4, ``'zcyx'`` when axis 1 has at most 4 entries and axis 0 more,
+    else ``'tzyx'``; 5D is ``'tczyx'``.
 
     Examples
     --------
-    >>> guess_axes((512, 512, 3)), guess_axes((30, 2, 512, 512))
-    ('yxc', 'zcyx')
+    >>> guess_axes((512, 512, 3)), guess_axes((30, 2, 512, 512)), guess_axes((10, 64, 64, 3))
+    ('yxc', 'zcyx', 'zyxc')
     """
     _check_ndim(shape)
     if len(shape) == 3:
         return "yxc" if shape[-1] in (3, 4) else "zyx"
     if len(shape) == 4:
+        if shape[-1] in (3, 4) and min(shape[1:3]) > 4:
+            return "zyxc"
         return "zcyx" if shape[1] <= 4 < shape[0] else "tzyx"
     return {2: "yx", 5: "tczyx"}[len(shape)]
 
@@ -258,9 +285,20 @@ def check_axes(axes: str, shape: tuple[int, ...]) -> None:
 
 
 def intensity_limits(
-    volume: Volume, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    volume: Volume,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    *,
+    sample: np.ndarray | None = None,
 ) -> np.ndarray:
     """Robust intensity limits of a whole volume, from :meth:`Volume.sample`.
+
+    Parameters
+    ----------
+    volume : Volume
+    percentiles : (low, high)
+        Percentiles of the sampled values mapped to 0 and 255.
+    sample : ndarray, optional
+        ``volume.sample()``, when the caller has read it already.
 
     Returns
     -------
@@ -268,7 +306,8 @@ def intensity_limits(
         Low and high limit (per channel when the volume has channels), for
         :func:`napari_sam.engine.image.to_rgb_uint8` so that all planes are scaled alike.
     """
-    limits = intensity_range(volume.sample().reshape(-1, volume.channels or 1), percentiles)
+    sample = volume.sample() if sample is None else sample
+    limits = intensity_range(sample.reshape(-1, volume.channels or 1), percentiles)
     return limits if volume.channels else limits[:, 0]
 
 
@@ -295,11 +334,14 @@ def _open_path(path: Path, axes: str | None) -> tuple[Any, str | None, str]:
         )
     if path.is_dir():
         if not any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup")):
+            tiffs = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+            hint = (f"; it holds {len(tiffs)} tiff file(s): open one of them, e.g. "
+                    f"{path / tiffs[0]}, or stack them into one file first" if tiffs else "")
             raise ValueError(
-                f"{path} is a directory but not a zarr store (no zarr.json, .zarray or .zgroup); "
-                + _SUPPORTED
+                f"{path} is a directory but not a zarr store (no zarr.json, .zarray or .zgroup)"
+                f"{hint}; {_SUPPORTED}"
             )
-        node = zarr.open(path, mode="r")
+        node = _open_zarr(path)
         if isinstance(node, zarr.Group):
             return (*_image_in_group(node, path, axes), str(path))
         return node, _zarr_axes(node), str(path)
@@ -327,7 +369,14 @@ def _image_in_group(
                 f"the OME-zarr axes {names} of {path} do not map to 'tczyx'; pass axes= with one "
                 "of t, c, z, y, x for each"
             )
-        return group[image["datasets"][0]["path"]], found
+        dataset = str(image["datasets"][0]["path"])
+        if not (path / dataset).is_dir():
+            raise FileNotFoundError(
+                f"the OME-zarr {path} names {dataset!r} as its full-resolution dataset, but "
+                f"{path / dataset} does not exist: the image is incomplete (copied in part?); "
+                "copy it again, or open the dataset that is there"
+            )
+        return _open_zarr(path / dataset), found
     arrays, groups = sorted(group.array_keys()), sorted(group.group_keys())
     if len(arrays) == 1:
         return group[arrays[0]], _zarr_axes(group[arrays[0]])
@@ -337,6 +386,41 @@ def _image_in_group(
         f"{path} is a zarr group without OME-zarr 'multiscales' metadata and holds {contents}, "
         f"not exactly one array; open the array (or image group) you mean{example}"
     )
+
+
+def open_zarr_array(path: str | os.PathLike, mode: str = "r") -> zarr.Array:
+    """``zarr.open_array(path, mode=mode)``, or an error that names a damaged metadata file.
+
+    Raises
+    ------
+    ValueError
+        The metadata is not valid JSON or not zarr metadata, or ``path`` holds a group.
+    """
+    node = _open_zarr(Path(path), mode)
+    if not isinstance(node, zarr.Array):
+        raise ValueError(f"{path} is a zarr group, not an array")
+    return node
+
+
+def _open_zarr(path: Path, mode: str = "r") -> zarr.Array | zarr.Group:
+    """The zarr array or group at ``path``; damaged metadata is reported with its file."""
+    try:
+        return zarr.open(path, mode=mode)
+    except (ValueError, KeyError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        for file in (path / name for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs")):
+            if not file.is_file():
+                continue
+            try:
+                json.loads(file.read_bytes())
+            except ValueError as bad:  # also UnicodeDecodeError
+                raise ValueError(
+                    f"{file} is not valid JSON ({bad}): the zarr store {path} is damaged; "
+                    "restore that file from a copy, or write the store again"
+                ) from error
+        raise ValueError(
+            f"the zarr metadata of {path} is not valid ({type(error).__name__}: {error}); "
+            "restore it from a copy, or write the store again"
+        ) from error
 
 
 def _zarr_axes(array: zarr.Array) -> str | None:

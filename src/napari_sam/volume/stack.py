@@ -7,29 +7,43 @@ and do not depend on the order in which planes finish. A plane counts as done on
 marker file is written after its chunk, so a run killed at any moment resumes where it stopped
 and loses no finished plane. Linking then gives objects that continue through z one id, in
 place and idempotently (:func:`napari_sam.volume.linking.link_slices`).
+
+Everything that can be checked is checked before the output is created, and the output is
+created whole (array and run record in a hidden sibling folder, then renamed into place), so a
+failed or killed start leaves nothing behind. The run record identifies the source by content
+and the model by its weights: a resume from other data or with other weights is refused.
+Worker processes end with the process that started them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import importlib.util
 import json
 import os
+import shutil
+import signal
+import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_sam.engine.embeddings import EmbeddingStore
+from napari_sam.engine.amg import AutomaticMaskGenerator
+from napari_sam.engine.embeddings import EmbeddingStore, model_fingerprint
 from napari_sam.engine.image import rescale_to_uint8, to_rgb_uint8
 from napari_sam.engine.scale import check_diameter, estimate_diameter, object_diameters
 from napari_sam.engine.segmenter import AUTO, Segmenter
 from napari_sam.models.loading import load_model
-from napari_sam.models.registry import DEFAULT_MODEL, MODELS
-from napari_sam.models.weights import identify, read_state_dict
-from napari_sam.volume.io import Volume, intensity_limits, open_volume
+from napari_sam.models.registry import MODELS
+from napari_sam.volume.io import Volume, intensity_limits, open_volume, open_zarr_array
 from napari_sam.volume.linking import link_slices
 
 RECORD = ".napari_sam"  # folder inside the output array: run settings and one marker per plane
@@ -37,13 +51,15 @@ RECORD = ".napari_sam"  # folder inside the output array: run settings and one m
 
 @dataclass(frozen=True)
 class StackJob:
-    """Everything a worker needs to segment one plane (picklable, for dask)."""
+    """Everything a worker needs to segment one plane (picklable, for dask, unless ``loaded``)."""
 
     volume: Volume
     output: str
-    model: str | None
+    model: str  # the registry name
     checkpoint: str | None
     device: str
+    weights: str  # fingerprint of the model's weights
+    source: str  # fingerprint of the volume (Volume.fingerprint)
     limits: list | None
     diameter: float | None
     estimated: bool  # the diameter is the volume's estimate (or None: too few objects)
@@ -52,13 +68,28 @@ class StackJob:
     cache: str | None
     stride: int
     options: dict[str, Any] = field(default_factory=dict)
+    loaded: Any = field(default=None, compare=False, repr=False)  # the model, in serial runs
 
     def segmenter(self) -> Segmenter:
         """The one path (:class:`~napari_sam.Segmenter`) with this job's settings; the model
         is loaded once per process."""
-        model = _loaded_model(self.model, self.checkpoint, self.device,
-                              _file_identity(self.checkpoint))
-        store = EmbeddingStore(self.cache) if self.cache else None
+        return self._segmenter(EmbeddingStore(self.cache) if self.cache else None)
+
+    def check(self, plane: int) -> None:
+        """Raise now what would otherwise fail on the first plane: the diameter for the model,
+        the generator settings, tiles that do not fit the plane of index ``plane``, a cache
+        that cannot be opened."""
+        segmenter = self._segmenter(None)
+        AutomaticMaskGenerator(segmenter.model, enlarge=False, **segmenter.automatic)
+        segmenter.set_image(plane_rgb(self.volume, plane, self.limits))  # embeds nothing
+        if self.cache:
+            EmbeddingStore(self.cache)
+
+    def _segmenter(self, store: EmbeddingStore | None) -> Segmenter:
+        model = self.loaded
+        if model is None:
+            model = _loaded_model(self.model, self.checkpoint, self.device,
+                                  _file_identity(self.checkpoint))
         return Segmenter(model, diameter=self.diameter, tile=self.tile, halo=self.halo,
                          store=store, automatic=self.options, estimated=self.estimated)
 
@@ -81,7 +112,7 @@ def segment_stack(
     source,
     output: str | os.PathLike,
     *,
-    model: str | None = None,
+    model=None,
     checkpoint: str | os.PathLike | None = None,
     device: str = "auto",
     axes: str | None = None,
@@ -105,9 +136,12 @@ def segment_stack(
         Anything :func:`napari_sam.volume.open_volume` opens.
     output : path
         The zarr array to write: same plane axes and plane size as ``source``, one chunk per
-        plane. It must not exist unless ``resume`` is given.
-    model, checkpoint, device : str, optional
-        As in :func:`napari_sam.load_model`.
+        plane. It must not exist unless ``resume`` is given, nor lie inside the source.
+    model : str or Sam, optional
+        A registry name as in :func:`napari_sam.load_model`, or a model loaded already (serial
+        runs only: workers load their own).
+    checkpoint, device : str, optional
+        As in :func:`napari_sam.load_model`; not with a loaded ``model``.
     axes : str, optional
         Axes of ``source`` when the guess is wrong.
     z : slice or range, optional
@@ -119,13 +153,15 @@ def segment_stack(
         Tiles of the resampled planes and their context (default: the model's input size and
         an eighth of it).
     cache : path, optional
-        An :class:`~napari_sam.engine.embeddings.EmbeddingStore` to reuse embeddings from.
+        An :class:`~napari_sam.engine.embeddings.EmbeddingStore` to reuse embeddings from; a
+        folder of its own, apart from the source and the output.
     resume : bool
-        Continue an output written before with the same settings, skipping finished planes.
+        Continue an output written before from the same source (by content) with the same
+        model weights and settings, skipping finished planes.
     link : bool
         Give objects continuing through neighbouring planes one id (z stacks only).
     workers : int, optional
-        Segment planes in this many local processes with dask.
+        Segment planes in this many local processes with dask; they end if this process dies.
     scheduler : str, optional
         Address of a ``dask.distributed`` scheduler to run the planes on.
     progress : callable, optional
@@ -141,27 +177,39 @@ def segment_stack(
     Raises
     ------
     FileExistsError
-        ``output`` exists and ``resume`` is not given, or it does not fit this run.
+        ``output`` exists and ``resume`` is not given, or it does not fit this run (another
+        source, other weights or settings).
     ValueError
-        Bad axes or plane range, or a source that is not an image volume.
+        Bad axes, a plane range that selects no plane, bad settings, ``workers`` or
+        ``scheduler``, a source that is not an image volume, or paths that overlap.
+
+    No output is created when one of these is raised.
     """
     start = time.perf_counter()
+    serial = _check_parallel(model, workers, scheduler)
     volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
     if len(volume.planes) > 1:
         raise ValueError(
             f"segment_stack takes one plane axis (z), the volume has {volume.axes!r}: select a "
             "time point or channel first, e.g. open_volume(path).data[t]"
         )
-    n_planes = volume.n_planes
-    todo = list(range(n_planes))[z] if z is not None else list(range(n_planes))
+    todo = _planes(volume, z)
+    _check_paths(source=volume.path, output=output, cache=cache)
     job = _job(volume, output, model=model, checkpoint=checkpoint, device=device,
-               diameter=diameter, tile=tile, halo=halo, cache=cache, options=amg_options)
-    labels = _open_output(job, volume, resume)
-    done = _done(job.output)
-    remaining = [p for p in todo if p not in done]
-    if progress is not None:
-        progress(len(todo) - len(remaining), len(todo))
-    objects = _run(job, remaining, workers, scheduler, progress, len(todo) - len(remaining), len(todo))
+               diameter=diameter, tile=tile, halo=halo, cache=cache, options=amg_options,
+               keep_model=serial)
+    job.check(todo[0])
+    record = _record(job)
+    if Path(job.output).exists():
+        _check_resumable(Path(job.output), record, resume)
+    with _client(scheduler) as client:
+        labels = _open_output(job, record)
+        done = _done(job.output)
+        remaining = [p for p in todo if p not in done]
+        if progress is not None:
+            progress(len(todo) - len(remaining), len(todo))
+        objects = _run(job, remaining, workers, client, progress, len(todo) - len(remaining),
+                       len(todo))
     linked = link and bool(volume.planes) and volume.n_planes > 1
     objects_3d = link_slices(labels).n_objects_3d if linked else None
     return StackSummary(planes=len(todo), segmented=len(remaining),
@@ -171,22 +219,97 @@ def segment_stack(
 
 
 def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, halo, cache,
-         options) -> StackJob:
-    """The settings of a run over ``volume``, with its limits and diameter resolved once."""
-    checkpoint = None if checkpoint is None else str(checkpoint)
-    limits = volume_limits(volume)
-    spec = MODELS.get(model_name(model, checkpoint))
+         options, keep_model: bool) -> StackJob:
+    """The settings of a run over ``volume``: the model loaded (kept in the job when
+    ``keep_model``), the source's limits, fingerprint and diameter resolved once."""
+    loaded, checkpoint = _model(model, checkpoint, device)
+    sample = volume.sample()
+    limits = volume_limits(volume, sample)
+    spec = MODELS.get(loaded.name or "")
     estimated = isinstance(diameter, str) and diameter == AUTO
     if estimated:
         estimated = spec is not None and spec.diameter is not None
         diameter = volume_diameter(volume, limits) if estimated else None
     elif diameter is not None:
         diameter = check_diameter(diameter, volume.plane_shape)
-    return StackJob(volume=volume, output=str(output), model=model, checkpoint=checkpoint,
-                    device=device, limits=limits, diameter=diameter, estimated=estimated,
-                    tile=tile, halo=halo,
+    return StackJob(volume=volume, output=str(output), model=loaded.name, checkpoint=checkpoint,
+                    device=device, weights=model_fingerprint(loaded),
+                    source=volume.fingerprint(sample), limits=limits, diameter=diameter,
+                    estimated=estimated, tile=tile, halo=halo,
                     cache=None if cache is None else str(cache),
-                    stride=2**32 // (volume.n_planes + 1), options=dict(options))
+                    stride=2**32 // (volume.n_planes + 1), options=dict(options),
+                    loaded=loaded if keep_model else None)
+
+
+def _model(model, checkpoint, device):
+    """The loaded model of a run (``model`` itself when it is one) and the checkpoint path."""
+    if model is None or isinstance(model, str):
+        checkpoint = None if checkpoint is None else str(checkpoint)
+        return _loaded_model(model, checkpoint, device, _file_identity(checkpoint)), checkpoint
+    if checkpoint is not None:
+        raise ValueError("give a loaded model or a checkpoint, not both: the model given is "
+                         "used as it is")
+    if getattr(model, "name", None) not in MODELS:
+        raise ValueError(f"the model given has no registry name (model.name is "
+                         f"{getattr(model, 'name', None)!r}): load it with napari_sam.load_model")
+    return model, None
+
+
+def _planes(volume: Volume, z: slice | range | None) -> list[int]:
+    """The planes selected by ``z``; a range that selects none is refused."""
+    planes = list(range(volume.n_planes))
+    if z is None:
+        return planes
+    selected = planes[z]
+    if not selected:
+        bounds = (z.start, z.stop) if z.step in (None, 1) else (z.start, z.stop, z.step)
+        raise ValueError(
+            f"the plane range {':'.join('' if b is None else str(b) for b in bounds)} selects no "
+            f"plane of the {volume.n_planes} planes (0 to {volume.n_planes - 1}) of "
+            f"{volume.source}: give a range within them"
+        )
+    return selected
+
+
+def _check_parallel(model, workers, scheduler) -> bool:
+    """Refuse a bad ``workers`` or ``scheduler`` now; returns whether the run is serial."""
+    whole = isinstance(workers, (int, np.integer)) and not isinstance(workers, bool)
+    if workers is not None and not (whole and workers >= 1):
+        raise ValueError(f"workers must be a number of processes, 1 or more, not {workers!r} "
+                         "(leave it out to segment in this process)")
+    if workers is not None and scheduler is not None:
+        raise ValueError("give workers (local processes) or scheduler (a dask.distributed "
+                         "cluster), not both")
+    if scheduler is not None and importlib.util.find_spec("distributed") is None:
+        raise ValueError(f"scheduler={scheduler!r} needs dask.distributed, which is not "
+                         "installed: pip install distributed, or use workers instead")
+    serial = workers is None and scheduler is None
+    if not serial and not (model is None or isinstance(model, str)):
+        raise ValueError("a loaded model runs in this process only: give the model's name "
+                         "(and checkpoint) for workers or a scheduler, which load their own")
+    return serial
+
+
+def _check_paths(*, source: str | None, output: str | os.PathLike | None,
+                 cache: str | os.PathLike | None) -> None:
+    """Refuse a cache that is, holds or lies in the source or the output, and an output that
+    is, holds or lies in the source: each would write into the other."""
+    def overlap(inner, outer) -> str | None:
+        if inner is None or outer is None:
+            return None
+        a, b = Path(inner).expanduser().resolve(), Path(outer).expanduser().resolve()
+        return ("the same path as" if a == b else "inside" if b in a.parents
+                else "a folder holding" if a in b.parents else None)
+
+    for what, path, other, name, fix in (
+        ("the cache", cache, source, "the source", "a cache folder of its own"),
+        ("the cache", cache, output, "the output", "a cache folder of its own"),
+        ("the output", output, source, "the source", "an output outside the source"),
+    ):
+        relation = overlap(path, other)
+        if relation is not None:
+            raise ValueError(f"{what} {str(path)!r} is {relation} {name} {str(other)!r}: it "
+                             f"would write into it; choose {fix}")
 
 
 def _describe_scale(job: StackJob) -> str:
@@ -196,14 +319,6 @@ def _describe_scale(job: StackJob) -> str:
                     "their own pixels; give --diameter to be sure")
         return "planes kept at their own pixels"
     return f"object diameter {job.diameter:.1f} px ({'estimated' if job.estimated else 'given'})"
-
-
-def model_name(model: str | None, checkpoint: str | os.PathLike | None) -> str | None:
-    """The registry architecture of a run: ``model``, recognised from ``checkpoint``, or the
-    default model."""
-    if model is not None:
-        return model
-    return identify(read_state_dict(checkpoint)) if checkpoint is not None else DEFAULT_MODEL
 
 
 def volume_diameter(volume: Volume, limits=None, *, max_planes: int = 3) -> float | None:
@@ -234,9 +349,7 @@ def segment_one(job: StackJob, plane: int) -> int:
         raise ValueError(f"plane {plane} has {count} objects, more than the {job.stride - 1} "
                          "ids a plane can use in this volume")
     labels[labels > 0] += np.uint32(plane * job.stride)
-    import zarr
-
-    output = zarr.open_array(job.output, mode="r+")  # opened anew: the folder may be new too
+    output = open_zarr_array(job.output, mode="r+")  # opened anew: the folder may be new too
     if job.volume.planes:
         output[plane] = labels
     else:
@@ -245,9 +358,12 @@ def segment_one(job: StackJob, plane: int) -> int:
     return count
 
 
-def volume_limits(volume: Volume) -> list | None:
-    """Intensity limits for the whole volume (None for uint8, which SAM takes as it is)."""
-    return None if volume.dtype == np.uint8 else np.asarray(intensity_limits(volume)).tolist()
+def volume_limits(volume: Volume, sample: np.ndarray | None = None) -> list | None:
+    """Intensity limits for the whole volume (None for uint8, which SAM takes as it is), from
+    ``sample`` (:meth:`Volume.sample`) when given."""
+    if volume.dtype == np.uint8:
+        return None
+    return np.asarray(intensity_limits(volume, sample=sample)).tolist()
 
 
 def plane_rgb(volume: Volume, plane: int, limits) -> np.ndarray:
@@ -259,7 +375,7 @@ def plane_rgb(volume: Volume, plane: int, limits) -> np.ndarray:
     return to_rgb_uint8(rescale_to_uint8(image if image.ndim == 3 else image[..., None], limits))
 
 
-def embed_stack(source, cache: str | os.PathLike, *, model: str | None = None,
+def embed_stack(source, cache: str | os.PathLike, *, model=None,
                 checkpoint: str | os.PathLike | None = None, device: str = "auto",
                 axes: str | None = None, z: slice | range | None = None,
                 diameter: float | str | None = AUTO, tile: int | None = None,
@@ -268,7 +384,8 @@ def embed_stack(source, cache: str | os.PathLike, *, model: str | None = None,
     """Compute the embeddings of every plane's tiles into an embedding store, ahead of time.
 
     Arguments as in :func:`segment_stack`; :func:`segment_stack` and the napari plugin with the
-    same model, diameter, tiling and ``cache`` then compute no embedding again.
+    same model, diameter, tiling and ``cache`` then compute no embedding again. ``cache`` must
+    not be, hold or lie inside the source.
 
     Returns
     -------
@@ -278,9 +395,10 @@ def embed_stack(source, cache: str | os.PathLike, *, model: str | None = None,
         The object diameter used, for a user.
     """
     volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
-    planes = list(range(volume.n_planes))[z] if z is not None else list(range(volume.n_planes))
+    planes = _planes(volume, z)
+    _check_paths(source=volume.path, output=None, cache=cache)
     job = _job(volume, "", model=model, checkpoint=checkpoint, device=device, diameter=diameter,
-               tile=tile, halo=halo, cache=cache, options={})
+               tile=tile, halo=halo, cache=cache, options={}, keep_model=True)
     segmenter = job.segmenter()
     for done, plane in enumerate(planes, 1):
         segmenter.set_image(plane_rgb(volume, plane, job.limits))
@@ -305,52 +423,103 @@ def _file_identity(path: str | None) -> tuple | None:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _open_output(job: StackJob, volume: Volume, resume: bool):
+def _record(job: StackJob) -> dict:
+    """What a resume must match, as JSON values: the source by content, the model by its
+    weights, the settings that change labels; and, for people, the paths and device."""
+    volume = job.volume
+    record = {
+        "source": {"path": os.path.abspath(volume.path) if volume.path else volume.source,
+                   "shape": list(volume.shape),
+                   "dtype": volume.dtype.str, "axes": volume.axes, "fingerprint": job.source},
+        "shape": list(volume.planes) + list(volume.plane_shape),
+        "model": job.model, "weights": job.weights, "checkpoint": job.checkpoint,
+        "device": job.device, "cache": job.cache,
+        "limits": job.limits, "diameter": job.diameter, "estimated": job.estimated,
+        "tile": job.tile, "halo": job.halo, "stride": job.stride, "options": job.options,
+    }
+    return json.loads(json.dumps(record, default=str))
+
+
+def _open_output(job: StackJob, record: dict):
+    """The output array: the existing one (checked by :func:`_check_resumable`), or a new one
+    made whole in a hidden sibling folder and renamed into place, so that no half-made output
+    is ever seen at ``job.output``."""
     import zarr
 
     path = Path(job.output)
-    shape = tuple(volume.planes) + tuple(volume.plane_shape)
-    record = {k: v for k, v in asdict(job).items() if k not in ("volume", "output")}
-    record["source"] = volume.source
-    record["shape"] = list(shape)
     if path.exists():
-        if not resume:
-            raise FileExistsError(
-                f"{str(path)!r} exists: pass resume=True (--resume) to continue it, or choose "
-                "another output"
-            )
-        _check_resumable(path, shape, record)
-        return zarr.open_array(str(path), mode="r+")
-    chunks = (1,) * len(volume.planes) + tuple(volume.plane_shape)
+        return open_zarr_array(path, mode="r+")
+    building = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.incomplete"
     try:
-        labels = zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype="uint32",
-                                   fill_value=0)
-        (path / RECORD / "done").mkdir(parents=True)
-        _write_json(path / RECORD / "run.json", record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        building.mkdir()
     except OSError as error:
         raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
-    return labels
+    try:
+        zarr.create_array(store=str(building), shape=tuple(record["shape"]),
+                          chunks=(1,) * len(job.volume.planes) + tuple(job.volume.plane_shape),
+                          dtype="uint32", fill_value=0)
+        (building / RECORD / "done").mkdir(parents=True)
+        _write_json(building / RECORD / "run.json", record)
+        os.rename(building, path)  # fails if another run created the output meanwhile
+    except BaseException as error:
+        shutil.rmtree(building, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
+        raise
+    return open_zarr_array(path, mode="r+")
 
 
-def _check_resumable(path: Path, shape: tuple, record: dict) -> None:
+def _check_resumable(path: Path, record: dict, resume: bool) -> None:
+    """Refuse to continue the existing output ``path`` unless ``resume`` and it was written
+    from the same source with the same weights and settings as ``record``."""
+    if not resume:
+        raise FileExistsError(
+            f"{str(path)!r} exists: pass resume=True (--resume) to continue it, or choose "
+            "another output"
+        )
     run_file = path / RECORD / "run.json"
     if not run_file.is_file():
         raise FileExistsError(f"{str(path)!r} exists but is not a napari-sam stack output; "
                               "choose another output")
-    before = json.loads(run_file.read_text())
-    if before.get("shape") != list(shape):
+    try:
+        before = json.loads(run_file.read_text())
+    except ValueError as error:  # also UnicodeDecodeError
+        raise ValueError(
+            f"the run record {str(run_file)!r} is damaged ({error}), so {str(path)!r} cannot be "
+            "resumed safely: delete the output and run again, or choose another output"
+        ) from error
+    if not isinstance(before, dict):
+        raise ValueError(f"the run record {str(run_file)!r} is not a napari-sam run record: "
+                         "delete the output and run again, or choose another output")
+    if before.get("shape") != record["shape"]:
         raise FileExistsError(
-            f"{str(path)!r} holds a volume of shape {tuple(before.get('shape', ()))}, this run "
-            f"writes {shape}: choose another output"
+            f"{str(path)!r} holds a volume of shape {tuple(before.get('shape') or ())}, this run "
+            f"writes {tuple(record['shape'])}: choose another output"
         )
-    # The source may have moved, and the cache and device do not change the labels.
-    changed = sorted(k for k in record
-                     if k not in ("source", "cache", "device") and before.get(k) != record[k])
+    source = before.get("source")
+    if not isinstance(source, dict) or source.get("fingerprint") != record["source"]["fingerprint"]:
+        raise FileExistsError(
+            f"{str(path)!r} was written from another source ({_describe_source(source)}) than "
+            f"this run reads ({_describe_source(record['source'])}): the source differs; "
+            "resume with the source it was written from, or choose another output"
+        )
+    # Paths may have moved (the fingerprints decide), and the cache and device do not change
+    # the labels.
+    changed = sorted(k for k in record if k not in ("source", "checkpoint", "cache", "device")
+                     and before.get(k) != record[k])
     if changed:
         raise FileExistsError(
             f"{str(path)!r} was written with other settings ({', '.join(changed)}): resume with "
             "the same settings, or choose another output"
         )
+
+
+def _describe_source(source) -> str:
+    if not isinstance(source, dict):
+        return repr(source)
+    return (f"{source.get('path')!r}, shape {tuple(source.get('shape') or ())}, "
+            f"{np.dtype(source.get('dtype', '|V0')).name}")
 
 
 def _done(output: str) -> set[int]:
@@ -364,7 +533,21 @@ def _write_json(path: Path, record: dict) -> None:
     os.replace(temporary, path)
 
 
-def _run(job: StackJob, planes: list[int], workers, scheduler, progress, done: int, total: int) -> int:
+@contextlib.contextmanager
+def _client(scheduler: str | None):
+    """A ``dask.distributed`` client of ``scheduler`` (None without one), connected before
+    the output is created, so that a wrong address leaves nothing behind."""
+    if scheduler is None:
+        yield None
+        return
+    from distributed import Client
+
+    with Client(scheduler) as client:
+        yield client
+
+
+def _run(job: StackJob, planes: list[int], workers, client, progress, done: int,
+         total: int) -> int:
     """Segment ``planes`` serially, in local dask processes, or on a dask.distributed cluster."""
     if not planes:
         return 0
@@ -375,13 +558,12 @@ def _run(job: StackJob, planes: list[int], workers, scheduler, progress, done: i
         if progress is not None:
             progress(done + len(counts), total)
 
-    if scheduler is not None:
-        from distributed import Client, as_completed
+    if client is not None:
+        from distributed import as_completed
 
-        with Client(scheduler) as client:
-            for future in as_completed(client.map(segment_one, [job] * len(planes), planes,
-                                                  pure=False)):
-                finished(future.result())
+        for future in as_completed(client.map(segment_one, [job] * len(planes), planes,
+                                              pure=False)):
+            finished(future.result())
     elif workers:
         import dask
         from dask.callbacks import Callback
@@ -393,8 +575,35 @@ def _run(job: StackJob, planes: list[int], workers, scheduler, progress, done: i
 
         tasks = [dask.delayed(segment_one, pure=False)(job, plane) for plane in planes]
         with Progress():
-            dask.compute(*tasks, scheduler="processes", num_workers=workers)
+            dask.compute(*tasks, scheduler="processes", num_workers=workers,
+                         initializer=functools.partial(end_with_parent, os.getpid()))
     else:
         for plane in planes:
             finished(segment_one(job, plane))
     return sum(counts)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def end_with_parent(parent: int) -> None:
+    """Make this (worker) process end when process ``parent`` ends, so that a killed run
+    leaves no worker behind: the initializer of the local worker processes.
+
+    On Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); where that is not
+    available a daemon thread checks every second whether the parent is still there.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
+                if os.getppid() != parent:  # it ended before prctl took effect
+                    os._exit(1)
+                return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                     name="napari-sam: end with parent").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
