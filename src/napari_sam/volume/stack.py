@@ -55,7 +55,7 @@ class StackJob:
 
     volume: Volume
     output: str
-    model: str  # the registry name
+    model: str | None  # the registry name
     checkpoint: str | None
     device: str
     weights: str  # fingerprint of the model's weights
@@ -225,14 +225,15 @@ def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, h
     loaded, checkpoint = _model(model, checkpoint, device)
     sample = volume.sample()
     limits = volume_limits(volume, sample)
-    spec = MODELS.get(loaded.name or "")
+    spec = MODELS.get(getattr(loaded, "name", None) or "")
     estimated = isinstance(diameter, str) and diameter == AUTO
     if estimated:
         estimated = spec is not None and spec.diameter is not None
         diameter = volume_diameter(volume, limits) if estimated else None
     elif diameter is not None:
         diameter = check_diameter(diameter, volume.plane_shape)
-    return StackJob(volume=volume, output=str(output), model=loaded.name, checkpoint=checkpoint,
+    return StackJob(volume=volume, output=str(output), model=getattr(loaded, "name", None),
+                    checkpoint=checkpoint,
                     device=device, weights=model_fingerprint(loaded),
                     source=volume.fingerprint(sample), limits=limits, diameter=diameter,
                     estimated=estimated, tile=tile, halo=halo,
@@ -249,9 +250,6 @@ def _model(model, checkpoint, device):
     if checkpoint is not None:
         raise ValueError("give a loaded model or a checkpoint, not both: the model given is "
                          "used as it is")
-    if getattr(model, "name", None) not in MODELS:
-        raise ValueError(f"the model given has no registry name (model.name is "
-                         f"{getattr(model, 'name', None)!r}): load it with napari_sam.load_model")
     return model, None
 
 
@@ -260,6 +258,8 @@ def _planes(volume: Volume, z: slice | range | None) -> list[int]:
     planes = list(range(volume.n_planes))
     if z is None:
         return planes
+    if isinstance(z, range):
+        z = slice(z.start, z.stop, z.step)
     selected = planes[z]
     if not selected:
         bounds = (z.start, z.stop) if z.step in (None, 1) else (z.start, z.stop, z.step)
