@@ -137,6 +137,33 @@ def test_workers_end_when_the_parent_is_killed(tmp_path):
     assert left == [], f"{len(left)} of {len(children)} child processes outlived their parent"
 
 
+def test_without_prctl_a_worker_ends_within_seconds_of_its_parent(tmp_path):
+    """Elsewhere than on Linux a thread in the worker watches its parent id."""
+    psutil = pytest.importorskip("psutil")
+    worker = ("import sys, time\n"
+              "import napari_sam.volume.stack as stack\n"
+              "sys.platform = 'darwin'  # no prctl: the watching thread\n"
+              "stack.end_with_parent(int(sys.argv[1]))\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(120)\n")
+    parent = ("import os, subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid())])\n"
+              "print(child.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    process = subprocess.Popen([sys.executable, "-c", parent, worker], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(process.stdout.readline()))
+    assert process.stdout.readline().strip() == "ready"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    try:
+        child.wait(timeout=5)
+    except psutil.TimeoutExpired:
+        child.kill()
+        pytest.fail("the worker outlived its parent by 5 s")
+
+
 # --------------------------------------------------------------------------- #
 # 6. a failed or killed start leaves no output
 # --------------------------------------------------------------------------- #
@@ -165,6 +192,17 @@ def test_scheduler_without_distributed_is_refused_before_anything_is_created(
     with pytest.raises(ValueError, match="distributed"):
         segment_stack(small_stack(), tmp_path / "out.zarr", scheduler="tcp://127.0.0.1:8786",
                       **FAST)
+    only(tmp_path)
+
+
+def test_unreachable_scheduler_creates_nothing(one_thread, tmp_path):
+    pytest.importorskip("distributed")
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(OSError):
+            segment_stack(small_stack(), tmp_path / "out.zarr", scheduler="tcp://127.0.0.1:9",
+                          **FAST)
     only(tmp_path)
 
 
