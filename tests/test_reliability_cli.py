@@ -2,7 +2,7 @@
 nothing stale, and one clear line for every user error.
 
 Every test goes through ``napari_sam.cli.main`` as a user would; the table of what each case now
-gives is docs/reliability_cli.md.
+gives is docs/reliability.md.
 """
 
 from __future__ import annotations

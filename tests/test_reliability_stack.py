@@ -2,7 +2,7 @@
 
 Each test is a user's report: a resume from other data, workers left behind by a killed run, a
 failed start that blocks the next one, nonsense accepted in silence, messages that mislead,
-caches written into images, a second copy of the model. See docs/reliability_stack.md.
+caches written into images, a second copy of the model. See docs/reliability.md.
 """
 
 from __future__ import annotations
