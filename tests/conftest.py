@@ -58,3 +58,19 @@ def vit_t_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("checkpoints") / "mobile_sam.pt"
     torch.save(model.state_dict(), path)
     return path
+
+
+@pytest.fixture
+def tiny_load_model(monkeypatch):
+    """Make ``napari_sam.load_model`` (what the command line calls) return the tiny model;
+    records the calls ``(name, checkpoint, device)``."""
+    import napari_sam
+
+    calls = []
+
+    def fake_load_model(name=None, checkpoint=None, device="auto", **kwargs):
+        calls.append((name, checkpoint, device))
+        return make_tiny_model()
+
+    monkeypatch.setattr(napari_sam, "load_model", fake_load_model)
+    return calls

@@ -34,19 +34,6 @@ def image_file(tmp_path):
     return path, image
 
 
-@pytest.fixture
-def tiny_load_model(monkeypatch):
-    """Make the command use the tiny model instead of loading a checkpoint (fast)."""
-    calls = []
-
-    def fake_load_model(name=None, checkpoint=None, device="auto", **kwargs):
-        calls.append((name, checkpoint, device))
-        return make_tiny_model()
-
-    monkeypatch.setattr(napari_sam, "load_model", fake_load_model)
-    return calls
-
-
 def tiny_answer(image, **prompts):
     """The answer of the one path (tiles of the tiny model's 64 px input) to ``prompts``."""
     segmenter = napari_sam.Segmenter(make_tiny_model())

@@ -36,19 +36,6 @@ def image_file(tmp_path):
 
 
 @pytest.fixture
-def tiny_load_model(monkeypatch):
-    """The tiny model instead of a checkpoint; records the calls (none: refused before loading)."""
-    calls = []
-
-    def fake_load_model(name=None, checkpoint=None, device="auto", **kwargs):
-        calls.append((name, checkpoint, device))
-        return make_tiny_model()
-
-    monkeypatch.setattr(napari_sam, "load_model", fake_load_model)
-    return calls
-
-
-@pytest.fixture
 def engine_input(monkeypatch, tiny_load_model):
     """The images the command hands to the engine (``Segmenter.set_image``), in order."""
     seen = []
