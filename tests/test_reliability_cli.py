@@ -17,6 +17,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+import napari_sam
 from napari_sam.cli import main
 from napari_sam.training.synthetic import synthetic_nuclei
 from napari_sam.volume.stack import RECORD
