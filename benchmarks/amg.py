@@ -32,7 +32,7 @@ from reference import VIT_B, meta_sam, random_state, reference_nuclei_s, segment
 
 from napari_sam import AutomaticMaskGenerator, load_model  # noqa: E402
 from napari_sam.engine.image import to_rgb_uint8  # noqa: E402
-from napari_sam.training.synthetic import synthetic_nuclei  # noqa: E402
+from napari_sam.synthetic import synthetic_nuclei  # noqa: E402
 
 
 def models(name: str, checkpoint: str | None):

@@ -14,7 +14,7 @@ import argparse
 from napari_sam import AutomaticMaskGenerator, load_model
 from napari_sam.models.registry import MODELS
 from napari_sam.training.evaluation import instance_f1, prompt_miou
-from napari_sam.training.synthetic import synthetic_dataset
+from napari_sam.synthetic import synthetic_dataset
 
 HELD_OUT = {
     "like training (other seeds)": dict(seed=20_000),

@@ -29,7 +29,7 @@ from reference import meta_sam, mobile_sam, mobile_sam_vit_t, random_state, segm
 
 from napari_sam import Predictor, load_model  # noqa: E402
 from napari_sam.engine.image import to_rgb_uint8  # noqa: E402
-from napari_sam.training.synthetic import synthetic_nuclei  # noqa: E402
+from napari_sam.synthetic import synthetic_nuclei  # noqa: E402
 
 
 def reference_predictor(name: str, checkpoint: Path):

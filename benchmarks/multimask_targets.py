@@ -28,7 +28,7 @@ from napari_sam.engine.selection import STRATEGIES
 from napari_sam.models.registry import MODELS
 from napari_sam.training.evaluation import centre_point
 from napari_sam.training.recipes.nuclei_s import NAME, RECIPE, SEED
-from napari_sam.training.synthetic import SyntheticNuclei, synthetic_dataset
+from napari_sam.synthetic import SyntheticNuclei, synthetic_dataset
 from napari_sam.training.trainer import MULTIMASK_TARGETS, train
 
 RECIPE_STEPS = 800  # the recipe's --steps default

@@ -32,7 +32,7 @@ from napari_sam import Segmenter, load_model
 from napari_sam.engine.scale import estimate_diameter, object_diameters
 from napari_sam.models.registry import MODELS
 from napari_sam.training.evaluation import centre_point, instance_f1
-from napari_sam.training.synthetic import synthetic_dataset, synthetic_nuclei
+from napari_sam.synthetic import synthetic_dataset, synthetic_nuclei
 
 sys.path.insert(0, str(Path(__file__).parent))
 from default_model import HELD_OUT  # noqa: E402

@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 
 
 def write_volume(path: Path, planes: int, size: int) -> None:

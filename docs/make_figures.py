@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from napari_sam import Predictor, load_model
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.training.evaluation import centre_point
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 
 OUT = Path(__file__).resolve().parent / "images"
 COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_sam.models.registry import MODELS, build_sam_vit
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 
 # A SAM small enough to run in milliseconds: 64 px input, 8x8 embedding grid, 32x32 low-res masks.
 TINY = dict(

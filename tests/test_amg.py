@@ -9,7 +9,7 @@ import torch
 from napari_sam import AutomaticMaskGenerator, load_model
 from napari_sam.engine.mask_ops import LogitUpsampler
 from napari_sam.engine.samplers import AdaptiveSampler, PromptRound
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 
 NO_FILTERS = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
 NUCLEI_S_FILTERS = dict(pred_iou_thresh=0.5, stability_score_thresh=0.8)  # its IoU head tops ~0.7

@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from napari_sam import AutomaticMaskGenerator, load_model
 from napari_sam.engine import mask_ops
 from napari_sam.engine.image import to_rgb_uint8
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 from reference import reference_nuclei_s, segment_anything
 
 SCORE_TOL = 1e-4

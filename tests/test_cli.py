@@ -18,7 +18,7 @@ from PIL import Image
 import napari_sam
 from conftest import make_tiny_model
 from napari_sam.cli import main
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -8,7 +8,7 @@ import pytest
 from napari_sam import Predictor, load_model
 from napari_sam.training.evaluation import centre_point, prompt_miou
 from napari_sam.training.prompts import background_points
-from napari_sam.training.synthetic import synthetic_dataset
+from napari_sam.synthetic import synthetic_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_sam.engine.detection import detect_objects
-from napari_sam.training.synthetic import synthetic_dataset, synthetic_nuclei
+from napari_sam.synthetic import synthetic_dataset, synthetic_nuclei
 
 SEEDS = (0, 1, 2)
 

@@ -246,7 +246,7 @@ def test_end_to_end_with_simulated_prompts(tiny_model):
     from conftest import TINY_INPUT, TINY_LOW_RES
 
     from napari_sam.training.prompts import simulate_prompts
-    from napari_sam.training.synthetic import synthetic_nuclei
+    from napari_sam.synthetic import synthetic_nuclei
 
     _, labels = synthetic_nuclei((TINY_INPUT, TINY_INPUT), seed=0, radius=(5.0, 9.0))
     batch = simulate_prompts(labels, 4, np.random.default_rng(0), mode="point+box")

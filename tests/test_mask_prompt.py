@@ -7,7 +7,7 @@ import pytest
 
 from napari_sam import Predictor, load_model
 from napari_sam.engine.predictor import MASK_PROMPT_LOGIT
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 from napari_sam.engine.tiling import TiledPredictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")

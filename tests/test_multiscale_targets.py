@@ -17,7 +17,7 @@ from napari_sam.training.losses import (
     matched_sam_loss,
     optimal_assignment,
 )
-from napari_sam.training.synthetic import SyntheticNuclei, synthetic_nuclei
+from napari_sam.synthetic import SyntheticNuclei, synthetic_nuclei
 from napari_sam.training.targets import erosion_targets
 from napari_sam.training.trainer import train
 from test_training import RANGES, small_random_model

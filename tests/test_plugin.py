@@ -19,7 +19,7 @@ from napari_sam.plugin.automatic import AutomaticWidget  # noqa: E402
 from napari_sam.plugin.interactive import PREVIEW, InteractiveWidget  # noqa: E402
 from napari_sam.plugin.model_widget import ModelWidget  # noqa: E402
 from napari_sam.plugin.session import Session  # noqa: E402
-from napari_sam.training.synthetic import synthetic_nuclei  # noqa: E402
+from napari_sam.synthetic import synthetic_nuclei  # noqa: E402
 
 WAIT_MS = 60_000
 

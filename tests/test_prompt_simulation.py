@@ -18,7 +18,7 @@ from napari_sam.training.prompts import (
     sample_objects,
     simulate_prompts,
 )
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 
 
 @pytest.fixture(scope="module")

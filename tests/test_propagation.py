@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_sam import load_model
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 from napari_sam.volume.io import intensity_limits, open_volume
 from napari_sam.volume.propagation import PropagatedPlane, propagate
 from napari_sam.engine.tiling import TiledPredictor

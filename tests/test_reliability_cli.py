@@ -19,7 +19,7 @@ from PIL import Image
 
 import napari_sam
 from napari_sam.cli import main
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 from napari_sam.volume.stack import RECORD
 
 pytestmark = pytest.mark.usefixtures("one_thread")

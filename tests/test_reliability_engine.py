@@ -249,7 +249,7 @@ def test_nan_or_inf_weights_are_refused_naming_the_file_and_how_many(tmp_path, v
 def _pairs_on_disk(folder: Path, n: int, *, empty: set[int]):
     import tifffile
 
-    from napari_sam.training.synthetic import synthetic_nuclei
+    from napari_sam.synthetic import synthetic_nuclei
 
     pairs = []
     for i in range(n):

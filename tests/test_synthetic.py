@@ -1,10 +1,10 @@
-"""Tests of the synthetic fluorescence nuclei generator (napari_sam.training.synthetic)."""
+"""Tests of the synthetic fluorescence nuclei generator (napari_sam.synthetic)."""
 
 import numpy as np
 import pytest
 from skimage.measure import label, regionprops
 
-from napari_sam.training.synthetic import synthetic_dataset, synthetic_nuclei
+from napari_sam.synthetic import synthetic_dataset, synthetic_nuclei
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from napari_sam.cli import main as cli
 from napari_sam.models.registry import MODELS, build_sam_vit
 from napari_sam.training.evaluation import prompt_miou
 from napari_sam.training.prompts import background_points
-from napari_sam.training.synthetic import SyntheticNuclei, synthetic_dataset
+from napari_sam.synthetic import SyntheticNuclei, synthetic_dataset
 from napari_sam.training.trainer import train
 
 TINY = dict(

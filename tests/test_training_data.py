@@ -8,7 +8,7 @@ import tifffile
 
 from napari_sam.engine.image import intensity_range, to_rgb_uint8
 from napari_sam.training.data import LabelledSlices
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 
 
 @pytest.fixture(scope="module")

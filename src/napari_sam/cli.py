@@ -448,7 +448,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from napari_sam.training.synthetic import synthetic_nuclei
+    from napari_sam.synthetic import synthetic_nuclei
 
     if args.planes is None:
         shape, formats = (args.size or 512,) * 2, image_files.IMAGE_FORMATS

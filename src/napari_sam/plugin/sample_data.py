@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from napari_sam.training.synthetic import synthetic_nuclei
+from napari_sam.synthetic import synthetic_nuclei
 
 
 def nuclei_3d() -> list[tuple]:

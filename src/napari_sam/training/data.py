@@ -126,7 +126,7 @@ class LabelledSlices:
     See Also
     --------
     napari_sam.engine.image.to_rgb_uint8 : the intensity conversion used.
-    napari_sam.training.synthetic.synthetic_nuclei : synthetic pairs for tests and pretraining.
+    napari_sam.synthetic.synthetic_nuclei : synthetic pairs for tests and pretraining.
 
     Notes
     -----
@@ -136,7 +136,7 @@ class LabelledSlices:
 
     Examples
     --------
-    >>> from napari_sam.training.synthetic import synthetic_nuclei
+    >>> from napari_sam.synthetic import synthetic_nuclei
     >>> image, labels = synthetic_nuclei((4, 96, 96), seed=0)
     >>> data = LabelledSlices([(image, labels)], crop_size=64)
     >>> img, lab = data.sample(np.random.default_rng(0))

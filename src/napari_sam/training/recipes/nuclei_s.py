@@ -23,7 +23,7 @@ import torch
 
 from napari_sam.models.loading import load_model
 from napari_sam.models.registry import MODELS
-from napari_sam.training.synthetic import SyntheticNuclei, synthetic_dataset
+from napari_sam.synthetic import SyntheticNuclei, synthetic_dataset
 from napari_sam.training.trainer import train
 
 NAME = "nuclei_s"
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     data = SyntheticNuclei((256, 256))
     validation = list(synthetic_dataset(8, (256, 256), seed=VALIDATION_SEED))
     metadata = {"architecture": NAME,
-                "data": "synthetic fluorescence nuclei, napari_sam.training.synthetic, 256 x 256"}
+                "data": "synthetic fluorescence nuclei, napari_sam.synthetic, 256 x 256"}
     stages = [("scratch", args.steps, SEED, RECIPE),
               ("background", args.background_steps, BACKGROUND_SEED, BACKGROUND),
               ("outline", args.outline_steps, OUTLINE_SEED, OUTLINE)]
