@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ from napari_sam.models.registry import MODELS
 from napari_sam.training.evaluation import centre_point
 from napari_sam.training.recipes.nuclei_s import NAME, RECIPE, SEED
 from napari_sam.synthetic import SyntheticNuclei, synthetic_dataset
-from napari_sam.training.trainer import MULTIMASK_TARGETS, train
+from napari_sam.training.recipes import MULTIMASK_TARGETS
+from napari_sam.training.trainer import train
 
 RECIPE_STEPS = 800  # the recipe's --steps default
 MAX_OBJECTS, MIN_AREA = 32, 16  # as prompt_miou: the 32 largest objects of at least 16 pixels
@@ -42,14 +44,11 @@ def train_option(option: str, steps: int, output: Path | None, init: Path | None
     model = MODELS[NAME].build()
     if init is not None:
         model.load_state_dict({k: v.float() for k, v in torch.load(init, weights_only=True).items()})
-    recipe = {**RECIPE, "lr": lr}
     train(
-        model, SyntheticNuclei((256, 256)), steps=steps, seed=SEED, device="auto",
-        multimask_targets=option, output=None if output is None else output / option,
+        model, SyntheticNuclei((256, 256)), replace(RECIPE, lr=lr, multimask_targets=option),
+        steps=steps, seed=SEED, device="auto", output=None if output is None else output / option,
         checkpoint_every=steps, log=lambda line: print(f"[{option}] {line}", file=sys.stderr),
-        metadata={"architecture": NAME, "recipe": {**recipe, "multimask_targets": option},
-                  "seed": SEED, "init": None if init is None else str(init)},
-        **recipe,
+        metadata={"architecture": NAME, "seed": SEED, "init": None if init is None else str(init)},
     )
     return model
 

@@ -19,6 +19,7 @@ from napari_sam.training.losses import (
 )
 from napari_sam.synthetic import SyntheticNuclei, synthetic_nuclei
 from napari_sam.training.targets import erosion_targets
+from napari_sam.training.recipes import Recipe
 from napari_sam.training.trainer import train
 from test_training import RANGES, small_random_model
 
@@ -161,9 +162,10 @@ def test_matched_loss_refuses_one_target_per_object():
 # --------------------------------------------------------------------------- #
 def test_short_training_run_with_erosion_targets_lowers_the_loss(one_thread):
     """One click per object, so every loss is the matched one (measured: -8 % in 20 steps, a few seconds)."""
-    history = train(small_random_model(), SyntheticNuclei((64, 64), **RANGES), steps=20, lr=2e-3, warmup=3,
-                    train_encoder=True, images_per_step=2, objects_per_image=4, prompt_mode="point",
-                    n_points=(1, 1), correction_rounds=0, focal_weight=1.0, multimask_targets="erosion",
+    recipe = Recipe(lr=2e-3, warmup=3, train_encoder=True, images_per_step=2, objects_per_image=4,
+                    prompt_mode="point", n_points=(1, 1), correction_rounds=0, focal_weight=1.0,
+                    multimask_targets="erosion")
+    history = train(small_random_model(), SyntheticNuclei((64, 64), **RANGES), recipe, steps=20,
                     seed=0, log=None)
     assert len(history.losses) == 20
     assert np.mean(history.losses[-5:]) < 0.95 * np.mean(history.losses[:5])
@@ -179,4 +181,4 @@ def test_short_training_run_with_erosion_targets_lowers_the_loss(one_thread):
 )
 def test_bad_multimask_target_options_are_refused(options, match):
     with pytest.raises(ValueError, match=match):
-        train(small_random_model(), SyntheticNuclei((64, 64)), steps=1, log=None, **options)
+        train(small_random_model(), SyntheticNuclei((64, 64)), Recipe(**options), steps=1, log=None)

@@ -14,6 +14,7 @@ from napari_sam.models.registry import MODELS, build_sam_vit
 from napari_sam.training.evaluation import prompt_miou
 from napari_sam.training.prompts import background_points
 from napari_sam.synthetic import SyntheticNuclei, synthetic_dataset
+from napari_sam.training.recipes import Recipe
 from napari_sam.training.trainer import train
 
 TINY = dict(
@@ -36,9 +37,9 @@ def test_short_training_run_raises_validation_miou(one_thread):
     model = small_random_model()
     validation = list(synthetic_dataset(6, (64, 64), seed=99, **RANGES))
     before = prompt_miou(model, validation)["box"]
-    history = train(model, SyntheticNuclei((64, 64), **RANGES), steps=120, lr=1e-3, warmup=5,
-                    train_encoder=True, images_per_step=4, objects_per_image=4, prompt_mode="box",
-                    correction_rounds=0, focal_weight=1.0, seed=0, log=None)
+    recipe = Recipe(lr=1e-3, warmup=5, train_encoder=True, images_per_step=4, objects_per_image=4,
+                    prompt_mode="box", correction_rounds=0, focal_weight=1.0)
+    history = train(model, SyntheticNuclei((64, 64), **RANGES), recipe, steps=120, seed=0, log=None)
     after = prompt_miou(model, validation)["box"]
     assert np.mean(history.losses[-10:]) < 0.8 * np.mean(history.losses[:10])
     assert after > before + 0.15 and after > 2 * before, (before, after)
@@ -47,18 +48,19 @@ def test_short_training_run_raises_validation_miou(one_thread):
 def test_checkpoint_is_official_layout_and_resumes(tmp_path):
     data = SyntheticNuclei((256, 256))
     model = MODELS["nuclei_s"].build()
-    first = train(model, data, steps=2, output=tmp_path, images_per_step=1, objects_per_image=2,
-                  train_encoder=False, checkpoint_every=1, log=None)
+    recipe = Recipe(images_per_step=1, objects_per_image=2)
+    first = train(model, data, recipe, steps=2, output=tmp_path, checkpoint_every=1, log=None)
     assert first.steps == [1, 2]
     record = json.loads((tmp_path / "model.json").read_text())
     assert record["step"] == 2 and record["img_size"] == 256
+    assert Recipe(**record["recipe"]) == recipe  # what made it
     # The file loads as it is, and its architecture is recognised from its keys.
     loaded = load_model(checkpoint=tmp_path / "model.pt", device="cpu")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value.cpu())
     # A resumed run continues at step 3 from the saved weights and optimiser.
-    resumed = train(MODELS["nuclei_s"].build(), data, steps=3, output=tmp_path, resume=True,
-                    images_per_step=1, objects_per_image=2, log=None)
+    resumed = train(MODELS["nuclei_s"].build(), data, recipe, steps=3, output=tmp_path,
+                    resume=True, log=None)
     assert resumed.steps == [3]
     assert json.loads((tmp_path / "model.json").read_text())["step"] == 3
 
@@ -67,8 +69,8 @@ def test_frozen_encoder_is_not_changed():
     model = small_random_model()
     encoder_before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
     decoder_before = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
-    train(model, SyntheticNuclei((64, 64), **RANGES), steps=2, images_per_step=1,
-          objects_per_image=2, log=None)
+    train(model, SyntheticNuclei((64, 64), **RANGES), Recipe(images_per_step=1, objects_per_image=2),
+          steps=2, log=None)
     assert all(torch.equal(v, model.image_encoder.state_dict()[k]) for k, v in encoder_before.items())
     assert any(not torch.equal(v, model.mask_decoder.state_dict()[k]) for k, v in decoder_before.items())
 
@@ -82,8 +84,9 @@ def test_encoder_fine_tuning_keeps_batchnorm_statistics_unless_told(update):
     statistics = {k: v.clone() for k, v in encoder.state_dict().items() if "running_" in k}
     weights = {k: v.clone() for k, v in encoder.named_parameters() if ".bn." in k}
     assert statistics and weights
-    train(model, SyntheticNuclei((256, 256)), steps=1, images_per_step=1, objects_per_image=2,
-          train_encoder=True, update_batchnorm=update, lr=1e-3, warmup=1, log=None)
+    recipe = Recipe(images_per_step=1, objects_per_image=2, train_encoder=True,
+                    update_batchnorm=update, lr=1e-3, warmup=1)
+    train(model, SyntheticNuclei((256, 256)), recipe, steps=1, log=None)
     after = encoder.state_dict()
     changed = [not torch.equal(v, after[k]) for k, v in statistics.items()]
     assert all(changed) if update else not any(changed)
@@ -94,13 +97,15 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="at least 1"):
         train(small_random_model(), SyntheticNuclei((64, 64)), steps=0, log=None)
     with pytest.raises(ValueError, match="background_clicks"):
-        train(small_random_model(), SyntheticNuclei((64, 64)), steps=1, background_clicks=-1, log=None)
+        Recipe(background_clicks=-1)
     with pytest.raises(ValueError, match="background_clicks needs"):
-        train(small_random_model(), SyntheticNuclei((64, 64)), steps=1, background_clicks=2,
-              multimask_targets="erosion", log=None)
+        Recipe(background_clicks=2, multimask_targets="erosion")
     with pytest.raises(ValueError, match="loss_resolution must be one of 'low', 'full'"):
-        train(small_random_model(), SyntheticNuclei((64, 64)), steps=1, loss_resolution="high",
-              log=None)
+        Recipe(loss_resolution="high")
+    with pytest.raises(ValueError, match="prompt_mode must be one of 'point', 'box'"):
+        Recipe(prompt_mode="clicks")
+    with pytest.raises(ValueError, match="at least 1"):
+        Recipe(images_per_step=0)
 
 
 @pytest.mark.parametrize("targets", ["best", "erosion"])
@@ -121,8 +126,9 @@ def test_full_resolution_loss_sees_the_exact_masks(monkeypatch, targets):
     monkeypatch.setattr(trainer, "matched_sam_loss", spy(trainer.matched_sam_loss))
     for resolution in ("low", "full"):
         seen.clear()
-        train(small_random_model(), SyntheticNuclei((64, 64), **RANGES), steps=2, images_per_step=2,
-              objects_per_image=2, loss_resolution=resolution, multimask_targets=targets, log=None)
+        recipe = Recipe(images_per_step=2, objects_per_image=2, loss_resolution=resolution,
+                        multimask_targets=targets)
+        train(small_random_model(), SyntheticNuclei((64, 64), **RANGES), recipe, steps=2, log=None)
         size = 64 if resolution == "full" else 32  # TINY: 64 px input, 32 x 32 logits
         assert seen and all(shape == (size, size) for shape, _ in seen), (resolution, seen[0][0])
         assert all(target.shape[-2:] == (size, size) for _, target in seen)
@@ -169,9 +175,10 @@ def test_background_clicks_teach_the_iou_head_to_score_background_low(one_thread
     after = {}
     for clicks in (0, 4):
         model = small_random_model()
-        train(model, SyntheticNuclei((64, 64), **RANGES), steps=30, lr=1e-3, warmup=2,
-              images_per_step=2, objects_per_image=2, prompt_mode="point", n_points=1,
-              correction_rounds=0, background_clicks=clicks, focal_weight=1.0, seed=0, log=None)
+        recipe = Recipe(lr=1e-3, warmup=2, images_per_step=2, objects_per_image=2,
+                        prompt_mode="point", n_points=1, correction_rounds=0,
+                        background_clicks=clicks, focal_weight=1.0)
+        train(model, SyntheticNuclei((64, 64), **RANGES), recipe, steps=30, seed=0, log=None)
         after[clicks] = background_score(model)
     assert after[4] < 0.5 * after[0], after
 

@@ -426,6 +426,7 @@ def _check_training_output(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> int:
     from napari_sam import load_model
     from napari_sam.training.data import LabelledSlices
+    from napari_sam.training.recipes import Recipe
     from napari_sam.training.trainer import train
 
     _check_training_output(args)
@@ -433,12 +434,13 @@ def _train(args: argparse.Namespace) -> int:
     data = LabelledSlices(args.pairs, crop_size=model.img_size)
     validation = data.held_out(args.validation, seed=args.seed + 1) if args.validation else None
     start = time.perf_counter()
+    recipe = Recipe(lr=args.lr, images_per_step=args.images_per_step,
+                    objects_per_image=args.objects_per_image, train_encoder=args.train_encoder,
+                    background_clicks=args.background_clicks,
+                    loss_resolution=args.loss_resolution)
     history = train(
-        model, data, steps=args.steps, output=args.output, lr=args.lr,
-        images_per_step=args.images_per_step, objects_per_image=args.objects_per_image,
-        train_encoder=args.train_encoder, background_clicks=args.background_clicks,
-        loss_resolution=args.loss_resolution, resume=args.resume, seed=args.seed,
-        validation=validation, device=args.device,
+        model, data, recipe, steps=args.steps, output=args.output, resume=args.resume,
+        seed=args.seed, validation=validation, device=args.device,
         metadata={"base": args.model or str(args.checkpoint), "data": data.summary()},
     )
     final = history.validation[-1] if history.validation else {}

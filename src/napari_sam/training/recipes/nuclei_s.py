@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,21 +25,22 @@ import torch
 from napari_sam.models.loading import load_model
 from napari_sam.models.registry import MODELS
 from napari_sam.synthetic import SyntheticNuclei, synthetic_dataset
+from napari_sam.training.recipes import Recipe
 from napari_sam.training.trainer import train
 
 NAME = "nuclei_s"
 SEED = 0
 VALIDATION_SEED = 10_000  # held out: the training stream never draws from it
-RECIPE = dict(images_per_step=4, objects_per_image=8, lr=4e-4, weight_decay=0.01, warmup=50,
-              train_encoder=True, update_batchnorm=True, prompt_mode="mixed", n_points=(1, 3),
-              correction_rounds=1,
-              # From scratch, SAM's 20:1 focal:dice mix collapsed to empty masks here (loss flat,
-              # mIoU 0 after 160 steps); with 1:1 the masks grow from the start.
-              focal_weight=1.0)
+RECIPE = Recipe(images_per_step=4, objects_per_image=8, lr=4e-4, weight_decay=0.01, warmup=50,
+                train_encoder=True, update_batchnorm=True, prompt_mode="mixed", n_points=(1, 3),
+                correction_rounds=1,
+                # From scratch, SAM's 20:1 focal:dice mix collapses to empty masks (the loss
+                # stays flat); with 1:1 the masks grow from the start.
+                focal_weight=1.0)
 # Stage 2, from the weights of stage 1, image encoder frozen: the same prompts plus 4 clicks on
 # background per image of single clicks, scored with an empty target and a true IoU of 0.
 BACKGROUND_SEED = 1
-BACKGROUND = {**RECIPE, "lr": 1e-4, "warmup": 10, "train_encoder": False, "background_clicks": 4}
+BACKGROUND = replace(RECIPE, lr=1e-4, warmup=10, train_encoder=False, background_clicks=4)
 BACKGROUND_STEPS = 200
 # Stage 3, image encoder frozen: stage 2's prompts with the loss at full resolution. Stages 1
 # and 2 compare 64 x 64 logits with binarised 64 x 64 masks, so outlines follow 4-pixel steps:
@@ -48,7 +50,7 @@ BACKGROUND_STEPS = 200
 # to float16, the form in which they had shipped when it was added, so that the whole recipe
 # and stage 3 alone from those weights give the same model.
 OUTLINE_SEED = 2
-OUTLINE = {**BACKGROUND, "lr": 2e-4, "loss_resolution": "full"}
+OUTLINE = replace(BACKGROUND, lr=2e-4, loss_resolution="full")
 OUTLINE_STEPS = 300
 STAGES = ("scratch", "background", "outline")
 
@@ -90,9 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         if folder == "outline":
             model.load_state_dict(half(model.state_dict()))
         history = train(
-            model, data, steps=steps, output=args.output / folder, resume=args.resume, seed=seed,
-            validation=validation, validate_every=100, checkpoint_every=50, device="auto",
-            metadata={**metadata, "stage": folder, "recipe": recipe, "seed": seed}, **recipe,
+            model, data, recipe, steps=steps, output=args.output / folder, resume=args.resume,
+            seed=seed, validation=validation, validate_every=100, checkpoint_every=50,
+            device="auto", metadata={**metadata, "stage": folder, "seed": seed},
         )
         if history.steps:  # a resumed stage that was already complete keeps its history
             (args.output / folder / "history.json").write_text(json.dumps(history.__dict__))
