@@ -249,14 +249,3 @@ def load_weights(model: Sam, state_dict: Mapping[str, torch.Tensor], *, name: st
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_shapes(state_dict, wanted, name=name, source=source)
     model.load_state_dict(state_dict, strict=True)
-
-
-def automatic_settings(model: str | None = None, checkpoint=None, **overrides) -> dict:
-    """Automatic-segmentation settings that suit a model (``ModelSpec.automatic``), with
-    ``overrides`` on top; the model is named, recognised from ``checkpoint``, or the default."""
-    from napari_sam.models.registry import DEFAULT_MODEL
-
-    name = model or (identify(read_state_dict(checkpoint)) if checkpoint else DEFAULT_MODEL)
-    settings = dict(MODELS[name].automatic) if name in MODELS else {}
-    settings.update(overrides)
-    return settings

@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sam.engine.amg import SAMPLERS
-from napari_sam.models.weights import automatic_settings
+from napari_sam.models.registry import MODELS
 from napari_sam.plugin.background import CancelFlag, Cancelled, run_in_background
 from napari_sam.plugin.layer_choice import LayerChoice
 from napari_sam.plugin.layers import (
@@ -55,7 +55,7 @@ class AutomaticWidget(QWidget):
         self.session = Session.for_viewer(napari_viewer)
         self.worker = None
         self._flag: CancelFlag | None = None
-        defaults = automatic_settings(self.session.settings.model)
+        defaults = MODELS[self.session.settings.model].automatic  # what suits the model
 
         self.image = LayerChoice(napari_viewer, Image)
         self.sampler = QComboBox()
