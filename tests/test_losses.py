@@ -11,13 +11,13 @@ import torch
 from napari_sam.training.losses import (
     SamLossParts,
     dice_loss,
-    downsample_target,
     focal_loss,
     iou_loss,
     iou_of_masks,
     mask_loss,
     sam_loss,
 )
+from napari_sam.training.targets import downsample_target
 
 LN3 = math.log(3.0)
 # sigmoid of these logits: 0.5, 0.75 / 0.25, 0.5
@@ -245,8 +245,8 @@ def test_end_to_end_with_simulated_prompts(tiny_model):
     """Simulated prompts -> tiny SAM prompt encoder and decoder -> sam_loss -> gradients."""
     from conftest import TINY_INPUT, TINY_LOW_RES
 
-    from napari_sam.training.prompts import simulate_prompts
     from napari_sam.synthetic import synthetic_nuclei
+    from napari_sam.training.prompts import simulate_prompts
 
     _, labels = synthetic_nuclei((TINY_INPUT, TINY_INPUT), seed=0, radius=(5.0, 9.0))
     batch = simulate_prompts(labels, 4, np.random.default_rng(0), mode="point+box")

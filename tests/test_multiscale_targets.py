@@ -9,19 +9,18 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 from skimage.morphology import disk
+from test_training import RANGES, small_random_model
 
+from napari_sam.synthetic import SyntheticNuclei, synthetic_nuclei
 from napari_sam.training.losses import (
-    downsample_target,
     iou_of_masks,
     mask_loss,
     matched_sam_loss,
     optimal_assignment,
 )
-from napari_sam.synthetic import SyntheticNuclei, synthetic_nuclei
-from napari_sam.training.targets import erosion_targets
 from napari_sam.training.recipes import Recipe
+from napari_sam.training.targets import downsample_target, erosion_targets
 from napari_sam.training.trainer import train
-from test_training import RANGES, small_random_model
 
 
 def nuclei_masks(seed: int = 0) -> torch.Tensor:

@@ -13,11 +13,10 @@ Resolution
 ----------
 SAM's mask decoder returns low-resolution logits (256 x 256 for a 1024 input, ``4h x 4w`` for an
 ``h x w`` embedding grid). These losses are computed at whatever resolution they are given; the
-caller brings the ground truth to the logits' size first, e.g. with :func:`downsample_target`
-(cheapest), or upsamples the logits to the ground truth instead (as Meta did; the trainer's
-``loss_resolution="full"``), which lets outlines fall between low-resolution pixels: binarised
-to ``nuclei_s``'s 64 x 64 logits, validation nuclei keep IoU 0.87 with their own masks, so
-training against such targets caps the mask quality there. The ground truth must be in the
+caller brings the ground truth to the logits' size first, e.g. with
+:func:`~napari_sam.training.targets.downsample_target` (cheapest), or upsamples the logits to the
+ground truth instead (as Meta did; ``Recipe(loss_resolution="full")``), which lets outlines fall
+between low-resolution pixels: binarised targets cap the mask quality of small objects. The ground truth must be in the
 model's *input frame*: resized like the image (longest side to the input size) and zero-padded to
 the square input, so that it lines up with the low-resolution logits.
 
@@ -50,7 +49,6 @@ __all__ = [
     "matched_sam_loss",
     "optimal_assignment",
     "SamLossParts",
-    "downsample_target",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -655,69 +653,3 @@ def optimal_assignment(cost: torch.Tensor) -> torch.Tensor:
     values = cost.detach().double().cpu().numpy()
     match = np.array([linear_sum_assignment(matrix)[1] for matrix in values], dtype=np.int64)
     return torch.as_tensor(match.reshape(cost.shape[:2]), device=cost.device)
-
-
-# --------------------------------------------------------------------------- #
-# ground truth at the logits' resolution
-# --------------------------------------------------------------------------- #
-def downsample_target(mask, size, *, threshold: float | None = 0.5) -> torch.Tensor:
-    """Bring ground-truth masks to the low-resolution size of the logits.
-
-    Each output pixel is the **area average** of the input pixels it covers
-    (``torch.nn.functional.interpolate(mode="area")``, i.e. adaptive average pooling: exact box
-    averages for integer factors, slightly overlapping windows otherwise), then binarised with
-    ``> threshold``. With the default 0.5 an output pixel is foreground when more than half of
-    it is; ``threshold=None`` keeps the fractions as soft targets in ``[0, 1]`` (fine for the
-    focal and dice terms; the IoU binarises them at 0.5).
-
-    The mask must already be in the model's input frame (resized like the image and padded to
-    the square input); downsampling is then ``input_size / (4h)`` per axis, e.g. 1024 -> 256.
-
-    Parameters
-    ----------
-    mask : (H, W), (B, H, W) or (B, 1, H, W) bool / numeric tensor or numpy array
-        Ground-truth masks (nonzero or ``True`` = foreground for bool / integer input; float
-        input is taken as a fraction in ``[0, 1]``).
-    size : int or (int, int)
-        Output ``(h, w)``, e.g. ``logits.shape[-2:]``.
-    threshold : float in [0, 1) or None
-        Binarisation threshold on the area fraction; None returns the fractions.
-
-    Returns
-    -------
-    float32 tensor
-        The same leading layout as ``mask`` with the last two axes of size ``size``, values 0/1
-        (or fractions), on the mask's device (CPU for numpy input).
-
-    Raises
-    ------
-    ValueError
-        If ``mask`` has a wrong number of dimensions or ``size`` / ``threshold`` are invalid.
-    """
-    if isinstance(mask, np.ndarray):
-        mask = torch.from_numpy(np.ascontiguousarray(mask))
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"mask must be a torch.Tensor or numpy array, got {type(mask).__name__}")
-    if mask.ndim not in (2, 3, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
-        raise ValueError(f"mask must have shape (H, W), (B, H, W) or (B, 1, H, W), got {tuple(mask.shape)}")
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        size = (int(size), int(size))
-    try:
-        size = tuple(int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be an int or an (h, w) pair of positive ints, got {size!r}") from None
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size must be an int or an (h, w) pair of positive ints, got {size!r}")
-    if threshold is not None and not (0 <= float(threshold) < 1):
-        raise ValueError(f"threshold must lie in [0, 1) or be None, got {threshold!r}")
-    if mask.is_floating_point():
-        frac = mask.float()
-    else:
-        frac = (mask != 0).float()
-    shape = frac.shape
-    x = frac.reshape(-1, 1, shape[-2], shape[-1])
-    if tuple(shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="area")
-    if threshold is not None:
-        x = (x > threshold).float()
-    return x.reshape(tuple(shape[:-2]) + size)

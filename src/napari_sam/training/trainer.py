@@ -25,7 +25,7 @@ from napari_sam.models.loading import resolve_device
 from napari_sam.models.sam import Sam
 from napari_sam.training.data import LabelledSlices
 from napari_sam.training.evaluation import prompt_miou
-from napari_sam.training.losses import downsample_target, matched_sam_loss, sam_loss
+from napari_sam.training.losses import matched_sam_loss, sam_loss
 from napari_sam.training.prompts import (
     PromptBatch,
     background_points,
@@ -33,7 +33,7 @@ from napari_sam.training.prompts import (
     simulate_prompts,
 )
 from napari_sam.training.recipes import Recipe
-from napari_sam.training.targets import erosion_targets
+from napari_sam.training.targets import downsample_target, erosion_targets
 
 
 class TrainingData(Protocol):
