@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 
 from torch import nn
 
@@ -160,9 +161,9 @@ MODELS: dict[str, ModelSpec] = {
             description="napari-sam's own small model for fluorescence nuclei (4.8M parameters, "
             "shipped, runs offline)",
             packaged="nuclei_s.pt",
-            # Chosen on validation images (model card): one box per detected nucleus gives
-            # instance F1 0.93 there; a grid keeps parts and near-duplicates (F1 at most 0.57
-            # over predicted IoU 0.5-0.88 and stability 0.8-0.95).
+            # Chosen on validation images (docs/model_card.md): one box per detected nucleus
+            # segments them far better than a grid, which keeps parts and near-duplicates at
+            # every threshold.
             automatic=dict(pred_iou_thresh=0.5, stability_score_thresh=0.8, sampler="boxes"),
             # Trained on nuclei of radius 4-22 px; on held-out nuclei of one size, point mIoU and
             # automatic F1 rise with the diameter up to about 40 px and fall beyond the training
@@ -170,32 +171,27 @@ MODELS: dict[str, ModelSpec] = {
             diameter=30.0,
             diameter_range=(8.0, 44.0),
         ),
-        ModelSpec(
-            name="vit_b",
-            build=lambda: build_sam_vit(
-                embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)
-            ),
-            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-            description="Meta's SAM ViT-B (91M parameters, 375 MB)",
-        ),
-        ModelSpec(
-            name="vit_l",
-            build=lambda: build_sam_vit(
-                embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)
-            ),
-            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-            sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-            description="Meta's SAM ViT-L (308M parameters, 1.2 GB)",
-        ),
-        ModelSpec(
-            name="vit_h",
-            build=lambda: build_sam_vit(
-                embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
-            ),
-            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-            description="Meta's SAM ViT-H (636M parameters, 2.4 GB)",
+        *(
+            ModelSpec(
+                name=f"vit_{size}",
+                # global attention in the last block of each quarter of the encoder
+                build=partial(build_sam_vit, embed_dim=dim, depth=depth, num_heads=heads,
+                              global_attn_indexes=tuple(range(depth // 4 - 1, depth, depth // 4))),
+                url=f"https://dl.fbaipublicfiles.com/segment_anything/sam_vit_{size}_{file_hash}.pth",
+                sha256=sha256,
+                description=f"Meta's SAM ViT-{size.upper()} ({about})",
+            )
+            for size, dim, depth, heads, file_hash, sha256, about in (
+                ("b", 768, 12, 12, "01ec64",
+                 "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+                 "91M parameters, 375 MB"),
+                ("l", 1024, 24, 16, "0b3195",
+                 "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+                 "308M parameters, 1.2 GB"),
+                ("h", 1280, 32, 16, "4b8939",
+                 "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+                 "636M parameters, 2.4 GB"),
+            )
         ),
         ModelSpec(
             name="vit_t",
