@@ -43,12 +43,10 @@ BACKGROUND_SEED = 1
 BACKGROUND = replace(RECIPE, lr=1e-4, warmup=10, train_encoder=False, background_clicks=4)
 BACKGROUND_STEPS = 200
 # Stage 3, image encoder frozen: stage 2's prompts with the loss at full resolution. Stages 1
-# and 2 compare 64 x 64 logits with binarised 64 x 64 masks, so outlines follow 4-pixel steps:
-# the true masks of the validation nuclei, binarised to 64 x 64 and upsampled like logits, keep
-# IoU 0.87 with themselves (0.84 under 400 px), and validation box mIoU had stalled at 0.81
-# (0.85 after this stage, docs/model_card.md). Stage 3 starts from stage 2's weights rounded
-# to float16, the form in which they had shipped when it was added, so that the whole recipe
-# and stage 3 alone from those weights give the same model.
+# and 2 compare 64 x 64 logits with binarised 64 x 64 masks, so outlines follow 4-pixel steps,
+# which caps the mask quality of small nuclei (figures in docs/model_card.md). Stage 3 starts
+# from stage 2's weights rounded to float16, the form in which stage 2's weights are shipped,
+# so that the whole recipe and stage 3 alone from those weights give the same model.
 OUTLINE_SEED = 2
 OUTLINE = replace(BACKGROUND, lr=2e-4, loss_resolution="full")
 OUTLINE_STEPS = 300
