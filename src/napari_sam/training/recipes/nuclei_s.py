@@ -45,8 +45,8 @@ BACKGROUND_STEPS = 200
 # Stage 3, image encoder frozen: stage 2's prompts with the loss at full resolution. Stages 1
 # and 2 compare 64 x 64 logits with binarised 64 x 64 masks, so outlines follow 4-pixel steps,
 # which caps the mask quality of small nuclei (figures in docs/model_card.md). Stage 3 starts
-# from stage 2's weights rounded to float16, the form in which stage 2's weights are shipped,
-# so that the whole recipe and stage 3 alone from those weights give the same model.
+# from stage 2's weights rounded to float16, as ``--export`` writes them, so that the whole
+# recipe and stage 3 alone (``--start outline``) from exported weights give the same model.
 OUTLINE_SEED = 2
 OUTLINE = replace(BACKGROUND, lr=2e-4, loss_resolution="full")
 OUTLINE_STEPS = 300
