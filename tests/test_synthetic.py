@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.measure import label, regionprops
 
-from napari_sam.synthetic import synthetic_dataset, synthetic_nuclei
+from napari_sam.synthetic import SyntheticNuclei, synthetic_dataset, synthetic_nuclei
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +276,14 @@ def test_dataset_3d_and_fixed_options():
 def test_dataset_validation_is_eager(args, options, name):
     with pytest.raises(ValueError, match=name):
         synthetic_dataset(*args, **options)
+
+
+def test_stream_validates_at_once_and_follows_the_rng():
+    with pytest.raises(ValueError, match="radius"):
+        SyntheticNuclei((64, 64), radius=(10, 2))
+    data = SyntheticNuclei((64, 64), density=(0.2, 0.3))
+    image, labels = data.sample(np.random.default_rng(0))
+    again = data.sample(np.random.default_rng(0))
+    assert image.shape == labels.shape == (64, 64)
+    np.testing.assert_array_equal(image, again[0])
+    np.testing.assert_array_equal(labels, again[1])
