@@ -25,12 +25,12 @@ import torch
 from default_model import HELD_OUT
 
 from napari_sam import Predictor, select_mask
+from napari_sam.engine.geometry import centre_point, iou
 from napari_sam.engine.selection import STRATEGIES
 from napari_sam.models.registry import MODELS
-from napari_sam.training.evaluation import centre_point
-from napari_sam.training.recipes.nuclei_s import NAME, RECIPE, SEED
 from napari_sam.synthetic import SyntheticNuclei, synthetic_dataset
 from napari_sam.training.recipes import MULTIMASK_TARGETS
+from napari_sam.training.recipes.nuclei_s import NAME, RECIPE, SEED
 from napari_sam.training.trainer import train
 
 RECIPE_STEPS = 800  # the recipe's --steps default
@@ -66,18 +66,12 @@ def click_ious(model, examples) -> dict[str, list[float]]:
         truths = np.stack([labels == i for i in ids])
         points = np.array([[centre_point(truth)] for truth in truths], dtype=float)
         masks, scores, _ = predictor.predict_batch(points=points, multimask=True)
-        every = _iou(masks, truths[:, None])  # (objects, 3)
+        every = iou(masks, truths[:, None])  # (objects, 3)
         ious["best of 3"] += list(every.max(axis=1))
         for strategy in STRATEGIES:
             picks = [select_mask(m, s, strategy) for m, s in zip(masks, scores)]
             ious[strategy] += list(every[np.arange(len(ids)), picks])
     return ious
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    inter = np.logical_and(a, b).sum(axis=(-2, -1))
-    union = np.logical_or(a, b).sum(axis=(-2, -1))
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def main() -> None:

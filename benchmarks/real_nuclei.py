@@ -33,9 +33,10 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from napari_sam import Segmenter, load_model
+from napari_sam.engine.geometry import bounding_box, centre_point, iou
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.models.registry import MODELS
-from napari_sam.training.evaluation import bounding_box, centre_point, instance_f1
+from napari_sam.training.evaluation import instance_f1
 
 WHEEL = "stardist==0.9.2"
 MEMBERS = ("stardist/data/images/img2d.tif", "stardist/data/images/mask2d.tif")
@@ -60,9 +61,9 @@ def prompt_scores(predictor, labels: np.ndarray) -> tuple[float, float]:
     for i in np.unique(labels[labels > 0]):
         truth = labels == i
         masks, scores, _ = predictor.predict(points=[centre_point(truth)], labels=[1])
-        point.append(_iou(masks[int(np.argmax(scores))], truth))
+        point.append(iou(masks[int(np.argmax(scores))], truth))
         masks, _, _ = predictor.predict(box=bounding_box(truth), multimask=False)
-        box.append(_iou(masks[0], truth))
+        box.append(iou(masks[0], truth))
     return float(np.mean(point)), float(np.mean(box))
 
 
@@ -74,10 +75,6 @@ def save_figure(path: Path, rgb: np.ndarray, truth: np.ndarray, found: np.ndarra
         side[find_boundaries(labels, mode="inner")] = colour
         sides.append(side)
     Image.fromarray(np.concatenate(sides, axis=1)).save(path)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 def main() -> None:

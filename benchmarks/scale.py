@@ -29,10 +29,11 @@ import numpy as np
 from skimage.transform import resize
 
 from napari_sam import Segmenter, load_model
+from napari_sam.engine.geometry import centre_point, iou
 from napari_sam.engine.scale import estimate_diameter, object_diameters
 from napari_sam.models.registry import MODELS
-from napari_sam.training.evaluation import centre_point, instance_f1
 from napari_sam.synthetic import synthetic_dataset, synthetic_nuclei
+from napari_sam.training.evaluation import instance_f1
 
 sys.path.insert(0, str(Path(__file__).parent))
 from default_model import HELD_OUT  # noqa: E402
@@ -74,7 +75,7 @@ def scores(model, examples, diameter: str) -> tuple[float, float]:
                 continue
             masks, predicted, _ = segmenter.predict(points=[centre_point(truth)])
             best = masks[int(np.argmax(predicted))]
-            ious.append((best & truth).sum() / (best | truth).sum())
+            ious.append(iou(best, truth))
         f1 = instance_f1(segmenter.segment_all(), labels)
         matched += f1["matched"]
         total += f1["predicted"] + f1["true"]

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from napari_sam.engine.embeddings import EmbeddingStore
+from napari_sam.engine.geometry import WindowMask
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.engine.mask_ops import (
     LogitUpsampler,
-    WindowMask,
     coco_rle,
     mask_to_rle,
     nms,
@@ -31,6 +31,7 @@ from napari_sam.engine.mask_ops import (
     stability_score,
 )
 from napari_sam.engine.predictor import Predictor
+from napari_sam.engine.prompts import box_rc_to_xy
 from napari_sam.engine.samplers import (
     AdaptiveSampler,
     BoxSampler,
@@ -297,8 +298,7 @@ class AutomaticMaskGenerator:
             coverage.mask[:] = False
             for i in kept:
                 mask = candidates.masks[i]
-                h, w = mask.window.shape
-                coverage.mask[mask.top: mask.top + h, mask.left: mask.left + w] |= mask.window
+                coverage.mask[mask.slices] |= mask.window
             coverage.history.append(int(coverage.mask.sum()))
         found = candidates.take(kept)
         offset = np.array([x0, y0, x0, y0])
@@ -342,10 +342,10 @@ class AutomaticMaskGenerator:
             else:
                 top, left, values = window
                 stability = float(stability_score(values, threshold, offset))
-                mask = _trimmed(top, left, values > threshold, shape)
+                mask = WindowMask.trimmed(top, left, values > threshold, shape)
             if self.stability_score_thresh > 0 and not stability >= self.stability_score_thresh:
                 continue
-            box = mask.box_xyxy()
+            box = _box_xyxy(mask)
             if _near_crop_edge(box, crop_box, image_shape):
                 continue
             kept.masks.append(mask)
@@ -372,9 +372,9 @@ class AutomaticMaskGenerator:
         for mask in found.masks:
             dense, filled = remove_small_regions(mask.dense(), self.min_mask_region_area, "holes")
             dense, dropped = remove_small_regions(dense, self.min_mask_region_area, "islands")
-            masks.append(_trimmed(0, 0, dense, mask.shape))
+            masks.append(WindowMask.trimmed(0, 0, dense, mask.shape))
             unchanged.append(float(not (filled or dropped)))
-        boxes = np.array([m.box_xyxy() for m in masks])
+        boxes = np.array([_box_xyxy(m) for m in masks])
         keep = nms(boxes, unchanged, max(self.box_nms_thresh, self.crop_nms_thresh))
         for i in keep:
             if not unchanged[i]:
@@ -462,14 +462,12 @@ def _slice(prompts: PromptRound, start: int, stop: int) -> PromptRound:
     return PromptRound(boxes=prompts.boxes[start:stop], multimask=prompts.multimask)
 
 
-def _trimmed(top: int, left: int, window: np.ndarray, shape) -> WindowMask:
-    """The mask in ``window`` at ``(top, left)``, cut down to the rows and columns it uses."""
-    rows, cols = np.flatnonzero(window.any(1)), np.flatnonzero(window.any(0))
-    if rows.size == 0:
-        return WindowMask(0, 0, np.zeros((0, 0), dtype=bool), tuple(shape))
-    window = window[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
-    return WindowMask(top + int(rows[0]), left + int(cols[0]), np.ascontiguousarray(window),
-                      tuple(shape))
+def _box_xyxy(mask: WindowMask) -> np.ndarray:
+    """Meta's box of a mask, ``(x0, y0, x1, y1)`` with maxima inclusive; zeros for an empty mask,
+    as Meta's ``batched_mask_to_box`` gives (its crop-edge filter and NMS see those zeros)."""
+    if not mask.window.any():
+        return np.zeros(4, dtype=np.int64)
+    return box_rc_to_xy(np.array(mask.box(), dtype=np.int64))
 
 
 def _near_crop_edge(box: np.ndarray, crop_box, image_shape) -> bool:

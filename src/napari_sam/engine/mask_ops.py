@@ -1,13 +1,12 @@
 """Operations on masks for automatic segmentation: exact upsampling of mask windows, stability,
-boxes, non-maximum suppression, small-region removal and run-length encoding.
+non-maximum suppression, small-region removal, painting and run-length encoding.
 
 Boxes in this module are SAM's ``(x0, y0, x1, y1)`` with inclusive maxima, as Meta's automatic
-mask generator computes them, because its decisions (crop-edge filter, NMS) depend on them.
+mask generator computes them, because its decisions (crop-edge filter, NMS) depend on them. The
+geometry of single masks (boxes, centres, IoU) is :mod:`napari_sam.engine.geometry`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,49 +14,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential
 
+from napari_sam.engine.geometry import WindowMask
+
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-
-
-@dataclass
-class WindowMask:
-    """A binary mask kept as the window that holds all of its pixels.
-
-    Attributes
-    ----------
-    top, left : int
-        Position of the window in the full image.
-    window : (h, w) bool array
-    shape : tuple of int
-        ``(H, W)`` of the full image.
-    """
-
-    top: int
-    left: int
-    window: np.ndarray
-    shape: tuple[int, int]
-
-    @property
-    def area(self) -> int:
-        return int(self.window.sum())
-
-    def dense(self) -> np.ndarray:
-        """The full ``(H, W)`` bool mask."""
-        mask = np.zeros(self.shape, dtype=bool)
-        h, w = self.window.shape
-        mask[self.top: self.top + h, self.left: self.left + w] = self.window
-        return mask
-
-    def box_xyxy(self) -> np.ndarray:
-        """``(x0, y0, x1, y1)`` of the mask, maxima inclusive; zeros for an empty mask."""
-        rows, cols = np.flatnonzero(self.window.any(1)), np.flatnonzero(self.window.any(0))
-        if rows.size == 0:
-            return np.zeros(4, dtype=np.int64)
-        return np.array([self.left + cols[0], self.top + rows[0],
-                         self.left + cols[-1], self.top + rows[-1]], dtype=np.int64)
-
-    def moved(self, top: int, left: int, shape: tuple[int, int]) -> WindowMask:
-        """The same pixels shifted by ``(top, left)`` into an image of ``shape``."""
-        return WindowMask(self.top + top, self.left + left, self.window, tuple(shape))
 
 
 def paint_labels(masks: list[WindowMask], shape: tuple[int, int]) -> np.ndarray:
@@ -69,8 +28,7 @@ def paint_labels(masks: list[WindowMask], shape: tuple[int, int]) -> np.ndarray:
     labels = np.zeros(shape, dtype=np.uint32)
     for label, i in enumerate(np.argsort([-m.area for m in masks], kind="stable"), 1):
         mask = masks[i]
-        h, w = mask.window.shape
-        labels[mask.top: mask.top + h, mask.left: mask.left + w][mask.window] = label
+        labels[mask.slices][mask.window] = label
     return relabel_sequential(labels)[0].astype(np.uint32)
 
 

@@ -18,8 +18,8 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from napari_sam.engine.detection import object_labels
+from napari_sam.engine.geometry import WindowMask
 from napari_sam.engine.image import channels_last
-from napari_sam.engine.mask_ops import WindowMask
 
 # Fewer objects than this give no estimate: the median of one or two sizes says little.
 MIN_OBJECTS = 3

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_sam.engine.amg import AutomaticMaskGenerator
-from napari_sam.engine.mask_ops import WindowMask
+from napari_sam.engine.geometry import WindowMask, bounding_box, box_centre
 
 MERGE_OVERLAP = 0.5  # two masks are one object when they share this much of the smaller one
 
@@ -109,9 +109,9 @@ def segment_tiles(generator: AutomaticMaskGenerator, rgb: np.ndarray,
             continue
         if cut:
             for other, other_index, _ in found:
-                if other_index != index and _overlap(mask, other) >= MERGE_OVERLAP:
-                    mask = _union(mask, other)
-        if all(_overlap(mask, previous) < MERGE_OVERLAP for previous in kept):
+                if other_index != index and mask.overlap(other) >= MERGE_OVERLAP:
+                    mask = mask.union(other)
+        if all(mask.overlap(previous) < MERGE_OVERLAP for previous in kept):
             kept.append(mask)
     return kept
 
@@ -129,29 +129,6 @@ def _cut(mask: WindowMask, tile: Tile, shape) -> bool:
     r0, c0, r1, c1 = tile.box
     return ((mask.top <= r0 and r0 > 0) or (mask.left <= c0 and c0 > 0)
             or (mask.top + h >= r1 and r1 < shape[0]) or (mask.left + w >= c1 and c1 < shape[1]))
-
-
-def _overlap(a: WindowMask, b: WindowMask) -> float:
-    """Shared pixels as a fraction of the smaller mask."""
-    top, left = max(a.top, b.top), max(a.left, b.left)
-    bottom = min(a.top + a.window.shape[0], b.top + b.window.shape[0])
-    right = min(a.left + a.window.shape[1], b.left + b.window.shape[1])
-    if bottom <= top or right <= left:
-        return 0.0
-    shared = (a.window[top - a.top: bottom - a.top, left - a.left: right - a.left]
-              & b.window[top - b.top: bottom - b.top, left - b.left: right - b.left]).sum()
-    return float(shared) / max(1, min(a.area, b.area))
-
-
-def _union(a: WindowMask, b: WindowMask) -> WindowMask:
-    top, left = min(a.top, b.top), min(a.left, b.left)
-    bottom = max(a.top + a.window.shape[0], b.top + b.window.shape[0])
-    right = max(a.left + a.window.shape[1], b.left + b.window.shape[1])
-    window = np.zeros((bottom - top, right - left), dtype=bool)
-    for mask in (a, b):
-        h, w = mask.window.shape
-        window[mask.top - top: mask.top - top + h, mask.left - left: mask.left - left + w] |= mask.window
-    return WindowMask(top, left, window, a.shape)
 
 
 class TiledPredictor:
@@ -234,8 +211,7 @@ class TiledPredictor:
         answer = self._predict_in(tile.box, points, labels, box, mask, multimask)
         best = answer[0][int(np.argmax(answer[1]))]
         if _touches_inner_edge(best, tile.box, shape):
-            rows, cols = np.nonzero(best)
-            centre = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
+            centre = box_centre(bounding_box(best))
             answer = self._predict_in(_centred_box(centre, self.tile, shape), points, labels, box,
                                       mask, multimask)
         return answer
@@ -286,10 +262,9 @@ def _anchor(points, labels, box, mask=None) -> tuple[float, float]:
     if points is not None and (labels == 1).any():
         return tuple(points[np.flatnonzero(labels == 1)[0]])
     if box is not None:
-        return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        return box_centre(box)
     if mask is not None and mask.any():
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        return (rows[0] + rows[-1]) / 2, (cols[0] + cols[-1]) / 2
+        return box_centre(bounding_box(mask))
     raise ValueError(
         "give at least one positive point or a box (or a non-empty mask): it decides which tile "
         "answers"

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_sam.engine.geometry import bounding_box
 from napari_sam.engine.selection import STRATEGIES, select_mask
 from napari_sam.plugin.background import CancelFlag, run_in_background
 from napari_sam.plugin.layer_choice import LayerChoice
@@ -46,8 +47,7 @@ from napari_sam.plugin.layers import (
     write_mask,
 )
 from napari_sam.plugin.prefetch import SliceEmbedder
-from napari_sam.plugin.session import LayerError, Session
-from napari_sam.training.evaluation import bounding_box
+from napari_sam.plugin.session import ImageSource, LayerError, Session
 from napari_sam.volume.propagation import propagate
 
 PROMPTS, BOXES, PREVIEW = "SAM prompts", "SAM box", "SAM preview"
@@ -64,6 +64,29 @@ class Answer:
     choice: int
 
 
+@dataclass(frozen=True)
+class SliceObject:
+    """One object of the target labels layer in one slice."""
+
+    label: int
+    index: tuple[int, ...]  # the slice
+    mask: np.ndarray  # (H, W) bool
+
+
+class SlicePredictor:
+    """One slice of the image, as :func:`~napari_sam.volume.propagation.propagate` asks for it
+    (a :class:`~napari_sam.volume.propagation.PlanePredictor`): every prediction goes through
+    the session, under its lock."""
+
+    def __init__(self, session: Session, source: ImageSource, index: tuple[int, ...]) -> None:
+        self.session, self.source, self.index = session, source, index
+        self.image = session.segmenter(source, index).image
+
+    def predict(self, *, points=None, labels=None, box=None, mask=None, multimask: bool = True):
+        return self.session.predict(self.source, self.index, points=points, labels=labels,
+                                    box=box, mask=mask, multimask=multimask)
+
+
 class InteractiveWidget(QWidget):
     """Segment one object at a time on the shown slice of an image layer."""
 
@@ -74,8 +97,8 @@ class InteractiveWidget(QWidget):
         self.embedder = SliceEmbedder.for_viewer(napari_viewer)
         self.points = self.boxes = self.preview = None
         self.answer: Answer | None = None
-        self.refining: tuple[int, tuple, np.ndarray] | None = None  # (id, slice, mask)
-        self.committed: tuple[int, tuple, np.ndarray] | None = None
+        self.refining: SliceObject | None = None  # the label that commit replaces
+        self.committed: SliceObject | None = None  # what propagate carries through z
         self.worker = None
         self._ticket = 0
         self._flag: CancelFlag | None = None
@@ -228,7 +251,7 @@ class InteractiveWidget(QWidget):
             return
         points, labels = point_prompts(self.points, index)
         box = box_prompt(self.boxes, index)
-        mask = self.refining[2] if self.refining and self.refining[1] == index else None
+        mask = self.refining.mask if self.refining and self.refining.index == index else None
         if mask is not None and box is None:
             box = np.array(bounding_box(mask), float)
         self._ticket += 1
@@ -309,10 +332,11 @@ class InteractiveWidget(QWidget):
             return None
         target = checked[2]
         mask = answer.masks[answer.choice]
-        refined = self.refining[0] if self.refining and self.refining[1] == answer.index else None
+        refined = (self.refining.label if self.refining and self.refining.index == answer.index
+                   else None)
         value = refined or next_label(target)
         write_mask(target, answer.index, mask, value, replace=refined)
-        self.committed = (value, answer.index, mask)
+        self.committed = SliceObject(value, answer.index, mask)
         self.clear()
         self.status.setText(
             f"object {value} written into {target.name!r} ({describe(answer.index)})")
@@ -331,7 +355,7 @@ class InteractiveWidget(QWidget):
             return
         value = int(plane[row, col])
         self.clear()
-        self.refining = (value, index, plane == value)
+        self.refining = SliceObject(value, index, plane == value)
         self.status.setText(f"refining object {value}: add clicks, then C")
         self.request_prediction()
 
@@ -340,10 +364,11 @@ class InteractiveWidget(QWidget):
 
         Returns the worker, or None when there is nothing to propagate.
         """
-        if self.committed is None:
+        committed = self.committed
+        if committed is None:
             show_info("napari-sam: commit an object first, then propagate it")
             return None
-        value, index, mask = self.committed
+        value, index = committed.label, committed.index
         checked = self._checked_target()
         if checked is None:
             return None
@@ -351,23 +376,17 @@ class InteractiveWidget(QWidget):
         if not index:
             show_info("napari-sam: the image is 2D: there is nothing to propagate through")
             return None
-        session, lead = self.session, index[:-1]
+        lead = index[:-1]
         flag = self._flag = CancelFlag()
         n_planes = source.volume.planes[-1]
 
-        class Slice:
-            """One slice's predictor, used under the session's lock."""
-
-            def __init__(self, plane: int) -> None:
-                self.index = (*lead, plane)
-                self.image = session.segmenter(source, self.index).image
-
-            def predict(self, **prompts):
-                return session.predict(source, self.index, **prompts)
+        def predictor_for(plane: int) -> SlicePredictor:
+            return SlicePredictor(self.session, source, (*lead, plane))
 
         def job():
             yield from propagate(
-                Slice, mask, index[-1], n_planes=n_planes, direction=self.direction.currentText(),
+                predictor_for, committed.mask, index[-1], n_planes=n_planes,
+                direction=self.direction.currentText(),
                 min_score=self.min_score.value(), min_overlap=self.min_overlap.value(),
                 min_contrast=self.min_contrast.value(), should_stop=flag)
 

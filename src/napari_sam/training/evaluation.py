@@ -4,23 +4,10 @@ images."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
+from napari_sam.engine.geometry import bounding_box, centre_point, iou, label_iou
 from napari_sam.engine.predictor import Predictor
 from napari_sam.models.sam import Sam
-
-
-def centre_point(mask: np.ndarray) -> tuple[int, int]:
-    """The pixel of ``mask`` farthest from its border: where a user would click."""
-    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(distance)), mask.shape)
-    return int(row), int(col)
-
-
-def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """``(min_row, min_col, max_row, max_col)`` of ``mask``, inclusive."""
-    rows, cols = np.nonzero(mask)
-    return int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
 
 
 def prompt_miou(
@@ -68,12 +55,12 @@ def prompt_miou(
                 points = np.array([[centre_point(m)] for m in chunk], dtype=float)
                 masks, scores, _ = predictor.predict_batch(points=points, multimask=True)
                 chosen = masks[np.arange(len(chunk)), scores.argmax(axis=1)]
-                ious["point"] += list(_iou(chosen, chunk))
-                every = _iou(masks, chunk[:, None])  # (B, 3)
+                ious["point"] += list(iou(chosen, chunk))
+                every = iou(masks, chunk[:, None])  # (B, 3)
                 ious["point_oracle"] += list(every.max(axis=1))
                 boxes = np.array([bounding_box(m) for m in chunk], dtype=float)
                 masks, _, _ = predictor.predict_batch(boxes=boxes, multimask=False)
-                ious["box"] += list(_iou(masks[:, 0], chunk))
+                ious["box"] += list(iou(masks[:, 0], chunk))
     finally:
         model.train(was_training)
     result = {key: float(np.mean(values)) if values else float("nan") for key, values in ious.items()}
@@ -100,24 +87,12 @@ def instance_f1(predicted: np.ndarray, truth: np.ndarray, threshold: float = 0.5
     """
     if threshold < 0.5:
         raise ValueError(f"threshold must be at least 0.5 for unique matches, not {threshold}")
-    pred_ids, pred_index = np.unique(predicted, return_inverse=True)
-    true_ids, true_index = np.unique(truth, return_inverse=True)
-    pairs = np.zeros((len(pred_ids), len(true_ids)), dtype=np.int64)
-    np.add.at(pairs, (pred_index.ravel(), true_index.ravel()), 1)
-    pred_area, true_area = pairs.sum(1), pairs.sum(0)
-    iou = pairs / (pred_area[:, None] + true_area[None, :] - pairs)
-    iou = iou[pred_ids != 0][:, true_ids != 0]
-    matched = int((iou > threshold).sum())
-    n_pred, n_true = iou.shape
+    matrix = label_iou(predicted, truth)[2]
+    matched = int((matrix > threshold).sum())
+    n_pred, n_true = matrix.shape
     precision = matched / n_pred if n_pred else 1.0
     recall = matched / n_true if n_true else 1.0
     f1 = 2 * matched / (n_pred + n_true) if n_pred + n_true else 1.0
     return {"f1": f1, "precision": precision, "recall": recall, "matched": matched,
             "predicted": n_pred, "true": n_true}
 
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU over the last two axes of boolean arrays (broadcasting)."""
-    inter = np.logical_and(a, b).sum(axis=(-2, -1))
-    union = np.logical_or(a, b).sum(axis=(-2, -1))
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)

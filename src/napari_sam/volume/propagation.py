@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_sam.training.evaluation import bounding_box, centre_point
+from napari_sam.engine.geometry import bounding_box, centre_point, iou
 
 DIRECTIONS = {"up": (1,), "down": (-1,), "both": (1, -1)}
 # The box prompt is the previous mask's bounding box grown by this fraction of its side on
@@ -27,6 +28,24 @@ RING = (2, 6)
 # Below this contrast (in 8-bit grey levels) the starting object does not stand out from its
 # surroundings and contrast cannot tell where it ends.
 MIN_REFERENCE_CONTRAST = 2.0
+
+
+class PlanePredictor(Protocol):
+    """What :func:`propagate` needs of one plane of the stack.
+
+    :class:`~napari_sam.engine.tiling.TiledPredictor` and :class:`~napari_sam.Segmenter` after
+    ``set_image`` are such predictors.
+    """
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The ``(H, W[, C])`` plane as the model sees it (8-bit), for the contrast stop; None
+        when the predictor cannot tell (then propagate with ``min_contrast=0``)."""
+
+    def predict(self, *, points=None, labels=None, box=None, mask=None,
+                multimask: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks ``(k, H, W)`` bool, scores ``(k,)`` and logits for one object, from prompts in
+        ``(row, col)`` pixels of the whole plane (``mask`` a ``(H, W)`` mask prompt)."""
 
 
 @dataclass
@@ -49,7 +68,7 @@ class PropagatedPlane:
 
 
 def propagate(
-    predictor_for: Callable[[int], object],
+    predictor_for: Callable[[int], PlanePredictor],
     mask,
     plane: int,
     *,
@@ -74,11 +93,10 @@ def propagate(
     Parameters
     ----------
     predictor_for : callable
-        ``predictor_for(p)`` returns a predictor whose image is plane ``p``, whose
-        ``predict(points=, labels=, box=, mask=, multimask=)`` answers in pixels of the whole
-        plane and whose ``image`` is the ``(H, W[, C])`` plane the model sees, such as a
-        :class:`~napari_sam.engine.tiling.TiledPredictor`. The caller owns the embeddings
-        (and their cache); ``predictor_for(plane)`` is asked for its ``image`` only.
+        ``predictor_for(p)`` returns the :class:`PlanePredictor` of plane ``p``, such as a
+        :class:`~napari_sam.engine.tiling.TiledPredictor` set to that plane. The caller owns
+        the embeddings (and their cache); ``predictor_for(plane)`` is asked for its ``image``
+        only.
     mask : (H, W) array-like of bool
         The object in plane ``plane``; not empty.
     plane : int
@@ -137,13 +155,10 @@ class _Stops:
     max_planes: int | None
 
 
-def _walk(predictor_for, mask, plane, n_planes, steps, stops: _Stops,
-          should_stop) -> Iterator[PropagatedPlane]:
-    # Contrast is compared with the committed object's, not the previous plane's. Measured on
-    # synthetic stacks ((12, 256, 256), density 0.1, 106 nuclei started in their middle plane):
-    # without contrast 4 propagations ended within one plane of the nucleus' ends; relative to
-    # the previous plane (>= 0.5) 66; relative to the committed plane, >= 0.4: 74 (8 planes of
-    # 50 px or more lost), >= 0.5: 85 (27 lost). Most others ran into a nucleus lying on top.
+def _walk(predictor_for: Callable[[int], PlanePredictor], mask, plane, n_planes, steps,
+          stops: _Stops, should_stop) -> Iterator[PropagatedPlane]:
+    # Contrast is compared with the committed object's, not the previous plane's: an object that
+    # fades a little in each plane passes every plane-to-plane test (docs/benchmarks.md).
     reference = None
     if stops.min_contrast > 0:
         reference = _contrast(_image(predictor_for(plane), plane, mask.shape), mask)
@@ -160,7 +175,7 @@ def _walk(predictor_for, mask, plane, n_planes, steps, stops: _Stops,
             predictor = predictor_for(current)
             found, score = _next_mask(predictor, previous)
             if (not found.any() or score < stops.min_score
-                    or _iou(found, previous) < stops.min_overlap):
+                    or iou(found, previous) < stops.min_overlap):
                 break
             if reference is not None:
                 contrast = _contrast(_image(predictor, current, mask.shape), found)
@@ -170,16 +185,11 @@ def _walk(predictor_for, mask, plane, n_planes, steps, stops: _Stops,
             previous = found
 
 
-def _next_mask(predictor, previous: np.ndarray) -> tuple[np.ndarray, float]:
+def _next_mask(predictor: PlanePredictor, previous: np.ndarray) -> tuple[np.ndarray, float]:
     """The object in the predictor's plane, prompted by its mask in the neighbouring plane.
 
-    Measured on synthetic stacks ((12, 256, 256), radius 8-14, anisotropy 3), one step from
-    the true mask, mean IoU with the truth, with the first (ViT) nuclei_s: 0.66 with the box
-    alone, 0.67 with box and point, 0.71 with box, point and the mask prompt (density 0.3; 0.76
-    and 0.77 at density 0.1); the mask alone fails (0.00: the model never saw it without a box
-    or point). With the TinyViT nuclei_s, box, point and mask: 0.76 (density 0.3), 0.77 (0.1).
-    Multimask output, choosing by score or by overlap with the previous mask, changed nothing,
-    so one mask is asked for.
+    Box, point and mask prompt together follow an object best, and a single mask is asked for
+    because choosing among three did no better (figures: docs/benchmarks.md, "Propagation").
     """
     masks, scores, _ = predictor.predict(
         points=[centre_point(previous)], labels=[1], box=_grown_box(previous),
@@ -188,8 +198,8 @@ def _next_mask(predictor, previous: np.ndarray) -> tuple[np.ndarray, float]:
     return np.asarray(masks[0], dtype=bool), float(scores[0])
 
 
-def _image(predictor, plane: int, shape: tuple[int, int]) -> np.ndarray:
-    image = getattr(predictor, "image", None)
+def _image(predictor: PlanePredictor, plane: int, shape: tuple[int, int]) -> np.ndarray:
+    image = predictor.image
     if image is None:
         raise ValueError(
             f"the predictor of plane {plane} has no image to measure contrast on: give "
@@ -207,10 +217,9 @@ def _image(predictor, plane: int, shape: tuple[int, int]) -> np.ndarray:
 def _contrast(image: np.ndarray, mask: np.ndarray) -> float:
     """Mean of ``image`` in ``mask`` minus the median of a ring around it (the local background,
     robust to a neighbouring object covering part of the ring); channels are averaged."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    top, left, bottom, right = bounding_box(mask)
     pad = RING[1] + 1
-    window = (slice(max(rows[0] - pad, 0), rows[-1] + pad + 1),
-              slice(max(cols[0] - pad, 0), cols[-1] + pad + 1))
+    window = (slice(max(top - pad, 0), bottom + pad + 1), slice(max(left - pad, 0), right + pad + 1))
     mask, image = mask[window], np.asarray(image[window], dtype=np.float32)
     if image.ndim == 3:
         image = image.mean(axis=-1)
@@ -227,11 +236,6 @@ def _grown_box(mask: np.ndarray) -> np.ndarray:
     low = np.maximum(box[:2] - margin, 0)
     high = np.minimum(box[2:] + margin, np.array(mask.shape) - 1)
     return np.concatenate([low, high])
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
 
 
 def _check_arguments(mask, plane, n_planes, direction, min_score, min_overlap, min_contrast,
