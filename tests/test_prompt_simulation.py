@@ -7,18 +7,20 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_sam.engine.prompts import box_rc_to_xy, rc_to_xy
-from napari_sam.training.prompts import (
-    PromptBatch,
-    background_points,
+from napari_sam.synthetic import synthetic_nuclei
+from napari_sam.training.object_prompts import (
     correction_point,
-    correction_points,
     jittered_box,
     negative_points,
     positive_points,
+)
+from napari_sam.training.prompts import (
+    PromptBatch,
+    background_points,
+    correction_points,
     sample_objects,
     simulate_prompts,
 )
-from napari_sam.synthetic import synthetic_nuclei
 
 
 @pytest.fixture(scope="module")
