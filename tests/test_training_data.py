@@ -5,10 +5,13 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from test_volume_io import SpyArray
 
 from napari_sam.engine.image import intensity_range, to_rgb_uint8
-from napari_sam.training.data import LabelledSlices
 from napari_sam.synthetic import synthetic_nuclei
+from napari_sam.training.data import LabelledSlices
+from napari_sam.volume import open_volume
+from napari_sam.volume.stack import plane_rgb, volume_limits
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +36,6 @@ class Layer:
     def __init__(self, data, name="layer"):
         self.data = data
         self.name = name
-
-
-class SpyArray:
-    """An array-like that records every index it is read with."""
-
-    def __init__(self, array):
-        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
-        self.keys = []
-
-    def __getitem__(self, key):
-        self.keys.append(key)
-        return self.array[key]
 
 
 def assert_example(example, shape):
@@ -118,14 +109,14 @@ def test_paths_tiff_npy_and_compressed_tiff(vol3d, tmp_path):
         data = LabelledSlices([(tmp_path / "image.tif", str(tmp_path / label_file))], crop_size=40)
         for (a, b), (c, d) in zip(from_arrays, draw(data, 4)):
             assert np.array_equal(a, c) and np.array_equal(b, d)
-        assert data.summary()["pairs"][0]["source"]["labels"]["path"].endswith(label_file)
+        assert data.summary()["pairs"][0]["source"]["labels"].endswith(label_file)
 
 
 def test_napari_layers_duck_typed(img2d):
     image, labels = img2d
     data = LabelledSlices([(Layer(image, "nuclei"), Layer(labels, "masks"))], crop_size=32)
     assert_example(data.sample(np.random.default_rng(0)), (32, 32))
-    assert data.summary()["pairs"][0]["source"]["image"]["layer"] == "nuclei"
+    assert data.summary()["pairs"][0]["source"]["image"] == "napari layer 'nuclei'"
 
 
 def test_reads_only_slices(vol3d):
@@ -146,12 +137,35 @@ def test_channels_last_and_first(vol3d):
     last = LabelledSlices([(rgb, labels)], crop_size=32)
     first = LabelledSlices([(np.moveaxis(rgb, -1, 0), labels)], crop_size=32)
     explicit = LabelledSlices([(np.moveaxis(rgb, -1, 0), labels)], crop_size=32, axes="CZYX")
-    assert last.summary()["pairs"][0]["axes"] == "ZYXC"
-    assert first.summary()["pairs"][0]["axes"] == "CZYX"
+    assert last.summary()["pairs"][0]["axes"] == "zyxc"
+    assert first.summary()["pairs"][0]["axes"] == "czyx"
     for (a, b), (c, d), (e, f) in zip(draw(last, 3), draw(first, 3), draw(explicit, 3)):
         assert np.array_equal(a, c) and np.array_equal(b, d)
         assert np.array_equal(a, e) and np.array_equal(b, f)
     assert last.limits[0].shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "shape, axes",
+    [((2, 50, 90), "cyx"), ((50, 90, 2), "yxc"), ((2, 8, 50, 90), "czyx"),
+     ((8, 50, 90, 2), "zyxc")],
+)
+def test_a_channel_axis_beside_the_labels_axes_is_found(shape, axes):
+    """The labels tell which axis of the image holds channels, where the shape alone cannot."""
+    labels = np.ones(tuple(n for n, a in zip(shape, axes) if a != "c"), np.uint32)
+    data = LabelledSlices([(np.ones(shape, np.float32), labels)], crop_size=32)
+    assert data.summary()["pairs"][0]["axes"] == axes
+
+
+def test_labels_with_two_plane_axes_give_one_slice_per_plane():
+    image, labels = synthetic_nuclei((6, 40, 40), seed=3)
+    data = LabelledSlices([(image.reshape(2, 3, 40, 40), labels.reshape(2, 3, 40, 40))],
+                          axes="tzyx", crop_size=40)
+    assert data.n_slices == 6
+    rgb = [plane_rgb(open_volume(image), z, data.limits[0]) for z in range(6)]
+    for img, lab in draw(data, 6):
+        z = next(z for z in range(6) if np.array_equal(img, rgb[z]))
+        assert np.array_equal(lab > 0, labels[z] > 0)
 
 
 def test_uint8_images_are_used_as_they_are(img2d):
@@ -192,8 +206,46 @@ def test_limits_are_per_volume():
     data = LabelledSlices([(volume, np.stack([labels, labels]))], crop_size=64)
     means = sorted({float(img.mean()) for img, _ in draw(data, 12)})
     assert len(means) == 2 and means[1] > 1.8 * means[0]
-    expected = intensity_range(volume.reshape(-1, 1), (1.0, 99.8))
+    expected = intensity_range(volume.reshape(-1, 1), (1.0, 99.8))[:, 0]
     np.testing.assert_allclose(data.limits[0], expected, rtol=1e-6)
+
+
+def bright_ends(n=40):
+    """A uint16 stack whose end planes are much brighter than all others: limits taken from the
+    end planes would differ from those of planes spread through the volume."""
+    image = np.random.default_rng(4).integers(100, 1000, (n, 32, 32)).astype(np.uint16)
+    image[[0, -1]] *= 60
+    return image
+
+
+@pytest.mark.parametrize(
+    "image, axes",
+    [
+        (bright_ends(), "zyx"),
+        (np.random.default_rng(5).normal(0, 1, (12, 32, 32, 4)).astype(np.float32), "zyxc"),
+        (np.random.default_rng(6).normal(0, 1, (2, 12, 32, 32)), "czyx"),
+        (np.random.default_rng(7).random((12, 32, 32)) > 0.5, "zyx"),
+        (np.random.default_rng(8).integers(0, 256, (12, 32, 32), dtype=np.uint8), "zyx"),
+    ],
+    ids=["uint16-bright-ends", "float32-rgba", "float64-channels-first", "bool", "uint8"],
+)
+def test_a_plane_is_normalised_for_training_as_for_inference(image, axes):
+    """Each example is the RGB image inference makes of its plane, with the same limits."""
+    volume = open_volume(image, axes=axes)
+    labels = np.ones((*volume.planes, *volume.plane_shape), np.uint32)
+    data = LabelledSlices([(image, labels)], crop_size=32)
+    limits = volume_limits(volume)
+    if limits is None:
+        assert data.limits == [None]
+    else:
+        np.testing.assert_array_equal(data.limits[0], limits)
+    inference = {plane_rgb(volume, z, limits).tobytes() for z in range(volume.n_planes)}
+    assert all(img.tobytes() in inference for img, _ in draw(data, 20))
+
+
+def test_end_planes_do_not_set_the_limits_of_a_stack():
+    data = LabelledSlices([(bright_ends(), np.ones((40, 32, 32), np.uint8))], crop_size=32)
+    assert data.limits[0][1] < 1000  # from planes spread through the stack, not its ends
 
 
 def test_deterministic(vol3d):
@@ -214,7 +266,7 @@ def test_summary_is_json(vol3d, img2d):
     assert summary["n_pairs"] == 2 and summary["n_slices"] == 9
     first = summary["pairs"][0]
     assert first["image_shape"] == [8, 96, 96] and first["labels_dtype"] == "uint32"
-    assert first["axes"] == "ZYX" and first["n_slices"] == 8
+    assert first["axes"] == "zyx" and first["n_slices"] == 8
     assert sum(first["objects_in_sampled_slices"]) > 0
 
 
@@ -259,7 +311,7 @@ def test_mismatched_shapes(vol3d, img2d):
     [
         (lambda im, lab: (im, lab.astype(np.float32)), "integer label image"),
         (lambda im, lab: (im, lab > 0), "skimage.measure.label"),
-        (lambda im, lab: (im[0, 0], lab[0, 0]), "2D"),
+        (lambda im, lab: (im[0, 0], lab[0, 0]), r"pair 0, image: .*at least 2 dimensions"),
         (lambda im, lab: (im[:, :0], lab[:, :0]), "empty"),
         (lambda im, lab: (im.astype(np.complex64), lab), "real number"),
     ],
@@ -290,7 +342,7 @@ def test_bad_pairs_and_files(vol3d, tmp_path):
         LabelledSlices([])
     with pytest.raises(ValueError, match="pair 0 must be"):
         LabelledSlices([vol3d[0]])
-    with pytest.raises(FileNotFoundError, match="missing.tif"):
+    with pytest.raises(FileNotFoundError, match="pair 0, image: .*missing.tif"):
         LabelledSlices([(tmp_path / "missing.tif", vol3d[1])])
     (tmp_path / "image.png").write_bytes(b"")
     with pytest.raises(ValueError, match="supported"):
@@ -299,3 +351,27 @@ def test_bad_pairs_and_files(vol3d, tmp_path):
     negative[:] = -1
     with pytest.raises(ValueError, match="negative"):
         LabelledSlices([(vol3d[0], negative)]).sample(np.random.default_rng(0))
+
+
+def test_bad_channels_and_labels_with_channels(vol3d):
+    image, labels = vol3d
+    with pytest.raises(ValueError, match=r"pair 0: the image has 5 channels.*at most 4"):
+        LabelledSlices([(np.stack([image] * 5, axis=-1), labels)], axes="zyxc")
+    with pytest.raises(ValueError, match=r"pair 0: labels .* with a channel axis.*pass"):
+        LabelledSlices([(image[..., :3], labels[..., :3])])
+
+
+def test_ome_zarr_pair_reads_its_full_resolution_dataset(vol3d, tmp_path):
+    """The dataset named by the multiscales metadata, as in inference, whatever its name."""
+    zarr = pytest.importorskip("zarr")
+    image, labels = vol3d
+    group = zarr.open_group(tmp_path / "image.ome.zarr", mode="w")
+    group.create_array("s0", data=image)
+    group.create_array("s1", data=image[:, ::2, ::2])
+    axes = [{"name": a} for a in "zyx"]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes,
+                                   "datasets": [{"path": "s0"}, {"path": "s1"}]}]
+    expected = draw(LabelledSlices([vol3d], crop_size=40), 3)
+    got = draw(LabelledSlices([(tmp_path / "image.ome.zarr", labels)], crop_size=40), 3)
+    for (a, b), (c, d) in zip(expected, got):
+        assert np.array_equal(a, c) and np.array_equal(b, d)

@@ -147,6 +147,53 @@ def test_zarr_array_object(stack):
     assert_planes(volume, stack)
 
 
+class SpyArray:
+    """An array-like, neither numpy, dask nor zarr, that records every index it is read with."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+        self.keys = []
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        return self.array[key]
+
+
+def test_any_array_like_is_read_a_plane_at_a_time(stack):
+    spy = SpyArray(stack)
+    volume = open_volume(spy)
+    assert (volume.axes, volume.source) == ("zyx", "SpyArray array")
+    assert spy.keys == []
+    assert_planes(volume, stack)
+    assert [key[0] for key in spy.keys] == list(range(len(stack)))
+
+
+def test_sample_reads_the_sample_planes(stack):
+    spy = SpyArray(np.concatenate([stack] * 10))  # 60 planes
+    volume = open_volume(spy)
+    volume.sample()
+    assert [key[0] for key in spy.keys] == volume.sample_planes().tolist()
+    assert volume.sample_planes().tolist() == [3, 11, 18, 26, 33, 41, 48, 56]  # not the ends
+    assert volume.sample_planes(max_planes=100).tolist() == list(range(60))
+
+
+def test_a_window_of_a_plane_and_planes_numbered_through_all_plane_axes(stack):
+    data = stack.reshape(2, 3, 24, 32)
+    volume = open_volume(data, axes="tzyx")
+    rows, cols = slice(2, 20, 3), slice(5, 9)
+    for number in range(6):
+        t, z = divmod(number, 3)
+        np.testing.assert_array_equal(volume.plane(number), data[t, z])
+        np.testing.assert_array_equal(volume.plane(number, rows=rows, cols=cols),
+                                      data[t, z, rows, cols])
+    np.testing.assert_array_equal(volume.plane(-1), data[1, 2])
+    channels = open_volume(np.stack([stack, stack // 2], axis=1))  # zcyx
+    np.testing.assert_array_equal(channels.plane(4, rows=slice(0, 1), cols=slice(3, 4)),
+                                  [[[stack[4, 0, 3], stack[4, 0, 3] // 2]]])
+    with pytest.raises(IndexError, match="or one plane number below 6"):
+        volume.plane(6)
+
+
 def test_opening_reads_no_chunk_and_a_plane_only_its_own(tmp_path, monkeypatch):
     path = tmp_path / "big.zarr"
     array = zarr.create_array(path, shape=(16, 64, 64), chunks=(1, 32, 32), dtype="uint16")

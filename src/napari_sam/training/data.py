@@ -1,19 +1,20 @@
-"""Training examples from pairs of (image, labels) volumes, read lazily one crop at a time.
+"""Training examples from pairs of (image, labels) volumes, read lazily one window at a time.
 
-A :class:`LabelledSlices` object turns any number of image / label pairs (numpy, dask or zarr
-arrays, napari layers, or paths to .tif / .tiff / .npy files and zarr stores) into random 2D
-training examples ``(image, labels)`` for the trainer:
+A :class:`LabelledSlices` object turns any number of image / label pairs (arrays, napari layers,
+or files) into random 2D training examples ``(image, labels)`` for the trainer:
 
 1. **Choice.** A pair is picked with a probability proportional to its number of 2D slices, then
    a slice, then a ``crop_size`` x ``crop_size`` window of it (the whole slice when smaller).
    With probability ``foreground_fraction`` the window is placed so that it contains a labelled
    pixel chosen at random, otherwise anywhere. A window with fewer than ``min_objects`` labelled
    objects is drawn again (at most 20 times, then the best one seen is used).
-2. **Reading.** Only the chosen window is read from disk (plus, for foreground placement, a
+2. **Reading.** Images and labels are opened by :func:`napari_sam.volume.io.open_volume`, the
+   reader of inference, and only the chosen window is read (plus, for foreground placement, a
    subsampled view of the label slice); never a whole volume.
-3. **Intensities.** Each volume is normalised once, with robust percentiles (default 1 and 99.8)
-   of a sample of its voxels taken from at most 8 evenly spaced slices, so all slices of a volume
-   keep their relative brightness, as in inference on stacks. uint8 images are used as they are.
+3. **Intensities.** As in inference on stacks, so that the model sees a plane the same way in
+   training and in use: uint8 images are used as they are, others are scaled between limits
+   taken once per volume (:func:`napari_sam.volume.io.intensity_limits`), and the window becomes
+   RGB by :func:`napari_sam.volume.stack.plane_rgb`.
 4. **Labels.** The window's labels are renumbered to ``1..n`` (0 stays background).
 
 Examples are ``(h, w, 3)`` uint8 RGB images and ``(h, w)`` uint32 label images.
@@ -21,59 +22,39 @@ Examples are ``(h, w, 3)`` uint8 RGB images and ``(h, w)`` uint32 label images.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from skimage.segmentation import relabel_sequential
 
-from napari_sam.engine.image import DEFAULT_PERCENTILES, intensity_range, to_rgb_uint8
+from napari_sam.engine.image import DEFAULT_PERCENTILES
+from napari_sam.volume.io import Volume, intensity_limits, open_volume
+from napari_sam.volume.stack import plane_rgb
 
 __all__ = ["LabelledSlices"]
 
 # A window with too few objects is drawn again at most this many times in all.
 MAX_TRIES = 20
-# Intensity limits of a volume come from at most this many slices and this many pixels in all.
-LIMIT_SLICES = 8
-LIMIT_PIXELS = 1 << 20
 # Foreground placement looks for labelled pixels in a view of the label slice subsampled to at
 # most this many pixels.
 FOREGROUND_PIXELS = 1 << 18
+# SAM sees 3 channels; a fourth (alpha) is dropped, more would have to be chosen by the user.
+MAX_CHANNELS = 4
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
-_ZARR_SUFFIXES = (".zarr", ".zr")
 
-
-@dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Pair:
-    """One (image, labels) volume with its axes, sizes and intensity limits."""
+    """One (image, labels) pair of volumes with the same planes, and the image's limits."""
 
-    image: Any
-    labels: Any
-    axes: str  # image axes, upper case, the slice axis (if any) called "Z", e.g. "ZYXC"
-    source: dict
-    shape: tuple[int, int, int]  # (n_slices, height, width)
-    limits: np.ndarray | None = None  # (2, C) or None for uint8 / bool images
-    sample_slices: list[int] = field(default_factory=list)
-
-    @property
-    def n_slices(self) -> int:
-        return self.shape[0]
-
-    def read(self, which: str, z: int, rows: slice, cols: slice) -> np.ndarray:
-        """Read ``rows, cols`` of slice ``z`` as ``(h, w)`` labels or ``(h, w[, C])`` image."""
-        axes = self.axes if which == "image" else self.axes.replace("C", "")
-        where = {"Z": z, "Y": rows, "X": cols, "C": slice(0, 3)}  # alpha is dropped, as by SAM
-        array = self.image if which == "image" else self.labels
-        out = np.asarray(array[tuple(where[a] for a in axes)])
-        kept = [a for a in axes if a != "Z"]
-        return np.transpose(out, [kept.index(a) for a in "YXC" if a in kept])
+    image: Volume
+    labels: Volume
+    limits: np.ndarray | None  # None for uint8 images, used as they are
 
 
 class LabelledSlices:
@@ -82,23 +63,23 @@ class LabelledSlices:
     Parameters
     ----------
     pairs : sequence of (image, labels)
-        Each ``image`` and ``labels`` is a numpy, dask or zarr array (anything with ``shape``,
-        ``dtype`` and numpy indexing), an object with a ``.data`` array such as a napari
-        ``Image`` or ``Labels`` layer (multiscale layers give their full resolution), or a path:
-        ``.tif`` / ``.tiff`` (memory-mapped when the file allows it, else read once into
-        memory), ``.npy`` (memory-mapped) or a zarr store (a directory or ``.zarr``; a group
-        gives its array ``"0"``, as in OME-zarr, or its only array). Labels are ``(Y, X)`` or
-        ``(Z, Y, X)`` integer arrays, 0 = background; the image has the same shape, possibly
-        with one more channel axis of at most 4 entries (last, or first). A single pair may be
-        passed without the enclosing list.
+        Each ``image`` and ``labels`` is anything :func:`napari_sam.volume.io.open_volume`
+        opens (a path of a tiff, ``.npy`` or zarr store, OME-zarr included; a numpy, dask or
+        zarr array, or any array-like with ``shape``, ``dtype`` and numpy indexing), or an
+        object with a ``.data`` array such as a napari ``Image`` or ``Labels`` layer (multiscale
+        layers give their full resolution). Labels are integer arrays, 0 = background, with
+        the image's planes and ``(Y, X)`` size and no channel axis; the image may have one more
+        channel axis of at most 4 entries. A single pair may be passed without the enclosing
+        list.
     crop_size : int
         Largest side of an example, at least 16. Slices smaller than that are given whole
         (the trainer pads them).
     axes : str or sequence of str, optional
-        Axes of the images, one string for all pairs or one per pair, from ``Y``, ``X``, ``C``
-        (channels) and one slice axis (``Z``, or any other letter such as ``T``), in any order,
-        e.g. ``"ZYX"``, ``"YXC"``, ``"CZYX"``. Labels have the same axes without ``C``. By
-        default guessed from the shapes as described under ``pairs``.
+        Axes of the images, one string for all pairs or one per pair, from ``t``, ``c``, ``z``,
+        ``y``, ``x`` (any case) as in :func:`~napari_sam.volume.io.open_volume`, e.g.
+        ``"zyx"``, ``"yxc"``, ``"czyx"``. Labels have the same axes without ``c``. By default
+        the axes come from the files' metadata, else are guessed from the shapes: an image with
+        one axis more than its labels has a channel axis there, first or last.
     min_objects : int
         A window with fewer labelled objects is drawn again, up to 20 times in all; then the
         window with the most objects seen is used.
@@ -107,25 +88,27 @@ class LabelledSlices:
         labelled pixel chosen at random (found in a subsampled view of the label slice) rather
         than anywhere. Helps with sparse labels.
     percentiles : (float, float)
-        Low and high percentiles of each volume's intensities that map to 0 and 255. Computed
-        once per volume from a sample of at most 2**20 pixels of at most 8 evenly spaced slices.
-        Not used for uint8 images, which are taken as they are.
+        Low and high percentiles of each volume's intensities that map to 0 and 255, computed
+        once per volume by :func:`~napari_sam.volume.io.intensity_limits`. The default is the
+        one inference uses. Not used for uint8 images, which are taken as they are.
 
     Raises
     ------
     ValueError
-        No pairs; a pair that is not a pair; an empty, 1D or complex array; labels that are not
-        integers; image and labels shapes that do not match; bad ``axes``; ``crop_size`` < 16;
-        ``min_objects`` < 0; ``foreground_fraction`` outside ``[0, 1]``; bad percentiles; a file
-        type that is not supported.
+        No pairs; a pair that is not a pair; a file or array that
+        :func:`~napari_sam.volume.io.open_volume` refuses (also for bad ``axes``); labels that
+        are not integers or have a channel axis; an image that is not of a real number type or
+        has more than 4 channels; image and labels that do not match; ``crop_size`` < 16;
+        ``min_objects`` < 0; ``foreground_fraction`` outside ``[0, 1]``; bad percentiles.
     FileNotFoundError
         A path that does not exist.
-    ImportError
-        A zarr store path without zarr installed.
+    TypeError
+        A source that is neither a path nor an array-like.
 
     See Also
     --------
-    napari_sam.engine.image.to_rgb_uint8 : the intensity conversion used.
+    napari_sam.volume.io.open_volume : the reader used.
+    napari_sam.volume.stack.plane_rgb : the intensity conversion used.
     napari_sam.synthetic.synthetic_nuclei : synthetic pairs for tests and pretraining.
 
     Notes
@@ -163,11 +146,10 @@ class LabelledSlices:
         pairs = _check_pairs(pairs)
         axes_list = _check_axes_arg(axes, len(pairs))
         self._pairs = [
-            _open_pair(i, image, labels, axes_list[i]) for i, (image, labels) in enumerate(pairs)
+            _open_pair(i, image, labels, axes_list[i], self.percentiles)
+            for i, (image, labels) in enumerate(pairs)
         ]
-        for pair in self._pairs:
-            self._set_limits(pair)
-        self._cum_slices = np.cumsum([p.n_slices for p in self._pairs])
+        self._cum_slices = np.cumsum([p.labels.n_planes for p in self._pairs])
 
     # ------------------------------------------------------------------ public
     @property
@@ -182,8 +164,8 @@ class LabelledSlices:
 
     @property
     def limits(self) -> list[np.ndarray | None]:
-        """Intensity limits of each pair: a ``(2, C)`` array (low, high per channel), or None
-        for uint8 and boolean images, which are used as they are."""
+        """Intensity limits of each pair: low and high, a ``(2,)`` array or ``(2, C)`` with
+        channels, or None for uint8 images, which are used as they are."""
         return [None if p.limits is None else p.limits.copy() for p in self._pairs]
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -207,9 +189,9 @@ class LabelledSlices:
             k = int(rng.integers(self.n_slices))
             index = int(np.searchsorted(self._cum_slices, k, side="right"))
             pair = self._pairs[index]
-            z = k - (int(self._cum_slices[index - 1]) if index else 0)
-            rows, cols = self._window(rng, pair, z)
-            labels = pair.read("labels", z, rows, cols)
+            plane = k - (int(self._cum_slices[index - 1]) if index else 0)
+            rows, cols = self._window(rng, pair.labels, plane)
+            labels = pair.labels.plane(plane, rows=rows, cols=cols)
             if labels.size and labels.min() < 0:
                 raise ValueError(
                     f"pair {index}: labels contain negative ids (min {labels.min()}); "
@@ -217,17 +199,14 @@ class LabelledSlices:
                 )
             n = _count_objects(labels)
             if best is None or n > best[0]:
-                best = (n, pair, z, rows, cols, labels)
+                best = (n, pair, plane, rows, cols, labels)
             if n >= self.min_objects:
                 break
-        _, pair, z, rows, cols, labels = best
-        image = pair.read("image", z, rows, cols)
-        image = to_rgb_uint8(image, channel_axis=-1 if image.ndim == 3 else None,
-                             limits=pair.limits)
-        if not image.flags.owndata:  # a view of the caller's (or a read-only) uint8 image
-            image = image.copy()
-        # relabel_sequential refuses read-only input (memory maps, views of read-only arrays)
-        labels = relabel_sequential(np.array(labels))[0].astype(np.uint32, copy=False)
+        _, pair, plane, rows, cols, labels = best
+        window = pair.image.plane(plane, rows=rows, cols=cols)
+        # the window as a 2D volume of its own, so it becomes RGB as whole planes do in inference
+        image = plane_rgb(Volume(window, "yxc" if window.ndim == 3 else "yx"), 0, pair.limits)
+        labels = relabel_sequential(labels)[0].astype(np.uint32, copy=False)
         return image, labels
 
     def check_labelled(self) -> None:
@@ -249,8 +228,7 @@ class LabelledSlices:
         empty = [(index, pair) for index, pair in enumerate(self._pairs) if not _has_objects(pair)]
         if not empty:
             return
-        names = "; ".join(f"pair {index}: labels {_describe(pair.source['labels'])}"
-                          for index, pair in empty)
+        names = "; ".join(f"pair {index}: labels {_name(pair.labels)}" for index, pair in empty)
         if len(empty) == len(self._pairs):
             raise ValueError(
                 f"the training labels hold no object, every label image is all zeros ({names}): "
@@ -286,8 +264,8 @@ class LabelledSlices:
     def summary(self) -> dict:
         """A JSON-serialisable description of the data, for checkpoint metadata.
 
-        Reads the labels of the slices used for the intensity limits (at most 8 per pair) to
-        count their objects.
+        Reads the label slices whose images gave the intensity limits (at most 8 per pair,
+        :meth:`~napari_sam.volume.io.Volume.sample_planes`) to count their objects.
 
         Returns
         -------
@@ -298,22 +276,21 @@ class LabelledSlices:
         """
         pairs = []
         for pair in self._pairs:
-            counts = [
-                _count_objects(pair.read("labels", z, slice(None), slice(None)))
-                for z in pair.sample_slices
-            ]
+            sampled = [int(plane) for plane in pair.image.sample_planes()]
             pairs.append({
-                "source": dict(pair.source),
-                "image_shape": [int(s) for s in pair.image.shape],
-                "image_dtype": str(np.dtype(pair.image.dtype)),
-                "labels_shape": [int(s) for s in pair.labels.shape],
-                "labels_dtype": str(np.dtype(pair.labels.dtype)),
-                "axes": pair.axes,
-                "n_slices": pair.n_slices,
-                "slice_shape": [pair.shape[1], pair.shape[2]],
+                "source": {"image": pair.image.source, "labels": pair.labels.source},
+                "image_shape": list(pair.image.shape),
+                "image_dtype": str(pair.image.dtype),
+                "labels_shape": list(pair.labels.shape),
+                "labels_dtype": str(pair.labels.dtype),
+                "axes": pair.image.axes,
+                "n_slices": pair.labels.n_planes,
+                "slice_shape": list(pair.labels.plane_shape),
                 "limits": None if pair.limits is None else pair.limits.tolist(),
-                "sampled_slices": list(pair.sample_slices),
-                "objects_in_sampled_slices": counts,
+                "sampled_slices": sampled,
+                "objects_in_sampled_slices": [
+                    _count_objects(pair.labels.plane(plane)) for plane in sampled
+                ],
             })
         return {
             "n_pairs": self.n_pairs,
@@ -333,18 +310,19 @@ class LabelledSlices:
         )
 
     # ----------------------------------------------------------------- helpers
-    def _window(self, rng: np.random.Generator, pair: _Pair, z: int) -> tuple[slice, slice]:
-        """Rows and columns of a random window of slice ``z``."""
-        _, height, width = pair.shape
+    def _window(self, rng: np.random.Generator, labels: Volume, plane: int) -> tuple[slice, slice]:
+        """Rows and columns of a random window of ``plane``."""
+        height, width = labels.plane_shape
         h, w = min(self.crop_size, height), min(self.crop_size, width)
         if h == height and w == width:
             return slice(0, h), slice(0, w)
         if self.foreground_fraction > 0 and rng.random() < self.foreground_fraction:
             step = max(1, math.ceil(math.sqrt(height * width / FOREGROUND_PIXELS)))
-            view = pair.read("labels", z, slice(None, None, step), slice(None, None, step))
-            found = np.flatnonzero(view)
-            if found.size:
-                r, c = np.unravel_index(found[rng.integers(found.size)], view.shape)
+            every = slice(None, None, step)
+            found = labels.plane(plane, rows=every, cols=every)
+            hits = np.flatnonzero(found)
+            if hits.size:
+                r, c = np.unravel_index(hits[rng.integers(hits.size)], found.shape)
                 r, c = int(r) * step, int(c) * step
                 # the pixel lands anywhere in the window, not always in its middle
                 top = min(max(r - int(rng.integers(h)), 0), height - h)
@@ -354,41 +332,18 @@ class LabelledSlices:
         left = int(rng.integers(width - w + 1))
         return slice(top, top + h), slice(left, left + w)
 
-    def _set_limits(self, pair: _Pair) -> None:
-        """Intensity limits from a subsampled view of at most 8 evenly spaced slices."""
-        n = pair.n_slices
-        slices = np.unique(np.linspace(0, n - 1, min(n, LIMIT_SLICES)).round().astype(int))
-        pair.sample_slices = [int(z) for z in slices]
-        dtype = np.dtype(pair.image.dtype)
-        if dtype in (np.uint8, np.bool_):
-            return
-        _, height, width = pair.shape
-        budget = LIMIT_PIXELS // len(slices)
-        step = max(1, math.ceil(math.sqrt(height * width / budget)))
-        every = slice(None, None, step)
-        views = []
-        for z in pair.sample_slices:
-            view = pair.read("image", z, every, every)
-            views.append(view.reshape(-1, view.shape[-1] if view.ndim == 3 else 1))
-        pair.limits = intensity_range(np.concatenate(views), self.percentiles)
-
 
 # --------------------------------------------------------------------------- #
 # opening and validation
 # --------------------------------------------------------------------------- #
 def _has_objects(pair: _Pair) -> bool:
     """Whether any slice of ``pair``'s labels holds a nonzero pixel (read slice by slice)."""
-    every = slice(None)
-    return any(np.any(pair.read("labels", z, every, every)) for z in range(pair.n_slices))
+    return any(np.any(pair.labels.plane(plane)) for plane in range(pair.labels.n_planes))
 
 
-def _describe(source: dict) -> str:
-    """A source as the user gave it: its path, napari layer name, or type."""
-    if "path" in source:
-        return repr(source["path"])
-    if "layer" in source:
-        return f"layer {source['layer']!r}"
-    return f"(a {source['type']})"
+def _name(volume: Volume) -> str:
+    """A volume as the user gave it: its path (quoted), napari layer or kind of array."""
+    return repr(volume.path) if volume.source == volume.path else volume.source
 
 
 def _count_objects(labels: np.ndarray) -> int:
@@ -459,137 +414,70 @@ def _check_axes_arg(axes, n: int) -> list[str | None]:
     return axes
 
 
-def _open_source(source, role: str, index: int):
-    """An array-like (shape, dtype, numpy indexing) for one image or labels source."""
-    if isinstance(source, str | os.PathLike):
-        return _open_path(Path(source), role, index), {"path": str(source)}
-    if not hasattr(source, "shape") and hasattr(source, "data"):  # a napari layer, duck-typed
-        data = source.data
-        if getattr(source, "multiscale", False):
-            data = data[0]
-        kind = type(source).__name__
-        return _as_array(data), {"layer": str(getattr(source, "name", kind)), "type": kind}
-    return _as_array(source), {"type": type(source).__name__}
-
-
-def _as_array(data):
-    if all(hasattr(data, a) for a in ("shape", "dtype", "__getitem__")):
-        return data  # numpy, dask, zarr, memmap...: read lazily
-    return np.asarray(data)
-
-
-def _open_path(path: Path, role: str, index: int):
-    if not path.exists():
-        raise FileNotFoundError(f"pair {index}: {role} file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in _TIFF_SUFFIXES:
-        import tifffile
-
-        try:
-            return tifffile.memmap(path, mode="r")
-        except (ValueError, TypeError, OSError):  # compressed, tiled...: not memory-mappable
-            return tifffile.imread(path)
-    if suffix == ".npy":
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    if suffix in _ZARR_SUFFIXES or path.is_dir():
-        return _open_zarr(path, role, index)
-    raise ValueError(
-        f"pair {index}: cannot read {role} file {str(path)!r}: supported are .tif, .tiff, .npy "
-        "and zarr stores (directories or .zarr); or pass an array"
-    )
-
-
-def _open_zarr(path: Path, role: str, index: int):
-    try:
-        import zarr
-    except ImportError:
-        raise ImportError(
-            f"pair {index}: reading the zarr store {str(path)!r} needs zarr: pip install zarr"
-        ) from None
-    node = zarr.open(str(path), mode="r")
-    if hasattr(node, "shape"):
-        return node
-    names = sorted(node.array_keys())
-    if "0" in names:  # OME-zarr: full resolution
-        return node["0"]
-    if len(names) == 1:
-        return node[names[0]]
-    raise ValueError(
-        f"pair {index}: the {role} zarr store {str(path)!r} is a group with arrays {names}: "
-        "give the path of one array, e.g. store.zarr/name"
-    )
-
-
-def _open_pair(index: int, image, labels, axes: str | None) -> _Pair:
-    image, image_source = _open_source(image, "image", index)
-    labels, labels_source = _open_source(labels, "labels", index)
-    image_dtype, labels_dtype = np.dtype(image.dtype), np.dtype(labels.dtype)
-    for role, array in (("image", image), ("labels", labels)):
-        if len(array.shape) < 2:
-            raise ValueError(
-                f"pair {index}: {role} has shape {tuple(array.shape)}; expected a 2D (Y, X) or "
-                "3D (Z, Y, X) array"
-            )
-        if 0 in tuple(array.shape):
-            raise ValueError(f"pair {index}: {role} of shape {tuple(array.shape)} is empty")
-    if not np.issubdtype(labels_dtype, np.integer):
-        hint = (" for a boolean mask use skimage.measure.label(mask)" if labels_dtype == bool
+def _open_pair(index: int, image, labels, axes: str | None,
+               percentiles: tuple[float, float]) -> _Pair:
+    """Open and check one pair; the image's axes are fitted to the labels' when not given."""
+    image = _open(image, "image", index, axes)
+    label_axes = None if axes is None else axes.lower().replace("c", "")
+    labels = _open(labels, "labels", index, label_axes)
+    if not np.issubdtype(labels.dtype, np.integer):
+        hint = (" for a boolean mask use skimage.measure.label(mask)" if labels.dtype == bool
                 else " convert with labels.astype(np.uint32) if the values are whole numbers")
         raise ValueError(
-            f"pair {index}: labels must be an integer label image, got dtype {labels_dtype};"
+            f"pair {index}: labels must be an integer label image, got dtype {labels.dtype};"
             + hint
         )
-    if not (np.issubdtype(image_dtype, np.number) or image_dtype == bool) or np.issubdtype(
-        image_dtype, np.complexfloating
-    ):
-        raise ValueError(f"pair {index}: image dtype {image_dtype} is not a real number type")
-    axes = _image_axes(index, tuple(image.shape), tuple(labels.shape), axes)
-    sizes = dict(zip(axes, image.shape))
-    shape = (int(sizes.get("Z", 1)), int(sizes["Y"]), int(sizes["X"]))
-    source = {"image": image_source, "labels": labels_source}
-    return _Pair(image=image, labels=labels, axes=axes, source=source, shape=shape)
+    if labels.channels is not None:
+        raise ValueError(
+            f"pair {index}: labels {_name(labels)} of shape {labels.shape} are read with axes "
+            f"{labels.axes!r}, with a channel axis, but labels have one id per pixel: pass the "
+            "image's axes, e.g. axes='tzyx'"
+        )
+    if image.dtype != bool and (not np.issubdtype(image.dtype, np.number)
+                                or np.issubdtype(image.dtype, np.complexfloating)):
+        raise ValueError(f"pair {index}: image dtype {image.dtype} is not a real number type")
+    if axes is None and not _same_planes(image, labels):
+        fitted = _axes_beside(labels, image.shape)
+        image = image if fitted is None else dataclasses.replace(image, axes=fitted)
+    if not _same_planes(image, labels):
+        raise ValueError(
+            f"pair {index}: image shape {image.shape} (axes {image.axes!r}) does not match labels "
+            f"shape {labels.shape} (axes {labels.axes!r}): they must have the same planes and "
+            f"(Y, X) sizes; the image may have one more channel axis of at most {MAX_CHANNELS} "
+            "entries" + (" (or pass axes=, e.g. 'zyxc')" if axes is None else "")
+        )
+    if (image.channels or 0) > MAX_CHANNELS:
+        raise ValueError(
+            f"pair {index}: the image has {image.channels} channels (shape {image.shape}, axes "
+            f"{image.axes!r}); at most {MAX_CHANNELS} are supported: choose them, e.g. "
+            "image[..., :3]"
+        )
+    # the rule of inference (volume_limits in volume/stack.py): uint8 is what SAM expects
+    limits = None if image.dtype == np.uint8 else intensity_limits(image, percentiles)
+    return _Pair(image=image, labels=labels, limits=limits)
 
 
-def _image_axes(index: int, image_shape, labels_shape, axes: str | None) -> str:
-    """Check (or guess) the image axes; the slice axis is renamed "Z"."""
-    mismatch = (
-        f"pair {index}: image shape {image_shape} does not match labels shape {labels_shape}: "
-        "they must have the same (Z,) Y, X sizes; the image may have one more channel axis of "
-        "at most 4 entries"
-    )
-    if axes is None:
-        if len(labels_shape) not in (2, 3):
-            raise ValueError(
-                f"pair {index}: labels of shape {labels_shape} have {len(labels_shape)} axes; "
-                "expected 2 (Y, X) or 3 (Z, Y, X): pass one volume, e.g. labels[t]"
-            )
-        spatial = "ZYX"[-len(labels_shape):]
-        if image_shape == labels_shape:
-            return spatial
-        if len(image_shape) == len(labels_shape) + 1:
-            if image_shape[:-1] == labels_shape and image_shape[-1] <= 4:
-                return spatial + "C"
-            if image_shape[1:] == labels_shape and image_shape[0] <= 4:
-                return "C" + spatial
-        raise ValueError(mismatch + " (or pass axes=, e.g. 'ZYXC')")
-    given = axes
-    axes = axes.upper()
-    others = [a for a in axes if a not in "YXC"]
-    if (len(axes) != len(image_shape) or axes.count("Y") != 1 or axes.count("X") != 1
-            or axes.count("C") > 1 or len(others) > 1 or not axes.isalpha()):
-        raise ValueError(
-            f"pair {index}: axes {given!r} do not fit an image of shape {image_shape}: give one "
-            "letter per axis, Y and X once, at most one C (channels) and one slice axis (Z), "
-            "e.g. 'ZYX' or 'YXC'"
-        )
-    if others:
-        axes = axes.replace(others[0], "Z")
-    if "C" in axes and image_shape[axes.index("C")] > 4:
-        raise ValueError(
-            f"pair {index}: the channel axis of image shape {image_shape} (axes {given!r}) has "
-            f"{image_shape[axes.index('C')]} entries; at most 4 are supported"
-        )
-    expected = tuple(s for a, s in zip(axes, image_shape) if a != "C")
-    if expected != labels_shape:
-        raise ValueError(mismatch + f" with image axes {given!r}")
-    return axes
+def _open(source, role: str, index: int, axes: str | None) -> Volume:
+    """``source`` opened by :func:`open_volume`; a napari layer gives its full-resolution data."""
+    layer = None
+    if not hasattr(source, "shape") and hasattr(source, "data"):  # a napari layer, duck-typed
+        layer = f"napari layer {getattr(source, 'name', type(source).__name__)!r}"
+        source = source.data[0] if getattr(source, "multiscale", False) else source.data
+    try:
+        volume = open_volume(source, axes)
+    except (ValueError, TypeError, OSError) as error:
+        raise type(error)(f"pair {index}, {role}: {error}") from error
+    return volume if layer is None else dataclasses.replace(volume, source=layer)
+
+
+def _same_planes(image: Volume, labels: Volume) -> bool:
+    return image.planes == labels.planes and image.plane_shape == labels.plane_shape
+
+
+def _axes_beside(labels: Volume, shape: tuple[int, ...]) -> str | None:
+    """Axes of an image of ``shape`` with the labels' axes and a channel axis first or last."""
+    if shape[1:] == labels.shape and shape[0] <= MAX_CHANNELS:
+        return "c" + labels.axes
+    if shape[:-1] == labels.shape and shape[-1] <= MAX_CHANNELS:
+        return labels.axes + "c"
+    return None

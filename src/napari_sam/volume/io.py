@@ -25,7 +25,8 @@ from napari_sam.engine.image import DEFAULT_PERCENTILES, intensity_range
 AXES = "tczyx"
 _SUPPORTED = (
     "supported: a zarr store (a directory, zarr v2 or v3, plain or OME-zarr), a tiff file "
-    "(tiff, BigTIFF, OME-TIFF, ImageJ), a .npy file, a numpy, dask or zarr array"
+    "(tiff, BigTIFF, OME-TIFF, ImageJ), a .npy file, a numpy, dask or zarr array, or an "
+    "array-like with shape, dtype and numpy indexing"
 )
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # tifffile's axis codes; 'S' (samples, e.g. RGB) is a channel axis. Its other codes ('Q' unknown,
@@ -103,21 +104,54 @@ class Volume:
     def n_planes(self) -> int:
         return math.prod(self.planes)
 
-    def plane(self, index: int | tuple[int, ...] = ()) -> np.ndarray:
-        """Read one 2D plane.
+    def plane(
+        self, index: int | tuple[int, ...] = (), *, rows: slice = slice(None),
+        cols: slice = slice(None),
+    ) -> np.ndarray:
+        """Read one 2D plane, or a window of it.
 
         Parameters
         ----------
         index : int or tuple of int
-            Position along :attr:`plane_axes` (an int when there is one such axis, ``()`` for a
-            2D image). Negative values count from the end.
+            The plane: one position per axis of :attr:`plane_axes` (``()`` for a 2D image), or
+            one int that numbers the planes through all plane axes in C order (plane ``t * Z + z``
+            of a ``tzyx`` volume). Negative values count from the end.
+        rows, cols : slice
+            The part of the plane to read, e.g. ``slice(0, 256)`` or ``slice(None, None, 4)``;
+            all of it by default.
 
         Returns
         -------
         (Y, X) or (Y, X, C) ndarray
-            A new array (channels last), read from disk for this plane only.
+            A new array (channels last), read from disk for this window only.
+
+        Examples
+        --------
+        >>> volume = Volume(np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5), "tzyx")
+        >>> volume.plane(4, rows=slice(0, 2), cols=slice(1, 3)).tolist()
+        [[81, 82], [86, 87]]
         """
-        return self._read(index, slice(None), slice(None))
+        position = iter(self._plane_index(index))
+        selection = tuple(
+            rows if a == "y" else cols if a == "x" else slice(None) if a == "c" else next(position)
+            for a in self.axes
+        )
+        kept = [a for a in self.axes if a in "cyx"]
+        order = [kept.index(a) for a in "yxc" if a in kept]
+        # np.array copies, so a view into the caller's array or a file map never leaks out.
+        return np.array(np.transpose(self.data[selection], order), order="C")
+
+    def sample_planes(self, max_planes: int = 8) -> np.ndarray:
+        """The planes :meth:`sample` reads: the centres of ``max_planes`` equal parts of the
+        stack, numbered through all plane axes as in :meth:`plane`.
+
+        Examples
+        --------
+        >>> Volume(np.zeros((40, 8, 8)), "zyx").sample_planes().tolist()
+        [2, 7, 12, 17, 22, 27, 32, 37]
+        """
+        count = min(self.n_planes, max_planes)
+        return ((np.arange(count) + 0.5) * self.n_planes / count).astype(int)
 
     def sample(self, max_pixels: int = 1_000_000, *, max_planes: int = 8) -> np.ndarray:
         """Voxel values from a few planes spread through the volume, for robust percentiles.
@@ -128,20 +162,17 @@ class Volume:
             About how many ``(y, x)`` positions to take in all; planes are subsampled on a regular
             grid to stay within it.
         max_planes : int
-            How many planes to read: the centres of this many equal parts of the stack.
+            How many planes to read, see :meth:`sample_planes`.
 
         Returns
         -------
         (N,) or (N, C) ndarray
             Values, one column per channel when the volume has channels.
         """
-        count = min(self.n_planes, max_planes)
-        picked = ((np.arange(count) + 0.5) * self.n_planes / count).astype(int)
-        step = max(1, math.ceil(math.sqrt(math.prod(self.plane_shape) * count / max_pixels)))
+        picked = self.sample_planes(max_planes)
+        step = max(1, math.ceil(math.sqrt(math.prod(self.plane_shape) * len(picked) / max_pixels)))
         grid = slice(step // 2, None, step)
-        values = np.stack(
-            [self._read(np.unravel_index(i, self.planes), grid, grid) for i in picked]
-        )
+        values = np.stack([self.plane(int(i), rows=grid, cols=grid) for i in picked])
         return values.reshape(-1, self.channels) if self.channels else values.reshape(-1)
 
     def fingerprint(self, sample: np.ndarray | None = None) -> str:
@@ -158,20 +189,10 @@ class Volume:
         digest.update(np.ascontiguousarray(sample).tobytes())
         return digest.hexdigest()[:32]
 
-    def _read(self, index: int | tuple[int, ...], rows: slice, cols: slice) -> np.ndarray:
-        """Read ``[rows, cols]`` of the plane at ``index`` as ``(y, x[, c])``."""
-        position = iter(self._plane_index(index))
-        selection = tuple(
-            rows if a == "y" else cols if a == "x" else slice(None) if a == "c" else next(position)
-            for a in self.axes
-        )
-        kept = [a for a in self.axes if a in "cyx"]
-        order = [kept.index(a) for a in "yxc" if a in kept]
-        # np.array copies, so a view into the caller's array or a file map never leaks out.
-        return np.array(np.transpose(self.data[selection], order), order="C")
-
     def _plane_index(self, index: int | tuple[int, ...]) -> tuple[int, ...]:
-        """``index`` checked against :attr:`planes`, as non-negative ints."""
+        """``index`` checked against :attr:`planes`, as non-negative ints, one per plane axis."""
+        if isinstance(index, (int, np.integer)) and -self.n_planes <= index < self.n_planes:
+            return tuple(int(i) for i in np.unravel_index(int(index) % self.n_planes, self.planes))
         index = index if isinstance(index, tuple) else (index,)
         fits = len(index) == len(self.planes) and all(
             isinstance(i, (int, np.integer)) and -n <= i < n for i, n in zip(index, self.planes)
@@ -180,24 +201,23 @@ class Volume:
             raise IndexError(
                 f"plane index {index} does not fit planes of shape {self.planes} (axes "
                 f"{self.plane_axes!r}) of {self.source}: give {len(self.planes)} integer(s), "
-                "each within its axis"
+                f"each within its axis, or one plane number below {self.n_planes}"
             )
         return tuple(int(i) % n for i, n in zip(index, self.planes))
 
 
-def open_volume(
-    source: str | os.PathLike | np.ndarray | da.Array | zarr.Array, axes: str | None = None
-) -> Volume:
+def open_volume(source: Any, axes: str | None = None) -> Volume:
     """Open a volume without reading its voxels.
 
     Parameters
     ----------
-    source : path, ndarray, dask array or zarr.Array
+    source : path or array-like
         A zarr store (v2 or v3 format): an array; an OME-zarr group (its level 0, with the axes
         of its ``multiscales`` metadata, NGFF 0.4 or 0.5); or a group holding exactly one array.
         A tiff file (series 0, level 0): memory mapped when its data is contiguous, else read
         through tifffile's zarr store; axes from its OME, ImageJ or tifffile metadata.
-        Or an array in memory or a lazy array.
+        Or an array in memory or a lazy array: numpy, dask, zarr, or anything with ``shape``,
+        ``dtype`` and numpy indexing (an h5py dataset, for example), read one plane at a time.
     axes : str, optional
         One letter per dimension from ``'tczyx'`` (any case), overriding metadata and guess.
         Without it and without axis metadata the axes are guessed, see :func:`guess_axes`.
@@ -230,6 +250,8 @@ def open_volume(
     elif isinstance(source, (np.ndarray, da.Array)):
         data, found = source, None
         description = "dask array" if isinstance(source, da.Array) else "numpy array"
+    elif all(hasattr(source, name) for name in ("shape", "dtype", "__getitem__")):
+        data, found, description = source, None, f"{type(source).__name__} array"
     else:
         raise TypeError(f"cannot open a {type(source).__name__}; {_SUPPORTED}")
     if axes is None:
