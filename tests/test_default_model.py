@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from napari_sam import Predictor, load_model
-from napari_sam.training.evaluation import centre_point, prompt_miou
+from napari_sam.engine.geometry import centre_point
+from napari_sam.training.evaluation import prompt_miou
 from napari_sam.training.prompts import background_points
 from napari_sam.synthetic import synthetic_dataset
 

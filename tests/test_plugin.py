@@ -224,7 +224,7 @@ def test_refine_label_under_cursor(viewer, qtbot, stack):
     viewer.cursor.position = (z, *np.argwhere(rough)[0])
     widget.refine_under_cursor()
     wait_idle(qtbot, widget)
-    assert widget.refining[0] == 7 and widget.answer is not None
+    assert widget.refining.label == 7 and widget.answer is not None
     assert widget.commit() == 7
     assert iou(labels.data[z] == 7, target) > iou(rough, target)
     assert set(np.unique(labels.data)) == {0, 7}

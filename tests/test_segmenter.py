@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from napari_sam import Segmenter, load_model, segment, segment_all
-from napari_sam.engine.mask_ops import WindowMask
+from napari_sam.engine.geometry import WindowMask, centre_point
 from napari_sam.engine.scale import Resampling, estimate_diameter, object_diameters
-from napari_sam.training.evaluation import centre_point, instance_f1
+from napari_sam.training.evaluation import instance_f1
 from napari_sam.synthetic import synthetic_nuclei
 from conftest import make_tiny_model
 

@@ -95,7 +95,7 @@ def test_objects_on_seams_come_out_once_and_whole(one_thread, volume):
     """A stand-in generator that finds bright connected blobs, so that only the tiling is tested."""
     from scipy import ndimage
 
-    from napari_sam.engine.mask_ops import WindowMask, paint_labels
+    from napari_sam.engine.geometry import WindowMask
 
     class Blobs:
         def generate_masks(self, rgb):

@@ -11,7 +11,7 @@ from napari_sam.engine.image import intensity_range, to_rgb_uint8
 from napari_sam.synthetic import synthetic_nuclei
 from napari_sam.training.data import LabelledSlices
 from napari_sam.volume import open_volume
-from napari_sam.volume.stack import plane_rgb, volume_limits
+from napari_sam.volume.io import plane_rgb, volume_limits
 
 
 @pytest.fixture(scope="module")

@@ -183,9 +183,7 @@ class Resampling:
         inside = values >= 0.5
         if not inside.any():
             return None
-        rows_in, cols_in = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
-        inside = inside[rows_in[0]: rows_in[-1] + 1, cols_in[0]: cols_in[-1] + 1]
-        return WindowMask(top + int(rows_in[0]), left + int(cols_in[0]), inside, self.shape)
+        return WindowMask.trimmed(top, left, inside, self.shape)
 
     def dense_to_plane(self, masks: np.ndarray) -> np.ndarray:
         """``(k, h, w)`` bool masks of the scaled plane as ``(k, H, W)`` masks of the plane."""
@@ -193,11 +191,9 @@ class Resampling:
             return masks
         out = np.zeros((len(masks), *self.shape), dtype=bool)
         for i, mask in enumerate(masks):
-            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-            if rows.size == 0:
+            if not mask.any():
                 continue
-            window = mask[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
-            back = self.to_plane(WindowMask(int(rows[0]), int(cols[0]), window, mask.shape))
+            back = self.to_plane(WindowMask.trimmed(0, 0, mask, mask.shape))
             if back is not None:
                 out[i] = back.dense()
         return out

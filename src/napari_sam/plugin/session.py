@@ -17,8 +17,8 @@ import numpy as np
 from napari_sam.engine.embeddings import EmbeddingStore
 from napari_sam.engine.segmenter import AUTO, Segmenter
 from napari_sam.models.registry import DEFAULT_MODEL, MODELS
-from napari_sam.volume.io import Volume
-from napari_sam.volume.stack import volume_diameter, volume_limits
+from napari_sam.volume.io import Volume, volume_limits
+from napari_sam.volume.stack import volume_diameter
 
 # Layer axes by number of dimensions, for the engine's volume reader (napari has no axis names).
 _LAYER_AXES = {2: "yx", 3: "zyx", 4: "tzyx"}

@@ -13,8 +13,8 @@ or files) into random 2D training examples ``(image, labels)`` for the trainer:
    subsampled view of the label slice); never a whole volume.
 3. **Intensities.** As in inference on stacks, so that the model sees a plane the same way in
    training and in use: uint8 images are used as they are, others are scaled between limits
-   taken once per volume (:func:`napari_sam.volume.io.intensity_limits`), and the window becomes
-   RGB by :func:`napari_sam.volume.stack.plane_rgb`.
+   taken once per volume (:func:`napari_sam.volume.io.volume_limits`), and the window becomes
+   RGB by :func:`napari_sam.volume.io.limited_rgb`.
 4. **Labels.** The window's labels are renumbered to ``1..n`` (0 stays background).
 
 Examples are ``(h, w, 3)`` uint8 RGB images and ``(h, w)`` uint32 label images.
@@ -34,8 +34,7 @@ import numpy as np
 from skimage.segmentation import relabel_sequential
 
 from napari_sam.engine.image import DEFAULT_PERCENTILES
-from napari_sam.volume.io import Volume, intensity_limits, open_volume
-from napari_sam.volume.stack import plane_rgb
+from napari_sam.volume.io import Volume, limited_rgb, open_volume, volume_limits
 
 __all__ = ["LabelledSlices"]
 
@@ -89,7 +88,7 @@ class LabelledSlices:
         than anywhere. Helps with sparse labels.
     percentiles : (float, float)
         Low and high percentiles of each volume's intensities that map to 0 and 255, computed
-        once per volume by :func:`~napari_sam.volume.io.intensity_limits`. The default is the
+        once per volume by :func:`~napari_sam.volume.io.volume_limits`. The default is the
         one inference uses. Not used for uint8 images, which are taken as they are.
 
     Raises
@@ -108,7 +107,7 @@ class LabelledSlices:
     See Also
     --------
     napari_sam.volume.io.open_volume : the reader used.
-    napari_sam.volume.stack.plane_rgb : the intensity conversion used.
+    napari_sam.volume.io.limited_rgb : the intensity conversion used.
     napari_sam.synthetic.synthetic_nuclei : synthetic pairs for tests and pretraining.
 
     Notes
@@ -204,8 +203,7 @@ class LabelledSlices:
                 break
         _, pair, plane, rows, cols, labels = best
         window = pair.image.plane(plane, rows=rows, cols=cols)
-        # the window as a 2D volume of its own, so it becomes RGB as whole planes do in inference
-        image = plane_rgb(Volume(window, "yxc" if window.ndim == 3 else "yx"), 0, pair.limits)
+        image = limited_rgb(window, pair.limits)  # as whole planes become RGB in inference
         labels = relabel_sequential(labels)[0].astype(np.uint32, copy=False)
         return image, labels
 
@@ -452,9 +450,8 @@ def _open_pair(index: int, image, labels, axes: str | None,
             f"{image.axes!r}); at most {MAX_CHANNELS} are supported: choose them, e.g. "
             "image[..., :3]"
         )
-    # the rule of inference (volume_limits in volume/stack.py): uint8 is what SAM expects
-    limits = None if image.dtype == np.uint8 else intensity_limits(image, percentiles)
-    return _Pair(image=image, labels=labels, limits=limits)
+    limits = volume_limits(image, percentiles=percentiles)
+    return _Pair(image=image, labels=labels, limits=None if limits is None else np.asarray(limits))
 
 
 def _open(source, role: str, index: int, axes: str | None) -> Volume:

@@ -204,7 +204,8 @@ def save_checkpoint(
     record = {
         "step": step,
         "img_size": model.img_size,
-        "normalisation": "uint8 used as is; other types scaled between the 1st and 99.8th percentiles",
+        "normalisation": "as inference: uint8 used as is; other types scaled between volume-wide "
+                         "limits (napari_sam.volume.io.volume_limits)",
         "validation": history.validation[-1] if history.validation else None,
         **(metadata or {}),
     }

@@ -20,7 +20,12 @@ import tifffile
 import zarr
 from zarr.storage import LocalStore
 
-from napari_sam.engine.image import DEFAULT_PERCENTILES, intensity_range
+from napari_sam.engine.image import (
+    DEFAULT_PERCENTILES,
+    intensity_range,
+    rescale_to_uint8,
+    to_rgb_uint8,
+)
 
 AXES = "tczyx"
 _SUPPORTED = (
@@ -331,6 +336,30 @@ def intensity_limits(
     sample = volume.sample() if sample is None else sample
     limits = intensity_range(sample.reshape(-1, volume.channels or 1), percentiles)
     return limits if volume.channels else limits[:, 0]
+
+
+def volume_limits(volume: Volume, sample: np.ndarray | None = None,
+                  percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> list | None:
+    """The intensity limits with which every plane of ``volume`` becomes 8-bit RGB, for
+    inference and training alike: None for uint8, which SAM takes as it is, else
+    :func:`intensity_limits` (from ``sample``, :meth:`Volume.sample`, when given)."""
+    if volume.dtype == np.uint8:
+        return None
+    return np.asarray(intensity_limits(volume, percentiles, sample=sample)).tolist()
+
+
+def plane_rgb(volume: Volume, plane: int, limits) -> np.ndarray:
+    """The 8-bit RGB image of one plane (numbered through all plane axes), with the volume's
+    limits (:func:`volume_limits`)."""
+    return limited_rgb(volume.plane(plane), limits)
+
+
+def limited_rgb(image: np.ndarray, limits) -> np.ndarray:
+    """A ``(h, w[, c])`` plane, or a window of one, as 8-bit RGB with its volume's limits
+    (:func:`volume_limits`; None: uint8 used as it is)."""
+    if limits is None:
+        return to_rgb_uint8(image)
+    return to_rgb_uint8(rescale_to_uint8(image if image.ndim == 3 else image[..., None], limits))
 
 
 def _check_ndim(shape: tuple[int, ...]) -> None:

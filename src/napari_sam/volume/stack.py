@@ -38,12 +38,11 @@ import numpy as np
 
 from napari_sam.engine.amg import AutomaticMaskGenerator
 from napari_sam.engine.embeddings import EmbeddingStore, model_fingerprint
-from napari_sam.engine.image import rescale_to_uint8, to_rgb_uint8
 from napari_sam.engine.scale import check_diameter, estimate_diameter, object_diameters
 from napari_sam.engine.segmenter import AUTO, Segmenter
 from napari_sam.models.loading import load_model
 from napari_sam.models.registry import MODELS
-from napari_sam.volume.io import Volume, intensity_limits, open_volume, open_zarr_array
+from napari_sam.volume.io import Volume, open_volume, open_zarr_array, plane_rgb, volume_limits
 from napari_sam.volume.linking import link_slices
 
 RECORD = ".napari_sam"  # folder inside the output array: run settings and one marker per plane
@@ -356,23 +355,6 @@ def segment_one(job: StackJob, plane: int) -> int:
         output[...] = labels
     (Path(job.output) / RECORD / "done" / str(plane)).touch()
     return count
-
-
-def volume_limits(volume: Volume, sample: np.ndarray | None = None) -> list | None:
-    """Intensity limits for the whole volume (None for uint8, which SAM takes as it is), from
-    ``sample`` (:meth:`Volume.sample`) when given."""
-    if volume.dtype == np.uint8:
-        return None
-    return np.asarray(intensity_limits(volume, sample=sample)).tolist()
-
-
-def plane_rgb(volume: Volume, plane: int, limits) -> np.ndarray:
-    """The 8-bit RGB image of one plane (numbered through all plane axes), with the volume's
-    intensity limits."""
-    image = volume.plane(tuple(int(i) for i in np.unravel_index(plane, volume.planes)))
-    if limits is None:
-        return to_rgb_uint8(image)
-    return to_rgb_uint8(rescale_to_uint8(image if image.ndim == 3 else image[..., None], limits))
 
 
 def embed_stack(source, cache: str | os.PathLike, *, model=None,
