@@ -1,1 +1,1 @@
-"""Training of SAM models: losses, prompt simulation, data and synthetic images."""
+"""Training of SAM models: data, simulated prompts, losses, the trainer and its recipes."""
