@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from napari_sam import Predictor, load_model
 from napari_sam.engine.image import to_rgb_uint8
-from napari_sam.training.evaluation import centre_point
+from napari_sam.engine.geometry import centre_point
 from napari_sam.synthetic import synthetic_nuclei
 
 OUT = Path(__file__).resolve().parent / "images"
