@@ -150,7 +150,7 @@ def training_run(monkeypatch, tmp_path, tiny_load_model):
     tifffile.imwrite(tmp_path / "labels.tif", labels)
     runs = []
 
-    def fake_train(model, data, *, output, resume, **kwargs):
+    def fake_train(model, data, recipe, *, output, resume, **kwargs):
         runs.append(resume)
         return trainer.TrainingHistory()
 
