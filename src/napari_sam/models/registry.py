@@ -9,6 +9,7 @@ from functools import partial
 from torch import nn
 
 from napari_sam.models.image_encoder import ImageEncoderViT
+from napari_sam.models.instance_decoder import InstanceDecoder
 from napari_sam.models.mask_decoder import MaskDecoder
 from napari_sam.models.prompt_encoder import PromptEncoder
 from napari_sam.models.sam import Sam
@@ -108,6 +109,29 @@ def build_sam_nuclei_s() -> Sam:
 def build_sam_vit_t() -> Sam:
     """MobileSAM: the TinyViT encoder with SAM's prompt encoder and mask decoder."""
     return build_sam(TinyViT(img_size=1024), embedding_size=64)
+
+
+def build_instance_decoder(
+    sam: Sam, *, transposed: bool = False, image_statistics: bool = True
+) -> InstanceDecoder:
+    """The instance decoder (AIS) for ``sam``'s image encoder, with random weights.
+
+    Its input width is the channel count of the image embedding. Its output grid is 16 times
+    the embedding's, which is the model input for every registry encoder (patch size 16);
+    :meth:`Sam.postprocess_masks` maps the maps to the model input, then to the image.
+
+    Parameters
+    ----------
+    sam : Sam
+        The model whose image embeddings the decoder reads.
+    transposed, image_statistics : bool
+        Upsampling and normalisation variants, see :class:`InstanceDecoder`.
+    """
+    return InstanceDecoder(
+        embed_dim=sam.prompt_encoder.embed_dim,
+        transposed=transposed,
+        image_statistics=image_statistics,
+    )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from napari_sam.models.registry import MODELS
+from napari_sam.models.instance_decoder import InstanceDecoder
+from napari_sam.models.registry import MODELS, build_instance_decoder
 from napari_sam.models.sam import Sam
 
 CACHE_ENV = "NAPARI_SAM_CACHE"
@@ -249,3 +250,67 @@ def load_weights(model: Sam, state_dict: Mapping[str, torch.Tensor], *, name: st
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_shapes(state_dict, wanted, name=name, source=source)
     model.load_state_dict(state_dict, strict=True)
+
+
+def load_instance_decoder(
+    sam: Sam,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    image_statistics: bool = True,
+) -> InstanceDecoder:
+    """Build the instance decoder for ``sam`` and load micro-sam decoder weights into it.
+
+    Parameters
+    ----------
+    sam : Sam
+        The model whose image embeddings the decoder reads.
+    state_dict : mapping
+        micro-sam's ``decoder_state``, unchanged; either upsampling variant (interpolation, or
+        transposed convolutions) is recognised from its keys.
+    source : str
+        Where the weights come from, used in messages.
+    image_statistics : bool
+        Normalisation variant, see :class:`~napari_sam.models.instance_decoder.InstanceDecoder`.
+
+    Returns
+    -------
+    InstanceDecoder
+        In evaluation mode, on ``sam``'s device and in its precision.
+
+    Raises
+    ------
+    ValueError
+        The weights are not an instance decoder for this model: a SAM checkpoint, a decoder for
+        embeddings of another width, or other keys or shapes; the message says which.
+    """
+    transposed = any(k.startswith("decoder.samplers.") and ".block." in k for k in state_dict)
+    decoder = build_instance_decoder(sam, transposed=transposed, image_statistics=image_statistics)
+    wanted = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in state_dict.items()} != wanted:
+        raise ValueError(_not_a_decoder(state_dict, wanted, sam=sam, source=source))
+    decoder.load_state_dict(state_dict, strict=True)
+    return decoder.to(device=sam.device, dtype=sam.dtype).eval()
+
+
+def _not_a_decoder(
+    state_dict: Mapping[str, torch.Tensor],
+    wanted: Mapping[str, tuple[int, ...]],
+    *,
+    sam: Sam,
+    source: str,
+) -> str:
+    """Why weights do not fit the instance decoder of ``sam``: what they are, and what to pass."""
+    model = f"the {sam.name!r} model" if sam.name else "this model"
+    advice = ("pass micro-sam's decoder weights made for this model (the 'decoder_state' of its "
+              "checkpoint, or its separate decoder file)")
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    other = identify(state_dict)
+    if other is not None:
+        return f"{source} is a {other!r} SAM checkpoint, not an instance decoder: {advice}"
+    base, want_base = found.get("base.block.1.weight"), wanted["base.block.1.weight"]
+    if base is not None and len(base) == 4 and base[1] != want_base[1]:
+        return (f"{source} is an instance decoder for {base[1]}-channel image embeddings, but "
+                f"{model} has {want_base[1]}-channel embeddings: {advice}")
+    details = _differences(found, wanted)[1]
+    return f"{source} is not an instance decoder for {model} ({details}): {advice}"
