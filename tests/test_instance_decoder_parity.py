@@ -52,7 +52,7 @@ def micro_sam_checkpoint(encoder: torch.nn.Module, path, *, transposed: bool, se
     ("name", "transposed", "image_statistics"),
     [
         ("vit_t", False, True),
-        ("vit_b", False, True),
+        pytest.param("vit_b", False, True, marks=pytest.mark.slow),
         ("nuclei_s", False, True),
         ("vit_t", True, True),
         ("nuclei_s", False, False),

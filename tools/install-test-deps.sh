@@ -19,3 +19,11 @@ $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-rec
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 python -m pip install --quiet -e ".[testing]"
+
+# micro-sam 1.8.14, the reference of the instance decoder and of AIS (code only, tests only). Its
+# full dependency list (trackastra, bioimageio.core, ...) goes far beyond what the code under
+# test imports, so the packages are installed without their dependencies, plus the few modules
+# imported on the way (matplotlib by torch_em.util, scikit-learn by elf.segmentation).
+python -m pip install --quiet --no-deps micro-sam==1.8.14 torch-em==0.10.9 python-elf==0.9.2 \
+    bioimage-cpp==0.10.0 xxhash==4.1.0 kornia==0.9.0 kornia-rs==0.2.0
+python -m pip install --quiet matplotlib scikit-learn
