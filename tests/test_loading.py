@@ -81,9 +81,12 @@ def test_wrong_name_names_the_right_model(monkeypatch, vit_t_checkpoint):
 
 def test_identify_recognises_full_size_shapes():
     """The official layouts, from shapes only (no memory): each is told apart from the others."""
-    for name in MODELS:
+    for name in weights.architectures():
         fake = {k: torch.empty(shape, device="meta") for k, shape in weights.expected_shapes(name).items()}
         assert weights.identify(fake) == name
+    # micro-sam's models are fine-tuned Meta and MobileSAM models: their weights name those
+    assert weights.architectures() == ["nuclei_s", "vit_b", "vit_l", "vit_h", "vit_t"]
+    assert weights.expected_shapes("vit_b_lm") == weights.expected_shapes("vit_b")
     assert weights.expected_shapes("vit_b")["image_encoder.patch_embed.proj.weight"] == (768, 3, 16, 16)
     assert weights.expected_shapes("vit_h")["image_encoder.pos_embed"] == (1, 64, 64, 1280)
 
@@ -306,7 +309,7 @@ def server(tmp_path, monkeypatch):
 def served_file(server):
     data = np.random.default_rng(0).bytes(10_000)
     (server.folder / "weights.bin").write_bytes(data)
-    return f"{server.url}/weights.bin", hashlib.sha256(data).hexdigest(), data
+    return f"{server.url}/weights.bin", f"sha256:{hashlib.sha256(data).hexdigest()}", data
 
 
 def test_fetch_downloads_then_uses_the_cache(tmp_path, server, served_file):
@@ -325,7 +328,7 @@ def test_fetch_with_a_wrong_hash_keeps_nothing(tmp_path, server, served_file):
     url, _, _ = served_file
     cache = tmp_path / "cache"
     with pytest.raises(ValueError, match=r"(?i)hash"):
-        weights.fetch(url, "0" * 64, folder=cache)
+        weights.fetch(url, "sha256:" + "0" * 64, folder=cache)
     assert server.requests == ["/weights.bin"]
     assert not (cache / "weights.bin").exists()
     assert not cache.exists() or not any(cache.iterdir())
@@ -360,7 +363,7 @@ def test_fetch_defaults_to_the_cache_dir(tmp_path, monkeypatch, served_file):
 def test_load_model_by_name_downloads_once(tmp_path, monkeypatch, server, vit_t_checkpoint):
     (server.folder / "mobile_sam.pt").write_bytes(Path(vit_t_checkpoint).read_bytes())
     spec = dataclasses.replace(
-        MODELS["vit_t"], url=f"{server.url}/mobile_sam.pt", sha256=sha256(vit_t_checkpoint)
+        MODELS["vit_t"], url=f"{server.url}/mobile_sam.pt", known_hash=f"sha256:{sha256(vit_t_checkpoint)}"
     )
     monkeypatch.setitem(MODELS, "vit_t", spec)
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
@@ -377,7 +380,7 @@ def test_load_model_by_name_downloads_once(tmp_path, monkeypatch, server, vit_t_
 def test_load_model_refuses_a_download_with_the_wrong_hash(tmp_path, monkeypatch, server, vit_t_checkpoint):
     (server.folder / "mobile_sam.pt").write_bytes(b"not the weights")
     spec = dataclasses.replace(
-        MODELS["vit_t"], url=f"{server.url}/mobile_sam.pt", sha256=sha256(vit_t_checkpoint)
+        MODELS["vit_t"], url=f"{server.url}/mobile_sam.pt", known_hash=f"sha256:{sha256(vit_t_checkpoint)}"
     )
     monkeypatch.setitem(MODELS, "vit_t", spec)
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
@@ -408,3 +411,62 @@ def test_engine_never_imports_torch_dynamo():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def xxh128(path: Path) -> str:
+    import xxhash
+
+    return f"xxh128:{xxhash.xxh128(Path(path).read_bytes()).hexdigest()}"
+
+
+@pytest.fixture
+def vit_t_decoder_state(vit_t_loaded):
+    """Random weights of the instance decoder of a vit_t model, in micro-sam's layout."""
+    from napari_sam.models.registry import build_instance_decoder
+
+    torch.manual_seed(3)
+    return build_instance_decoder(vit_t_loaded).state_dict()
+
+
+def test_micro_sams_model_and_its_decoder_download_once_each(
+        tmp_path, monkeypatch, server, vit_t_checkpoint, vit_t_decoder_state):
+    """Both of micro-sam's files are checked against its xxh128 hashes; each is cached under the
+    model's name (micro-sam calls the files of all its vit_t models vit_t.pt)."""
+    (server.folder / "vit_t.pt").write_bytes(Path(vit_t_checkpoint).read_bytes())
+    torch.save(vit_t_decoder_state, server.folder / "vit_t_decoder.pt")
+    spec = dataclasses.replace(
+        MODELS["vit_t_lm"], url=f"{server.url}/vit_t.pt", known_hash=xxh128(vit_t_checkpoint),
+        decoder_url=f"{server.url}/vit_t_decoder.pt",
+        decoder_hash=xxh128(server.folder / "vit_t_decoder.pt"),
+    )
+    monkeypatch.setitem(MODELS, "vit_t_lm", spec)
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    model = napari_sam.load_model("vit_t_lm", device="cpu")
+    decoder = napari_sam.load_decoder(model)
+    assert model.name == "vit_t_lm"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["vit_t_lm.pt", "vit_t_lm_decoder.pt"]
+    assert all(torch.equal(decoder.state_dict()[k], v) for k, v in vit_t_decoder_state.items())
+    server.stop()
+    napari_sam.load_decoder(napari_sam.load_model("vit_t_lm", device="cpu"))  # from the cache
+    assert server.requests == ["/vit_t.pt", "/vit_t_decoder.pt"]
+
+
+def test_micro_sams_training_checkpoint_gives_the_model_and_its_decoder(
+        tmp_path, vit_t_checkpoint, vit_t_decoder_state):
+    """torch-em's format: the model under "model_state" with "sam." keys, the decoder beside."""
+    sam_state = torch.load(vit_t_checkpoint, weights_only=True)
+    path = tmp_path / "best.pt"
+    torch.save({"model_state": {f"sam.{k}": v for k, v in sam_state.items()},
+                "decoder_state": vit_t_decoder_state, "iteration": 100}, path)
+    model = load_model(checkpoint=path, device="cpu")
+    assert model.name == "vit_t"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sam_state.items())
+    decoder = napari_sam.load_decoder(model, path)
+    assert all(torch.equal(decoder.state_dict()[k], v) for k, v in vit_t_decoder_state.items())
+
+
+def test_a_model_without_a_decoder_names_those_with_one(vit_t_loaded, vit_t_checkpoint):
+    with pytest.raises(ValueError, match=r"'vit_t' has no instance decoder: .*vit_b_lm"):
+        napari_sam.load_decoder(vit_t_loaded)
+    with pytest.raises(ValueError, match=r"is a 'vit_t' SAM checkpoint, not an instance decoder"):
+        napari_sam.load_decoder(vit_t_loaded, vit_t_checkpoint)

@@ -13,7 +13,7 @@ from napari_sam.engine.embeddings import Embedding
 from napari_sam.engine.predictor import Predictor
 from napari_sam.engine.segmenter import Segmenter, segment, segment_all
 from napari_sam.engine.selection import select_mask
-from napari_sam.models.loading import load_model, resolve_device
+from napari_sam.models.loading import load_decoder, load_model, resolve_device
 from napari_sam.models.registry import MODELS
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Embedding",
     "Predictor",
     "Segmenter",
+    "load_decoder",
     "load_model",
     "resolve_device",
     "segment",

@@ -470,8 +470,9 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    width = max(map(len, MODELS))
     for spec in MODELS.values():
-        print(f"{spec.name:8} {spec.description}")
+        print(f"{spec.name:{width}} {spec.description}")
     return 0
 
 

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import torch
 
+from napari_sam.models.instance_decoder import InstanceDecoder
 from napari_sam.models.registry import DEFAULT_MODEL, MODELS
 from napari_sam.models.sam import Sam
 from napari_sam.models.weights import (
+    architectures,
     check_shapes,
     closest_architecture,
     expected_shapes,
     fetch,
     identify,
+    load_instance_decoder,
+    read_decoder_state,
     read_state_dict,
 )
 
@@ -43,7 +47,7 @@ def weights_path(name: str) -> Path:
     """Local file of the weights of registry model ``name``: shipped, cached or downloaded."""
     spec = MODELS[name]
     if spec.packaged is None:
-        return fetch(spec.url, spec.sha256)
+        return fetch(spec.url, spec.known_hash, fname=_cached_name(spec.url, name))
     path = Path(str(resources.files("napari_sam") / "weights" / spec.packaged))
     if not path.is_file():
         raise FileNotFoundError(
@@ -114,7 +118,7 @@ def load_model(
 
 def _unknown_architecture(state_dict: dict[str, torch.Tensor], source: str) -> str:
     """Why weights fit no registry architecture: the nearest one and how they differ from it."""
-    known = f"{source} matches none of the known architectures ({', '.join(MODELS)})"
+    known = f"{source} matches none of the known architectures ({', '.join(architectures())})"
     near, shared, details = closest_architecture(state_dict)
     if 2 * shared < len(state_dict):
         example = next(iter(state_dict))
@@ -123,3 +127,58 @@ def _unknown_architecture(state_dict: dict[str, torch.Tensor], source: str) -> s
                 f"tensors; its first is {example!r})")
     return (f"{known}; it is closest to {near!r}, but differs from it ({details}): is it damaged, "
             f"or were keys renamed? If it is a {near!r} checkpoint, fix those keys")
+
+
+def load_decoder(model: Sam, checkpoint: str | os.PathLike | None = None, *,
+                 image_statistics: bool = True) -> InstanceDecoder:
+    """The instance decoder (AIS) of a loaded model, from a file or from the registry.
+
+    Parameters
+    ----------
+    model : Sam
+        A model from :func:`load_model`; its decoder reads this model's image embeddings.
+    checkpoint : path, optional
+        micro-sam's decoder file, or one of its checkpoints with a ``"decoder_state"`` inside.
+        By default the decoder published with the registry model ``model.name`` is used
+        (downloaded once into the cache).
+    image_statistics : bool
+        Normalisation variant, see :class:`~napari_sam.models.instance_decoder.InstanceDecoder`.
+
+    Returns
+    -------
+    InstanceDecoder
+        In evaluation mode, on the model's device and in its precision.
+
+    Raises
+    ------
+    ValueError
+        The model has no published decoder and no ``checkpoint`` is given, or the file holds no
+        decoder for this model (the message says what it holds).
+
+    Examples
+    --------
+    >>> model = load_model("vit_b_lm")  # doctest: +SKIP
+    >>> decoder = load_decoder(model)  # doctest: +SKIP
+    """
+    if checkpoint is None:
+        spec = MODELS.get(getattr(model, "name", None) or "")
+        if spec is None or spec.decoder_url is None:
+            with_decoder = [name for name, other in MODELS.items() if other.decoder_url]
+            raise ValueError(
+                f"the model {getattr(model, 'name', None)!r} has no instance decoder: pass a "
+                f"decoder file (micro-sam's), or load a model that has one ({', '.join(with_decoder)})"
+            )
+        path = fetch(spec.decoder_url, spec.decoder_hash,
+                     fname=_cached_name(spec.decoder_url, f"{spec.name}_decoder"))
+        source = f"the decoder of {spec.name!r} ({str(path)!r})"
+    else:
+        path, source = checkpoint, f"decoder checkpoint {os.fspath(checkpoint)!r}"
+    return load_instance_decoder(model, read_decoder_state(path), source=source,
+                                 image_statistics=image_statistics)
+
+
+def _cached_name(url: str, name: str) -> str:
+    """The cache's name for a download: the file's own for Meta's and MobileSAM's (as cached
+    before), the model's for files whose names repeat across models (micro-sam's ``vit_b.pt``)."""
+    file = url.rsplit("/", 1)[-1]
+    return file if file.startswith(("sam_", "mobile_sam")) else f"{name}.pt"

@@ -144,8 +144,9 @@ class ModelSpec:
         Registry name, e.g. ``"vit_b"``.
     build : callable
         Returns the network with random weights.
-    url, sha256 : str or None
-        Download address and checksum of the official checkpoint.
+    url, known_hash : str or None
+        Download address and checksum of the official checkpoint, the hash as its publisher
+        gives it (``"sha256:..."``, ``"xxh128:..."``).
     description : str
         One line for menus and ``--help``.
     packaged : str or None
@@ -161,18 +162,33 @@ class ModelSpec:
         preferred size, and planes keep their pixels.
     diameter_range : (float, float) or None
         The diameters the model was trained on (informative).
+    decoder_url, decoder_hash : str or None
+        Download address and checksum of the model's instance decoder (AIS), if it has one.
     """
 
     name: str
     build: Callable[[], Sam]
     url: str | None
-    sha256: str | None
+    known_hash: str | None
     description: str
     packaged: str | None = None
     automatic: Mapping[str, float | str] = field(default_factory=dict)
     diameter: float | None = None
     diameter_range: tuple[float, float] | None = None
+    decoder_url: str | None = None
+    decoder_hash: str | None = None
 
+
+# Meta's ViTs: embedding width, depth and heads; global attention in the last block of each
+# quarter of the encoder.
+META_VITS = {"vit_b": (768, 12, 12), "vit_l": (1024, 24, 16), "vit_h": (1280, 32, 16)}
+BUILDERS: dict[str, Callable[[], Sam]] = {
+    **{name: partial(build_sam_vit, embed_dim=dim, depth=depth, num_heads=heads,
+                     global_attn_indexes=tuple(range(depth // 4 - 1, depth, depth // 4)))
+       for name, (dim, depth, heads) in META_VITS.items()},
+    "vit_t": build_sam_vit_t,
+}
+MICRO_SAM_FILES = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -181,7 +197,7 @@ MODELS: dict[str, ModelSpec] = {
             name="nuclei_s",
             build=build_sam_nuclei_s,
             url=None,
-            sha256=None,
+            known_hash=None,
             description="napari-sam's own small model for fluorescence nuclei (4.8M parameters, "
             "shipped, runs offline)",
             packaged="nuclei_s.pt",
@@ -197,32 +213,59 @@ MODELS: dict[str, ModelSpec] = {
         ),
         *(
             ModelSpec(
-                name=f"vit_{size}",
-                # global attention in the last block of each quarter of the encoder
-                build=partial(build_sam_vit, embed_dim=dim, depth=depth, num_heads=heads,
-                              global_attn_indexes=tuple(range(depth // 4 - 1, depth, depth // 4))),
-                url=f"https://dl.fbaipublicfiles.com/segment_anything/sam_vit_{size}_{file_hash}.pth",
-                sha256=sha256,
-                description=f"Meta's SAM ViT-{size.upper()} ({about})",
+                name=name,
+                build=BUILDERS[name],
+                url=f"https://dl.fbaipublicfiles.com/segment_anything/sam_{name}_{file_hash}.pth",
+                known_hash=f"sha256:{sha256}",
+                description=f"Meta's SAM ViT-{name[-1].upper()} ({about})",
             )
-            for size, dim, depth, heads, file_hash, sha256, about in (
-                ("b", 768, 12, 12, "01ec64",
+            for name, file_hash, sha256, about in (
+                ("vit_b", "01ec64",
                  "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
                  "91M parameters, 375 MB"),
-                ("l", 1024, 24, 16, "0b3195",
+                ("vit_l", "0b3195",
                  "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
                  "308M parameters, 1.2 GB"),
-                ("h", 1280, 32, 16, "4b8939",
+                ("vit_h", "4b8939",
                  "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
                  "636M parameters, 2.4 GB"),
             )
         ),
         ModelSpec(
             name="vit_t",
-            build=build_sam_vit_t,
+            build=BUILDERS["vit_t"],
             url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
-            sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+            known_hash="sha256:6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
             description="MobileSAM TinyViT (10M parameters, 39 MB): fast on a CPU",
+        ),
+        # micro-sam's models (Archit et al., Nature Methods 2025): Meta's and MobileSAM's
+        # fine-tuned on light microscopy (cells, nuclei) and electron microscopy (organelles),
+        # each with an instance decoder; files and xxh128 hashes as micro-sam 1.8.14 lists them.
+        *(
+            ModelSpec(
+                name=f"{base}_{domain}",
+                build=BUILDERS[base],
+                url=f"{MICRO_SAM_FILES}/{record}/files/{base}.pt",
+                known_hash=f"xxh128:{model_hash}",
+                description=f"micro-sam's {base} for {subject}, with an instance decoder",
+                decoder_url=f"{MICRO_SAM_FILES}/{record}/files/{base}_decoder.pt",
+                decoder_hash=f"xxh128:{decoder_hash}",
+            )
+            for base, domain, subject, record, model_hash, decoder_hash in (
+                ("vit_t", "lm", "light microscopy", "faithful-chicken/1.1",
+                 "72ec5074774761a6e5c05a08942f981e", "3e914a5f397b0312cdd36813031f8823"),
+                ("vit_b", "lm", "light microscopy", "diplomatic-bug/1.2",
+                 "fe9252a29f3f4ea53c15a06de471e186", "708b15ac620e235f90bb38612c4929ba"),
+                ("vit_l", "lm", "light microscopy", "idealistic-rat/1.2",
+                 "017f20677997d628426dec80a8018f9d", "2faeafa03819dfe03e7c46a44aaac64a"),
+                ("vit_t", "em_organelles", "organelles in electron microscopy", "greedy-whale/1",
+                 "253474720c497cce605e57c9b1d18fd9", "8f897c7bb93174a4d1638827c4dd6f44"),
+                ("vit_b", "em_organelles", "organelles in electron microscopy", "noisy-ox/1.2",
+                 "f3bf2ed83d691456bae2c3f9a05fb438", "bb6398956a6b0132c26b631c14f95ce2"),
+                ("vit_l", "em_organelles", "organelles in electron microscopy",
+                 "humorous-crab/1.2", "810b084b6e51acdbf760a993d8619f2d",
+                 "334877640bfdaaabce533e3252a17294"),
+            )
         ),
     )
 }

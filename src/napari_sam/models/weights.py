@@ -28,15 +28,19 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("napari-sam")) / "checkpoints"
 
 
-def fetch(url: str, sha256: str, *, folder: Path | None = None) -> Path:
+def fetch(url: str, known_hash: str, *, fname: str | None = None,
+          folder: Path | None = None) -> Path:
     """Download ``url`` into the cache unless a file with the right hash is already there.
 
     Parameters
     ----------
     url : str
         Address of the file.
-    sha256 : str
-        Expected SHA-256 of the file; a download that does not match it is deleted.
+    known_hash : str
+        Expected hash as ``"sha256:<hex>"`` or ``"xxh128:<hex>"`` (how the file's publisher gives
+        it); a download that does not match it is deleted.
+    fname : str, optional
+        Name of the cached file; the last part of ``url`` by default.
     folder : Path, optional
         Where to keep the file; :func:`cache_dir` by default.
 
@@ -50,8 +54,8 @@ def fetch(url: str, sha256: str, *, folder: Path | None = None) -> Path:
     folder = Path(folder) if folder is not None else cache_dir()
     path = pooch.retrieve(
         url,
-        known_hash=f"sha256:{sha256}",
-        fname=url.rsplit("/", 1)[-1],
+        known_hash=known_hash,
+        fname=fname or url.rsplit("/", 1)[-1],
         path=folder,
         progressbar=True,  # tqdm is a dependency
     )
@@ -61,8 +65,9 @@ def fetch(url: str, sha256: str, *, folder: Path | None = None) -> Path:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a state dict without executing code from it.
 
-    Accepts a plain state dict (the official layout) or one wrapped under ``"model"`` or
-    ``"state_dict"``.
+    Accepts a plain state dict (the official layout), one wrapped under ``"model"`` or
+    ``"state_dict"``, and micro-sam's training checkpoints (``"model_state"`` with keys under
+    ``"sam."``; the instance decoder beside it is read by :func:`read_decoder_state`).
 
     Raises
     ------
@@ -73,18 +78,47 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         tensors, holds no tensors, or holds NaN or infinite weights.
     """
     path = Path(path)
+    data = _load(path)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
+            data = data[wrapper]
+    if isinstance(data, Mapping) and isinstance(data.get("model_state"), Mapping):
+        data = {k.removeprefix("sam."): v for k, v in data["model_state"].items()}
+    return _tensors(data, path)
+
+
+def read_decoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read the weights of an instance decoder without executing code from the file: micro-sam's
+    separate decoder file, or the ``"decoder_state"`` inside one of its checkpoints. They are
+    checked against a model by :func:`load_instance_decoder`.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`read_state_dict`.
+    """
+    path = Path(path)
+    data = _load(path)
+    if isinstance(data, Mapping) and isinstance(data.get("decoder_state"), Mapping):
+        data = data["decoder_state"]
+    return _tensors(data, path)
+
+
+def _load(path: Path):
+    """``torch.load`` of a file, refusing pickled code, with errors that say what to do."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for broken files
         reason, advice = _why_unreadable(path, error)
         raise ValueError(
             f"{str(path)!r} is not a readable PyTorch checkpoint ({reason}): {advice}"
         ) from None
-    for wrapper in ("model", "state_dict"):
-        if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
-            data = data[wrapper]
+
+
+def _tensors(data, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded state dict, refusing anything else and broken weights."""
     if not isinstance(data, Mapping) or not any(isinstance(v, torch.Tensor) for v in data.values()):
         raise ValueError(
             f"{str(path)!r} holds a {type(data).__name__}, not a state dict of tensors: pass the "
@@ -159,10 +193,19 @@ def expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def architectures() -> list[str]:
+    """The registry names that each introduce an architecture (micro-sam's models share Meta's
+    and MobileSAM's: their weights name the first model of that architecture)."""
+    builders = {}
+    for name, spec in MODELS.items():
+        builders.setdefault(spec.build, name)
+    return list(builders.values())
+
+
 def identify(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     """Name of the registry architecture whose keys and shapes ``state_dict`` has, if any."""
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-    for name in MODELS:
+    for name in architectures():
         if shapes == expected_shapes(name):
             return name
     return None
@@ -205,7 +248,7 @@ def check_shapes(
     details = _differences(found, wanted)[1]
     raise ValueError(
         f"{source} does not fit the {name!r} architecture ({details}). Known architectures: "
-        f"{', '.join(MODELS)}; pass the matching name, or a checkpoint made for {name!r}"
+        f"{', '.join(architectures())}; pass the matching name, or a checkpoint made for {name!r}"
     )
 
 
@@ -223,7 +266,7 @@ def closest_architecture(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, i
     """
     found = {k: tuple(v.shape) for k, v in state_dict.items()}
     scored = []
-    for name in MODELS:
+    for name in architectures():
         wanted = expected_shapes(name)
         count, details = _differences(found, wanted)
         shared = sum(1 for k, shape in found.items() if wanted.get(k) == shape)
