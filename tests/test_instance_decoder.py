@@ -70,6 +70,7 @@ def test_sam_checkpoint_given_as_decoder_is_refused_naming_its_architecture(nucl
 
 def test_weights_that_are_no_decoder_are_refused_listing_the_differences(nuclei_s):
     state = InstanceDecoder(features=32).state_dict()
+    state["out_conv.weight"] = torch.zeros(3, 64, 1, 1)  # its output layer says width 64
     state["head.weight"] = torch.zeros(3)
     with pytest.raises(ValueError) as refused:
         load_instance_decoder(nuclei_s, state, source="test weights")
@@ -77,3 +78,11 @@ def test_weights_that_are_no_decoder_are_refused_listing_the_differences(nuclei_
     assert message.startswith("test weights is not an instance decoder for the 'nuclei_s' model (")
     assert "unexpected: head.weight (1)" in message
     assert "other shape: base.block.1.bias, base.block.1.weight, base.block.4.bias ..." in message
+
+
+def test_a_narrower_decoder_loads_with_its_width_read_from_its_weights(nuclei_s):
+    torch.manual_seed(0)
+    state = InstanceDecoder(features=16).state_dict()
+    decoder = load_instance_decoder(nuclei_s, state, source="test weights")
+    assert all(torch.equal(decoder.state_dict()[k], v) for k, v in state.items())
+    assert decoder(torch.zeros(1, 256, 16, 16)).shape == (1, 3, 256, 256)

@@ -112,7 +112,7 @@ def build_sam_vit_t() -> Sam:
 
 
 def build_instance_decoder(
-    sam: Sam, *, transposed: bool = False, image_statistics: bool = True
+    sam: Sam, *, features: int = 64, transposed: bool = False, image_statistics: bool = True
 ) -> InstanceDecoder:
     """The instance decoder (AIS) for ``sam``'s image encoder, with random weights.
 
@@ -124,11 +124,14 @@ def build_instance_decoder(
     ----------
     sam : Sam
         The model whose image embeddings the decoder reads.
+    features : int
+        Width of the finest level (micro-sam's decoders: 64).
     transposed, image_statistics : bool
         Upsampling and normalisation variants, see :class:`InstanceDecoder`.
     """
     return InstanceDecoder(
         embed_dim=sam.prompt_encoder.embed_dim,
+        features=features,
         transposed=transposed,
         image_statistics=image_statistics,
     )

@@ -310,7 +310,7 @@ def load_instance_decoder(
         The model whose image embeddings the decoder reads.
     state_dict : mapping
         micro-sam's ``decoder_state``, unchanged; either upsampling variant (interpolation, or
-        transposed convolutions) is recognised from its keys.
+        transposed convolutions) is recognised from its keys, the width from its output layer.
     source : str
         Where the weights come from, used in messages.
     image_statistics : bool
@@ -328,7 +328,10 @@ def load_instance_decoder(
         embeddings of another width, or other keys or shapes; the message says which.
     """
     transposed = any(k.startswith("decoder.samplers.") and ".block." in k for k in state_dict)
-    decoder = build_instance_decoder(sam, transposed=transposed, image_statistics=image_statistics)
+    head = state_dict.get("out_conv.weight")  # (outputs, features, 1, 1)
+    features = head.shape[1] if head is not None and head.ndim == 4 else 64
+    decoder = build_instance_decoder(sam, features=features, transposed=transposed,
+                                     image_statistics=image_statistics)
     wanted = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
     if {k: tuple(v.shape) for k, v in state_dict.items()} != wanted:
         raise ValueError(_not_a_decoder(state_dict, wanted, sam=sam, source=source))

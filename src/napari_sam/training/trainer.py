@@ -141,7 +141,7 @@ def train(
         parameter.requires_grad_(recipe.train_encoder or not name.startswith("image_encoder."))
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(recipe.warmup, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, steps))
     history = TrainingHistory()
     start = 0
     state_file = output / "training_state.pt" if output is not None else None
@@ -155,7 +155,7 @@ def train(
     _training_mode(model, recipe)
     tic = time.perf_counter()
     for step in range(start, steps):
-        examples = [_fit(model.img_size, *data.sample(rng), rng)
+        examples = [fit_example(model.img_size, *data.sample(rng), rng)
                     for _ in range(recipe.images_per_step)]
         with autocast:
             loss, parts = _step_loss(model, examples, rng, recipe, radii)
@@ -200,7 +200,7 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.pt"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic(path, lambda p: torch.save(state, p))
+    write_atomically(path, lambda p: torch.save(state, p))
     record = {
         "step": step,
         "img_size": model.img_size,
@@ -209,7 +209,7 @@ def save_checkpoint(
         "validation": history.validation[-1] if history.validation else None,
         **(metadata or {}),
     }
-    _atomic(folder / "model.json", lambda p: p.write_text(json.dumps(record, indent=2)))
+    write_atomically(folder / "model.json", lambda p: p.write_text(json.dumps(record, indent=2)))
     return path
 
 
@@ -317,7 +317,7 @@ def _decode(model: Sam, features, image_pe, prompts: PromptBatch, mask_input, mu
     return model.mask_decoder(features, image_pe, sparse, dense, multimask)
 
 
-def _fit(size: int, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+def fit_example(size: int, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
     """An example as ``(size, size, 3)`` uint8 RGB and labels: random crop if larger, zero pad."""
     rgb = to_rgb_uint8(image)
     labels = np.asarray(labels)
@@ -329,7 +329,8 @@ def _fit(size: int, image: np.ndarray, labels: np.ndarray, rng: np.random.Genera
     return np.pad(rgb, pad + ((0, 0),)), np.pad(labels, pad)
 
 
-def _warmup_cosine(warmup: int, steps: int):
+def warmup_cosine(warmup: int, steps: int) -> Callable[[int], float]:
+    """Learning-rate factor of a step: linear warm-up, then cosine decay to a tenth."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -354,7 +355,7 @@ def _save_state(path: Path, optimizer, schedule, rng: np.random.Generator, step:
         "numpy_rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
     }
-    _atomic(path, lambda p: torch.save(state, p))
+    write_atomically(path, lambda p: torch.save(state, p))
 
 
 def _restore(path: Path, model: Sam, optimizer, schedule, rng: np.random.Generator) -> int:
@@ -368,7 +369,8 @@ def _restore(path: Path, model: Sam, optimizer, schedule, rng: np.random.Generat
     return int(state["step"])
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(file)`` to a name beside ``path``, then renamed onto it: never a torn file."""
     temporary = path.with_name(path.name + ".partial")
     write(temporary)
     temporary.replace(path)
