@@ -3,7 +3,8 @@
 plane -> 8-bit RGB (the volume's intensity limits) -> resampled so that objects arrive at the
 model's size (``diameter``) -> tiles of the model's input size with a halo -> embeddings (an
 optional :class:`~napari_sam.engine.embeddings.EmbeddingStore`) -> prompts or automatic
-segmentation -> masks in the plane's own pixels.
+segmentation (``mode``: prompts sampled over each tile, "amg"; or an instance decoder's maps
+stitched across tiles, "ais") -> masks in the plane's own pixels.
 
 The command line, the napari plugin, stack segmentation and the functions :func:`segment` and
 :func:`segment_all` all go through :class:`Segmenter`, so the same plane gives the same masks
@@ -15,9 +16,13 @@ Meta's classes, on the image exactly as given.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
+from napari_sam.engine.ais import check_settings, decoder_maps
 from napari_sam.engine.amg import AutomaticMaskGenerator
+from napari_sam.engine.geometry import WindowMask
 from napari_sam.engine.image import to_rgb_uint8
+from napari_sam.engine.instances import labels_from_maps
 from napari_sam.engine.mask_ops import paint_labels
 from napari_sam.engine.prompts import check_prompts
 from napari_sam.engine.scale import Resampling, check_diameter, estimate_diameter, object_diameters
@@ -25,6 +30,12 @@ from napari_sam.engine.tiling import Tile, TiledPredictor, segment_tiles
 from napari_sam.models.registry import MODELS
 
 AUTO = "auto"
+# Automatic modes: prompts sampled over each tile and SAM's decoder (Meta's AMG), or one pass
+# of an instance decoder (micro-sam's AIS).
+MODES = ("amg", "ais")
+# The instance decoder's maps where a tile shows nothing (no contrast): no foreground, and the
+# largest distance to any object's centre and boundary.
+BACKGROUND_MAPS = (0.0, 1.0, 1.0)
 
 
 class Segmenter:
@@ -52,6 +63,9 @@ class Segmenter:
     automatic : dict, optional
         :class:`~napari_sam.AutomaticMaskGenerator` settings for :meth:`segment_all` on top of
         those that suit the model (``MODELS[name].automatic``).
+    decoder : InstanceDecoder, optional
+        The model's instance decoder, for ``segment_all(mode="ais")``; by default loaded when
+        first needed (:func:`napari_sam.load_decoder`) if the registry has one for the model.
     estimated : bool
         ``diameter`` (a number, or None when no estimate was possible) is an estimate made for
         a whole volume; this only changes what :meth:`describe_scale` says.
@@ -66,7 +80,7 @@ class Segmenter:
 
     def __init__(self, model, *, diameter: float | str | None = AUTO, tile: int | None = None,
                  halo: int | None = None, store=None, automatic: dict | None = None,
-                 estimated: bool = False) -> None:
+                 estimated: bool = False, decoder=None) -> None:
         spec = MODELS.get(getattr(model, "name", None) or "")
         self.model = model
         self.model_diameter = spec.diameter if spec is not None else None
@@ -82,6 +96,7 @@ class Segmenter:
         self.halo = self.tile // 8 if halo is None else int(halo)
         self.automatic = {**(dict(spec.automatic) if spec is not None else {}), **(automatic or {})}
         self.store = store
+        self._decoder = decoder
         self._tiled = TiledPredictor(model, tile=self.tile, halo=self.halo, store=store)
         self._rgb: np.ndarray | None = None
         self.diameter: float | None = None
@@ -196,30 +211,96 @@ class Segmenter:
 
     # -- automatic ---------------------------------------------------------------------------
 
-    def segment_all(self, **automatic) -> np.ndarray:
+    def segment_all(self, mode: str = "amg", **settings) -> np.ndarray:
         """Automatic segmentation of the plane, tile by tile, at the objects' scale.
 
         Parameters
         ----------
-        **automatic
-            :class:`~napari_sam.AutomaticMaskGenerator` settings on top of this segmenter's.
+        mode : {"amg", "ais"}
+            ``"amg"``: prompts sampled over each tile, SAM's decoder, masks merged across
+            tiles (:func:`~napari_sam.engine.tiling.segment_tiles`). ``"ais"``: the instance
+            decoder's maps of each tile, each pixel taken from the tile whose core holds it (the
+            halo cropped), then labelled once on the whole plane, so that an object across a
+            seam comes out once and whole; a tile without contrast is background without
+            running the decoder.
+        **settings
+            ``"amg"``: :class:`~napari_sam.AutomaticMaskGenerator` settings on top of this
+            segmenter's. ``"ais"``: :func:`~napari_sam.engine.instances.labels_from_maps`
+            settings (micro-sam's defaults), in pixels of the resampled plane.
 
         Returns
         -------
         (H, W) uint32 array
             Labels 1..n in the plane's pixels, 0 for background; larger objects painted first.
+
+        Raises
+        ------
+        ValueError
+            An unknown mode, or ``"ais"`` for a model without an instance decoder.
         """
         resampling = self._require_image()
-        generator = AutomaticMaskGenerator(self.model, embedding_store=self.store, enlarge=False,
-                                           **{**self.automatic, **automatic})
-        found = segment_tiles(generator, self._tiled.image, self._tiled.tiles)
+        if mode == "amg":
+            generator = AutomaticMaskGenerator(self.model, embedding_store=self.store,
+                                               enlarge=False, **{**self.automatic, **settings})
+            found = segment_tiles(generator, self._tiled.image, self._tiled.tiles)
+        elif mode == "ais":
+            check_settings(settings)
+            found = _label_masks(labels_from_maps(*self.instance_maps(), **settings))
+        else:
+            raise ValueError(f"unknown automatic mode {mode!r}: choose one of {', '.join(MODES)}")
         masks = [m for m in (resampling.to_plane(mask) for mask in found) if m is not None]
         return paint_labels(masks, resampling.shape)
+
+    @property
+    def decoder(self):
+        """The instance decoder for ``mode="ais"``: the one given, else the registry's for this
+        model (loaded on first use)."""
+        if self._decoder is None:
+            from napari_sam.models.loading import load_decoder
+
+            try:
+                self._decoder = load_decoder(self.model)
+            except ValueError as error:
+                raise ValueError(
+                    f"mode='ais' needs an instance decoder: {error}. Give it to the segmenter "
+                    "(Segmenter(model, decoder=napari_sam.load_decoder(model, file))), or use "
+                    "mode='amg'"
+                ) from error
+        return self._decoder
+
+    def instance_maps(self) -> np.ndarray:
+        """The instance decoder's maps of the resampled plane, stitched from its tiles.
+
+        Returns
+        -------
+        (3, h, w) float32 array
+            Foreground, centre distance and boundary distance at each pixel of the resampled
+            plane, from the tile whose core holds it.
+        """
+        self._require_image()
+        rgb, decoder = self._tiled.image, self.decoder
+        maps = np.empty((3, *rgb.shape[:2]), np.float32)
+        for tile in self.tiles:
+            r0, c0, r1, c1 = tile.core
+            if np.ptp(rgb[tile.slices]) == 0:  # nothing to see, nothing to embed
+                maps[:, r0:r1, c0:c1] = np.reshape(BACKGROUND_MAPS, (3, 1, 1))
+                continue
+            top, left = tile.box[:2]
+            tile_maps = decoder_maps(self.model, decoder, self._tiled.embedding(tile))
+            maps[:, r0:r1, c0:c1] = tile_maps[:, r0 - top:r1 - top, c0 - left:c1 - left]
+        return maps
 
     def _require_image(self) -> Resampling:
         if self.resampling is None:
             raise RuntimeError("no image yet: call set_image(plane) first")
         return self.resampling
+
+
+def _label_masks(labels: np.ndarray) -> list[WindowMask]:
+    """The objects of a label image, each as a mask in the window that holds it."""
+    return [WindowMask.trimmed(window[0].start, window[1].start, labels[window] == index,
+                               labels.shape)
+            for index, window in enumerate(ndimage.find_objects(labels), 1) if window is not None]
 
 
 def _model(model):
@@ -264,7 +345,8 @@ def segment(image: np.ndarray, points=None, labels=None, box=None, *, mask=None,
 
 
 def segment_all(image: np.ndarray, *, model=None, diameter: float | str | None = AUTO,
-                channel_axis: int | None = None, limits=None, **automatic) -> np.ndarray:
+                channel_axis: int | None = None, limits=None, mode: str = "amg",
+                **settings) -> np.ndarray:
     """Segment every object of a 2D image into a label image.
 
     Parameters
@@ -273,9 +355,12 @@ def segment_all(image: np.ndarray, *, model=None, diameter: float | str | None =
         Any 2D image.
     model, diameter, channel_axis, limits
         As in :func:`segment`.
-    **automatic
-        :class:`~napari_sam.AutomaticMaskGenerator` settings on top of those that suit the
-        model (sampler, thresholds...).
+    mode : {"amg", "ais"}
+        Prompt sampling or the model's instance decoder (see :meth:`Segmenter.segment_all`).
+    **settings
+        The mode's settings: for "amg" :class:`~napari_sam.AutomaticMaskGenerator` settings on
+        top of those that suit the model (sampler, thresholds...), for "ais"
+        :func:`~napari_sam.engine.instances.labels_from_maps` settings.
 
     Returns
     -------
@@ -286,6 +371,6 @@ def segment_all(image: np.ndarray, *, model=None, diameter: float | str | None =
     --------
     >>> labels = napari_sam.segment_all(image)  # doctest: +SKIP
     """
-    segmenter = Segmenter(_model(model), diameter=diameter, automatic=automatic)
+    segmenter = Segmenter(_model(model), diameter=diameter)
     segmenter.set_image(image, channel_axis=channel_axis, limits=limits)
-    return segmenter.segment_all()
+    return segmenter.segment_all(mode, **settings)

@@ -245,6 +245,12 @@ class TiledPredictor:
         self._embed(tile.box)
         return self.store is None or self.store.misses > misses
 
+    def embedding(self, tile: Tile):
+        """The :class:`~napari_sam.engine.embeddings.Embedding` of one tile of :attr:`tiles`
+        (embedded now, or kept from before, or read from the store)."""
+        self._embed(tile.box)
+        return self._embeddings[tile.box]
+
     def _embed(self, tile_box) -> None:
         if tile_box in self._embeddings:
             self.predictor.set_embedding(self._embeddings[tile_box])
