@@ -141,12 +141,15 @@ def test_labels_come_back_in_the_planes_pixels_when_the_plane_is_resampled(one_t
         pytest.param(np.full((150, 200), np.nan, np.float32), id="nan"),
     ],
 )
-def test_an_empty_constant_or_nan_plane_gives_no_objects(one_thread, image):
+@pytest.mark.parametrize("mode", ["ais", "apg"])
+def test_an_empty_constant_or_nan_plane_gives_no_objects_and_embeds_nothing(one_thread, image,
+                                                                            mode):
     model = make_tiny_model()
     segmenter = Segmenter(model, diameter=None, decoder=build_instance_decoder(model).eval())
     segmenter.set_image(image)
-    labels = segmenter.segment_all("ais")
+    labels = segmenter.segment_all(mode)
     assert labels.shape == image.shape and labels.dtype == np.uint32 and not labels.any()
+    assert not segmenter._tiled._embeddings
 
 
 def test_tile_embeddings_come_from_the_store_the_second_time(one_thread, tmp_path):
@@ -166,7 +169,7 @@ def test_tile_embeddings_come_from_the_store_the_second_time(one_thread, tmp_pat
 def test_a_model_without_a_decoder_is_refused_naming_the_fix(one_thread):
     segmenter = Segmenter(make_tiny_model(), diameter=None)
     segmenter.set_image(np.zeros((40, 40), np.uint8))
-    with pytest.raises(ValueError, match=r"needs an instance decoder: .*no instance decoder.*"
+    with pytest.raises(ValueError, match=r"need an instance decoder: .*no instance decoder.*"
                                          r"vit_t_lm.*decoder=napari_sam.load_decoder.*mode='amg'"):
         segmenter.segment_all("ais")
 
@@ -196,10 +199,14 @@ def test_the_registry_decoder_is_loaded_when_first_needed(one_thread, monkeypatc
 @pytest.mark.parametrize(
     "mode, settings, error, message",
     [
-        ("apd", {}, ValueError, "unknown automatic mode 'apd': choose one of amg, ais"),
+        ("apd", {}, ValueError, "unknown automatic mode 'apd': choose one of amg, ais, apg"),
         ("ais", dict(sampler="grid"), TypeError, "unknown AIS settings sampler: choose from "
                                                  "center_distance_threshold"),
         ("ais", dict(min_size=-1), ValueError, "min_size is a number of pixels"),
+        ("apg", dict(sampler="grid"), TypeError, "unknown APG settings sampler: choose from "
+                                                 "min_size"),
+        ("apg", dict(nms_threshold=2), ValueError, r"nms_threshold must be a number in \[0, 1\]"),
+        ("apg", dict(mask_threshold="auto"), ValueError, "mask_threshold must be a finite number"),
     ],
 )
 def test_bad_modes_and_settings_are_refused_before_any_embedding(one_thread, mode, settings,

@@ -10,7 +10,6 @@ masks are run-length encoded or painted only after non-maximum suppression.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_sam.engine.checks import check_number
 from napari_sam.engine.embeddings import EmbeddingStore
 from napari_sam.engine.geometry import WindowMask
 from napari_sam.engine.image import to_rgb_uint8
@@ -25,13 +25,13 @@ from napari_sam.engine.mask_ops import (
     LogitUpsampler,
     coco_rle,
     mask_to_rle,
+    meta_box,
     nms,
     paint_labels,
     remove_small_regions,
     stability_score,
 )
 from napari_sam.engine.predictor import Predictor
-from napari_sam.engine.prompts import box_rc_to_xy
 from napari_sam.engine.samplers import (
     AdaptiveSampler,
     BoxSampler,
@@ -184,7 +184,7 @@ class AutomaticMaskGenerator:
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be 0 or more, not {crop_n_layers}")
         if points_per_side is not None:
-            _check_number("points_per_side", points_per_side, low=1, integer=True)
+            check_number("points_per_side", points_per_side, low=1, integer=True)
             if points_per_side > MAX_POINTS_PER_SIDE:
                 raise ValueError(
                     f"points_per_side={points_per_side} is a grid of {points_per_side ** 2:,} "
@@ -196,9 +196,9 @@ class AutomaticMaskGenerator:
                             ("stability_score_thresh", stability_score_thresh),
                             ("box_nms_thresh", box_nms_thresh),
                             ("crop_nms_thresh", crop_nms_thresh)):
-            _check_number(name, value, low=0, high=1)
-        _check_number("stability_score_offset", stability_score_offset, low=0)
-        _check_number("min_mask_region_area", min_mask_region_area, low=0)
+            check_number(name, value, low=0, high=1)
+        check_number("stability_score_offset", stability_score_offset, low=0)
+        check_number("min_mask_region_area", min_mask_region_area, low=0)
         self.predictor = Predictor(model, enlarge=enlarge)
         self.sampler = _make_sampler(sampler, points_per_side, point_grids, crop_n_layers,
                                      crop_n_points_downscale_factor, detector)
@@ -345,7 +345,7 @@ class AutomaticMaskGenerator:
                 mask = WindowMask.trimmed(top, left, values > threshold, shape)
             if self.stability_score_thresh > 0 and not stability >= self.stability_score_thresh:
                 continue
-            box = _box_xyxy(mask)
+            box = meta_box(mask)
             if _near_crop_edge(box, crop_box, image_shape):
                 continue
             kept.masks.append(mask)
@@ -374,7 +374,7 @@ class AutomaticMaskGenerator:
             dense, dropped = remove_small_regions(dense, self.min_mask_region_area, "islands")
             masks.append(WindowMask.trimmed(0, 0, dense, mask.shape))
             unchanged.append(float(not (filled or dropped)))
-        boxes = np.array([_box_xyxy(m) for m in masks])
+        boxes = np.array([meta_box(m) for m in masks])
         keep = nms(boxes, unchanged, max(self.box_nms_thresh, self.crop_nms_thresh))
         for i in keep:
             if not unchanged[i]:
@@ -444,30 +444,10 @@ def _make_sampler(sampler, points_per_side, point_grids, crop_n_layers, downscal
     return GridSampler.per_side(points_per_side, crop_n_layers, downscale)
 
 
-def _check_number(name: str, value, *, low: float, high: float | None = None,
-                  integer: bool = False) -> None:
-    """Refuse a setting that is not a finite number (an integer if ``integer``) in
-    ``[low, high]``, naming it, its value and the valid range."""
-    kind = numbers.Integral if integer else numbers.Real
-    valid = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-    if not (valid and low <= value and (high is None or value <= high)):
-        what = "an integer" if integer else "a number"
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {what} {bounds}, got {value!r}")
-
-
 def _slice(prompts: PromptRound, start: int, stop: int) -> PromptRound:
     if prompts.points is not None:
         return PromptRound(points=prompts.points[start:stop], multimask=prompts.multimask)
     return PromptRound(boxes=prompts.boxes[start:stop], multimask=prompts.multimask)
-
-
-def _box_xyxy(mask: WindowMask) -> np.ndarray:
-    """Meta's box of a mask, ``(x0, y0, x1, y1)`` with maxima inclusive; zeros for an empty mask,
-    as Meta's ``batched_mask_to_box`` gives (its crop-edge filter and NMS see those zeros)."""
-    if not mask.window.any():
-        return np.zeros(4, dtype=np.int64)
-    return box_rc_to_xy(np.array(mask.box(), dtype=np.int64))
 
 
 def _near_crop_edge(box: np.ndarray, crop_box, image_shape) -> bool:

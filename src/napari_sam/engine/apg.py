@@ -18,6 +18,11 @@ micro-sam's ``AutomaticPromptGenerator`` (1.8.14), step by step:
    4-connected piece of an id becomes its own object, pieces smaller than ``min_size`` pixels
    are removed, ids numbered 1..n in raster order.
 
+The functions of the steps are public so that the one path
+(:meth:`napari_sam.Segmenter.segment_all` with ``mode="apg"``) can run steps 1, 2, 4 and 5 once
+on the stitched maps of a whole plane and step 3 (:func:`answered_points`) on the tile whose
+core holds each prompt.
+
 ``tests/test_apg.py`` proves the masks equal micro-sam's. Three deliberate differences, none
 seen on a test image: micro-sam measures the distances of step 2 in 512 x 512 blocks with a
 16-pixel halo (ours are exact, so centres agree for objects within 16 pixels of a block seam);
@@ -28,6 +33,7 @@ breaks ties of score arbitrarily (ours by prompt order).
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
@@ -37,10 +43,10 @@ from scipy import ndimage
 from skimage.measure import label
 from skimage.segmentation import find_boundaries, relabel_sequential
 
-from napari_sam.engine.amg import _box_xyxy, _check_number
+from napari_sam.engine.checks import check_number
 from napari_sam.engine.geometry import WindowMask
 from napari_sam.engine.instances import _check_settings, _checked_maps
-from napari_sam.engine.mask_ops import LogitUpsampler, stability_score
+from napari_sam.engine.mask_ops import LogitUpsampler, meta_box, stability_score
 from napari_sam.engine.predictor import Predictor
 
 MIN_SIZE = 25  # micro-sam's default smallest object, in pixels
@@ -64,6 +70,12 @@ class PromptedMask:
     predicted_iou: float
     stability_score: float
     prompt: np.ndarray
+
+    def moved(self, top: int, left: int, shape: tuple[int, int]) -> PromptedMask:
+        """The same answer placed at ``(top, left)`` in a larger image of ``shape``."""
+        offset = np.tile([top, left], len(self.prompt) // 2)
+        return PromptedMask(self.mask.moved(top, left, shape), self.predicted_iou,
+                            self.stability_score, self.prompt + offset)
 
 
 def point_prompts(
@@ -102,9 +114,9 @@ def point_prompts(
         foreground=foreground, center_distances=center_distances,
         boundary_distances=boundary_distances,
     )
-    thresholds = dict(foreground_threshold=foreground_threshold,
-                      center_distance_threshold=center_distance_threshold,
-                      boundary_distance_threshold=boundary_distance_threshold)
+    thresholds = {"foreground_threshold": foreground_threshold,
+                  "center_distance_threshold": center_distance_threshold,
+                  "boundary_distance_threshold": boundary_distance_threshold}
     _check_settings(thresholds=thresholds, sigmas={}, min_size=0)
     with np.errstate(invalid="ignore"):
         seeds = foreground >= foreground_threshold
@@ -185,17 +197,8 @@ def prompted_masks(
     RuntimeError
         The predictor has no image.
     """
-    _check_number("batch_size", batch_size, low=1, integer=True)
-    _check_number("nms_threshold", nms_threshold, low=0, high=1)
-    _check_settings(thresholds={}, sigmas={}, min_size=min_size)
-    if mask_threshold is None:
-        mask_threshold = predictor.model.mask_threshold
-    elif not isinstance(mask_threshold, numbers.Real) or not math.isfinite(mask_threshold):
-        raise ValueError(
-            f"mask_threshold must be a finite number (a logit) or None for the model's "
-            f"threshold ({predictor.model.mask_threshold}), got {mask_threshold!r}; micro-sam's "
-            "'auto' (local Otsu) is not implemented"
-        )
+    _check_values(batch_size=batch_size, nms_threshold=nms_threshold, min_size=min_size,
+                  mask_threshold=mask_threshold)
     if predictor.embedding is None:
         raise RuntimeError("the predictor has no image: call predictor.set_image(image) first")
     shape = tuple(int(s) for s in predictor.embedding.original_size)
@@ -209,13 +212,11 @@ def prompted_masks(
     points = point_prompts(*maps, foreground_threshold=foreground_threshold,
                            center_distance_threshold=center_distance_threshold,
                            boundary_distance_threshold=boundary_distance_threshold)
-    decode = _Decoder(predictor, batch_size, multimasking, mask_threshold)
-    found = decode(points=points)
-    if refine_with_box_prompts and found:
-        found = decode(boxes=np.array([_widened_box(m.mask, shape) for m in found]))
-    if min_size > 0:
-        found = [m for m in found if m.mask.area > min_size]
-    return [found[i] for i in _mask_nms(found, nms_threshold, intersection_over_min)]
+    found = answered_points(predictor, points, multimasking=multimasking, batch_size=batch_size,
+                            mask_threshold=mask_threshold,
+                            refine_with_box_prompts=refine_with_box_prompts)
+    return distinct_masks(found, min_size=min_size, nms_threshold=nms_threshold,
+                          intersection_over_min=intersection_over_min)
 
 
 def prompted_labels(
@@ -246,8 +247,78 @@ def prompted_labels(
     """
     found = prompted_masks(predictor, foreground, center_distances, boundary_distances,
                            **settings)
-    min_size = settings.get("min_size", MIN_SIZE)
     shape = tuple(int(s) for s in predictor.embedding.original_size)
+    return painted_labels(found, shape, min_size=settings.get("min_size", MIN_SIZE))
+
+
+def answered_points(predictor: Predictor, points: np.ndarray, *, multimasking: bool = False,
+                    batch_size: int = 32, mask_threshold: float | None = None,
+                    refine_with_box_prompts: bool = False) -> list[PromptedMask]:
+    """SAM's mask for each point prompt on the predictor's image (step 3 above).
+
+    Parameters
+    ----------
+    predictor : Predictor
+        With the image set.
+    points : (N, 2) array
+        ``(row, col)`` of the prompts, in the predictor's image.
+    multimasking, batch_size, mask_threshold, refine_with_box_prompts
+        As in :func:`prompted_masks`.
+
+    Returns
+    -------
+    list of PromptedMask
+        One per point, in the order of ``points``.
+    """
+    if mask_threshold is None:
+        mask_threshold = predictor.model.mask_threshold
+    shape = tuple(int(s) for s in predictor.embedding.original_size)
+    decode = _Decoder(predictor, batch_size, multimasking, mask_threshold)
+    found = decode(points=np.asarray(points))
+    if refine_with_box_prompts and found:
+        found = decode(boxes=np.array([_widened_box(m.mask, shape) for m in found]))
+    return found
+
+
+def distinct_masks(found: list[PromptedMask], *, min_size: int = MIN_SIZE,
+                   nms_threshold: float = 0.9,
+                   intersection_over_min: bool = False) -> list[PromptedMask]:
+    """The masks of more than ``min_size`` pixels that survive the suppression (step 4 above).
+
+    Parameters
+    ----------
+    found : list of PromptedMask
+        Masks of one image (of one shape).
+    min_size, nms_threshold, intersection_over_min
+        As in :func:`prompted_masks`.
+
+    Returns
+    -------
+    list of PromptedMask
+        Best score first.
+    """
+    if min_size > 0:
+        found = [m for m in found if m.mask.area > min_size]
+    return [found[i] for i in _mask_nms(found, nms_threshold, intersection_over_min)]
+
+
+def painted_labels(found: list[PromptedMask], shape: tuple[int, int], *,
+                   min_size: int = MIN_SIZE) -> np.ndarray:
+    """micro-sam's label image of the kept masks (step 5 above).
+
+    Parameters
+    ----------
+    found : list of PromptedMask
+        Masks of an image of ``shape`` (:func:`distinct_masks`).
+    shape : (2,) tuple of int
+    min_size : int
+        Pieces of fewer pixels are removed.
+
+    Returns
+    -------
+    (H, W) uint32 array
+        0 is background, objects 1..n in raster order of their first pixel.
+    """
     painted = np.zeros(shape, dtype=np.uint32)
     largest_first = sorted(found, key=lambda m: m.mask.area, reverse=True)
     for index, found_mask in enumerate(largest_first, 1):
@@ -258,6 +329,51 @@ def prompted_labels(
     small[0] = False
     pieces[small[pieces]] = 0
     return relabel_sequential(pieces)[0].astype(np.uint32)
+
+
+# The settings of prompted_masks (all but the predictor and the three maps), micro-sam's names
+# and defaults.
+SETTINGS = {name: parameter.default for name, parameter in
+            tuple(inspect.signature(prompted_masks).parameters.items())[4:]}
+
+
+def check_settings(settings: dict) -> dict:
+    """``settings`` of :func:`prompted_masks` checked before any image is embedded, with the
+    defaults for those not given.
+
+    Raises
+    ------
+    TypeError
+        An unknown setting, naming those there are.
+    ValueError
+        A value out of range, naming the setting and the valid range.
+    """
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise TypeError(
+            f"unknown APG settings {', '.join(unknown)}: choose from {', '.join(SETTINGS)} "
+            "(prompt-sampling settings such as 'sampler' belong to mode='amg')"
+        )
+    settings = {**SETTINGS, **settings}
+    _check_values(**{name: settings[name] for name in
+                     ("batch_size", "nms_threshold", "min_size", "mask_threshold")})
+    seeds = ("foreground_threshold", "center_distance_threshold", "boundary_distance_threshold")
+    _check_settings(thresholds={name: settings[name] for name in seeds}, sigmas={}, min_size=0)
+    return settings
+
+
+def _check_values(*, batch_size, nms_threshold, min_size, mask_threshold) -> None:
+    """Errors naming the setting and what to pass instead."""
+    check_number("batch_size", batch_size, low=1, integer=True)
+    check_number("nms_threshold", nms_threshold, low=0, high=1)
+    _check_settings(thresholds={}, sigmas={}, min_size=min_size)
+    if mask_threshold is not None and (not isinstance(mask_threshold, numbers.Real)
+                                       or not math.isfinite(mask_threshold)):
+        raise ValueError(
+            f"mask_threshold must be a finite number (a logit) or None for the model's "
+            f"threshold, got {mask_threshold!r}; micro-sam's 'auto' (local Otsu) is not "
+            "implemented"
+        )
 
 
 class _Decoder:
@@ -305,7 +421,7 @@ class _Decoder:
 def _widened_box(mask: WindowMask, shape: tuple[int, int]) -> np.ndarray:
     """micro-sam's refinement box: the mask's box grown by ``BOX_EXTENSION`` of its width and
     height on each side, within the image, as ``(min_row, min_col, max_row, max_col)``."""
-    x0, y0, x1, y1 = _box_xyxy(mask).astype(np.float64)
+    x0, y0, x1, y1 = meta_box(mask).astype(np.float64)
     grow_x, grow_y = (x1 - x0) * BOX_EXTENSION, (y1 - y0) * BOX_EXTENSION
     return np.array([max(y0 - grow_y, 0), max(x0 - grow_x, 0),
                      min(y1 + grow_y, shape[0] - 0.5), min(x1 + grow_x, shape[1] - 0.5)])
@@ -320,7 +436,7 @@ def _mask_nms(found: list[PromptedMask], threshold: float, over_min: bool) -> li
     """
     if not found:
         return []
-    boxes = np.array([_box_xyxy(m.mask) for m in found])
+    boxes = np.array([meta_box(m.mask) for m in found])
     scores = np.array([m.predicted_iou for m in found], np.float32)
     scores *= np.array([m.stability_score for m in found], np.float32)
     areas = np.array([m.mask.area for m in found], np.float64)

@@ -35,6 +35,8 @@ from scipy import ndimage
 from skimage.measure import label
 from skimage.segmentation import relabel_sequential, watershed
 
+from napari_sam.engine.checks import check_number
+
 
 def labels_from_maps(
     foreground: np.ndarray,
@@ -165,8 +167,7 @@ def _checked_maps(**maps: np.ndarray) -> list[np.ndarray]:
 def _check_settings(*, thresholds: dict, sigmas: dict, min_size) -> None:
     """Errors naming the setting and what to pass instead."""
     for name, value in {**thresholds, **sigmas}.items():
-        if not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        check_number(name, value)
     for name, value in sigmas.items():
         if value < 0:
             raise ValueError(f"{name} is a Gaussian sigma in pixels: pass 0 or more, got {value}")

@@ -15,6 +15,7 @@ from scipy import ndimage
 from skimage.segmentation import relabel_sequential
 
 from napari_sam.engine.geometry import WindowMask
+from napari_sam.engine.prompts import box_rc_to_xy
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -130,6 +131,14 @@ def _interpolation_matrix(n_low: int, img_size: int, n_input: int, n_out: int) -
     if n_input != n_out:
         weights = F.interpolate(weights, (n_out, 1), mode="bilinear", align_corners=False)
     return weights[:, 0, :, 0].T.numpy()
+
+
+def meta_box(mask: WindowMask) -> np.ndarray:
+    """Meta's box of a mask, ``(x0, y0, x1, y1)`` with maxima inclusive; zeros for an empty mask,
+    as Meta's ``batched_mask_to_box`` gives (its crop-edge filter and NMS see those zeros)."""
+    if not mask.window.any():
+        return np.zeros(4, dtype=np.int64)
+    return box_rc_to_xy(np.array(mask.box(), dtype=np.int64))
 
 
 def stability_score(logits, threshold: float, offset: float):

@@ -3,8 +3,9 @@
 plane -> 8-bit RGB (the volume's intensity limits) -> resampled so that objects arrive at the
 model's size (``diameter``) -> tiles of the model's input size with a halo -> embeddings (an
 optional :class:`~napari_sam.engine.embeddings.EmbeddingStore`) -> prompts or automatic
-segmentation (``mode``: prompts sampled over each tile, "amg"; or an instance decoder's maps
-stitched across tiles, "ais") -> masks in the plane's own pixels.
+segmentation (``mode``: prompts sampled over each tile, "amg"; an instance decoder's maps
+stitched across tiles, "ais"; prompts from those maps answered by SAM's decoder, "apg") ->
+masks in the plane's own pixels.
 
 The command line, the napari plugin, stack segmentation and the functions :func:`segment` and
 :func:`segment_all` all go through :class:`Segmenter`, so the same plane gives the same masks
@@ -18,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from napari_sam.engine import apg
 from napari_sam.engine.ais import check_settings, decoder_maps
 from napari_sam.engine.amg import AutomaticMaskGenerator
 from napari_sam.engine.geometry import WindowMask
@@ -30,9 +32,10 @@ from napari_sam.engine.tiling import Tile, TiledPredictor, segment_tiles
 from napari_sam.models.registry import MODELS
 
 AUTO = "auto"
-# Automatic modes: prompts sampled over each tile and SAM's decoder (Meta's AMG), or one pass
-# of an instance decoder (micro-sam's AIS).
-MODES = ("amg", "ais")
+# Automatic modes: prompts sampled over each tile and SAM's decoder (Meta's AMG), one pass
+# of an instance decoder (micro-sam's AIS), or prompts from its maps and SAM's decoder
+# (micro-sam's APG).
+MODES = ("amg", "ais", "apg")
 # The instance decoder's maps where a tile shows nothing (no contrast): no foreground, and the
 # largest distance to any object's centre and boundary.
 BACKGROUND_MAPS = (0.0, 1.0, 1.0)
@@ -216,17 +219,21 @@ class Segmenter:
 
         Parameters
         ----------
-        mode : {"amg", "ais"}
+        mode : {"amg", "ais", "apg"}
             ``"amg"``: prompts sampled over each tile, SAM's decoder, masks merged across
             tiles (:func:`~napari_sam.engine.tiling.segment_tiles`). ``"ais"``: the instance
             decoder's maps of each tile, each pixel taken from the tile whose core holds it (the
             halo cropped), then labelled once on the whole plane, so that an object across a
             seam comes out once and whole; a tile without contrast is background without
-            running the decoder.
+            running the decoder. ``"apg"``: point prompts from those stitched maps, each
+            answered by SAM's decoder on the tile whose core holds it, then micro-sam's mask
+            suppression and painting once on the whole plane
+            (:mod:`~napari_sam.engine.apg`).
         **settings
             ``"amg"``: :class:`~napari_sam.AutomaticMaskGenerator` settings on top of this
             segmenter's. ``"ais"``: :func:`~napari_sam.engine.instances.labels_from_maps`
-            settings (micro-sam's defaults), in pixels of the resampled plane.
+            settings, ``"apg"``: :func:`~napari_sam.engine.apg.prompted_masks` settings
+            (micro-sam's defaults), in pixels of the resampled plane.
 
         Returns
         -------
@@ -236,7 +243,8 @@ class Segmenter:
         Raises
         ------
         ValueError
-            An unknown mode, or ``"ais"`` for a model without an instance decoder.
+            An unknown mode or setting, or ``"ais"`` or ``"apg"`` for a model without an
+            instance decoder.
         """
         resampling = self._require_image()
         if mode == "amg":
@@ -246,6 +254,8 @@ class Segmenter:
         elif mode == "ais":
             check_settings(settings)
             found = _label_masks(labels_from_maps(*self.instance_maps(), **settings))
+        elif mode == "apg":
+            found = _label_masks(self._prompted_labels(apg.check_settings(settings)))
         else:
             raise ValueError(f"unknown automatic mode {mode!r}: choose one of {', '.join(MODES)}")
         masks = [m for m in (resampling.to_plane(mask) for mask in found) if m is not None]
@@ -253,7 +263,7 @@ class Segmenter:
 
     @property
     def decoder(self):
-        """The instance decoder for ``mode="ais"``: the one given, else the registry's for this
+        """The instance decoder for ``mode="ais"`` and ``"apg"``: the one given, else the registry's for this
         model (loaded on first use)."""
         if self._decoder is None:
             from napari_sam.models.loading import load_decoder
@@ -262,9 +272,9 @@ class Segmenter:
                 self._decoder = load_decoder(self.model)
             except ValueError as error:
                 raise ValueError(
-                    f"mode='ais' needs an instance decoder: {error}. Give it to the segmenter "
-                    "(Segmenter(model, decoder=napari_sam.load_decoder(model, file))), or use "
-                    "mode='amg'"
+                    f"mode='ais' and 'apg' need an instance decoder: {error}. Give it to the "
+                    "segmenter (Segmenter(model, decoder=napari_sam.load_decoder(model, file))), "
+                    "or use mode='amg'"
                 ) from error
         return self._decoder
 
@@ -289,6 +299,33 @@ class Segmenter:
             tile_maps = decoder_maps(self.model, decoder, self._tiled.embedding(tile))
             maps[:, r0:r1, c0:c1] = tile_maps[:, r0 - top:r1 - top, c0 - left:c1 - left]
         return maps
+
+    def _prompted_labels(self, settings: dict) -> np.ndarray:
+        """APG labels of the resampled plane: prompts from the stitched maps, each answered by
+        SAM's decoder on the tile whose core holds it (with the halo as context), masks
+        suppressed and painted on the whole plane, so that an object across a seam comes out
+        once."""
+        maps = self.instance_maps()
+        shape = maps.shape[1:]
+        points = apg.point_prompts(*maps, **{name: settings[name] for name in (
+            "foreground_threshold", "center_distance_threshold", "boundary_distance_threshold")})
+        predictor, found = self._tiled.predictor, []
+        for tile in self.tiles:
+            r0, c0, r1, c1 = tile.core
+            inside = points[(points[:, 0] >= r0) & (points[:, 0] < r1)
+                            & (points[:, 1] >= c0) & (points[:, 1] < c1)]
+            if not len(inside):  # nothing to ask, nothing to embed
+                continue
+            top, left = tile.box[:2]
+            predictor.set_embedding(self._tiled.embedding(tile))
+            answers = apg.answered_points(predictor, inside - [top, left], **{
+                name: settings[name] for name in (
+                    "multimasking", "batch_size", "mask_threshold", "refine_with_box_prompts")})
+            found += [answer.moved(top, left, shape) for answer in answers]
+        kept = apg.distinct_masks(found, min_size=settings["min_size"],
+                                  nms_threshold=settings["nms_threshold"],
+                                  intersection_over_min=settings["intersection_over_min"])
+        return apg.painted_labels(kept, shape, min_size=settings["min_size"])
 
     def _require_image(self) -> Resampling:
         if self.resampling is None:
@@ -355,12 +392,14 @@ def segment_all(image: np.ndarray, *, model=None, diameter: float | str | None =
         Any 2D image.
     model, diameter, channel_axis, limits
         As in :func:`segment`.
-    mode : {"amg", "ais"}
-        Prompt sampling or the model's instance decoder (see :meth:`Segmenter.segment_all`).
+    mode : {"amg", "ais", "apg"}
+        Prompt sampling, the model's instance decoder, or prompts from its maps (see
+        :meth:`Segmenter.segment_all`).
     **settings
         The mode's settings: for "amg" :class:`~napari_sam.AutomaticMaskGenerator` settings on
         top of those that suit the model (sampler, thresholds...), for "ais"
-        :func:`~napari_sam.engine.instances.labels_from_maps` settings.
+        :func:`~napari_sam.engine.instances.labels_from_maps` settings, for "apg"
+        :func:`~napari_sam.engine.apg.prompted_masks` settings.
 
     Returns
     -------
