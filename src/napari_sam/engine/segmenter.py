@@ -263,8 +263,8 @@ class Segmenter:
 
     @property
     def decoder(self):
-        """The instance decoder for ``mode="ais"`` and ``"apg"``: the one given, else the registry's for this
-        model (loaded on first use)."""
+        """The instance decoder for ``mode="ais"`` and ``"apg"``: the one given, else the
+        registry's for this model (loaded on first use)."""
         if self._decoder is None:
             from napari_sam.models.loading import load_decoder
 
