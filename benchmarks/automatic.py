@@ -242,7 +242,7 @@ def main() -> None:
 
     results, per_set = {}, {}
     crop = None
-    if args.micro_amg_size and args.micro_amg_size < args.size:
+    if args.micro_amg_size and args.micro_amg_size < args.size and "micro-sam AMG" in kinds:
         crop = centre_crop(*big, args.micro_amg_size)
     for name, run in kinds.items():
         labels, seconds = (None, None) if (crop is not None and name == "micro-sam AMG") \
