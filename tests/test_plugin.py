@@ -258,6 +258,23 @@ def test_automatic_slice_and_stack_with_cancel_and_resume(viewer, qtbot, stack, 
     assert all(final[p].any() for p in range(16))
 
 
+def test_automatic_mode_choice_reaches_the_engine(viewer, qtbot):
+    """The mode starts as the model's own; the generator's settings apply to "amg" only; the
+    shown slice is segmented in the chosen mode."""
+    from napari_sam.models.registry import MODELS
+
+    widget = AutomaticWidget(viewer)
+    assert widget.mode.currentText() == MODELS["nuclei_s"].mode
+    widget.mode.setCurrentText("amg")
+    assert widget.sampler.isEnabled() and widget.options()["sampler"] == "boxes"
+    widget.mode.setCurrentText("ais")
+    assert not widget.sampler.isEnabled() and not widget.iou.isEnabled()
+    assert widget.options() == {"mode": "ais"}
+    widget.segment_slice()
+    wait_idle(qtbot, widget)
+    assert viewer.layers["SAM automatic (nuclei)"].data.max() >= 5
+
+
 def test_ui_stays_responsive_while_embedding(viewer, qtbot):
     session = Session.for_viewer(viewer)
     model = session.model()

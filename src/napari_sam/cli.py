@@ -13,7 +13,7 @@ import numpy as np
 
 from napari_sam import image_files
 from napari_sam.engine.amg import SAMPLERS
-from napari_sam.models.registry import MODELS
+from napari_sam.models.registry import MODELS, MODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,15 +115,16 @@ def _parser() -> argparse.ArgumentParser:
     auto = commands.add_parser(
         "auto",
         help="segment everything in a 2D image into a label image",
-        description="Automatic segmentation (SAM's automatic mask generator, tiled, at the "
-        "objects' scale): prompts all over the image, the good and distinct masks kept, written "
-        "as a uint32 label image.",
+        description="Automatic segmentation, tiled, at the objects' scale, written as a uint32 "
+        "label image: SAM's automatic mask generator (prompts all over the image, the good and "
+        "distinct masks kept), or a model's instance decoder (AIS) and prompts from it (APG).",
     )
     auto.add_argument("image", type=Path, help="2D image: .tif, .png, .jpg or .npy")
     _model_options(auto)
     _scale_options(auto)
     auto.add_argument("-o", "--output", type=Path, required=True, help="label image (.tif or .npy)")
     _overwrite_option(auto)
+    _mode_option(auto)
     auto.add_argument("--sampler", choices=SAMPLERS,
                       help="grid: Meta's point grid; boxes: one box per detected object; adaptive: "
                       "a coarse grid, then clicks only where nothing is segmented yet (default: "
@@ -165,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     parallel = stack.add_mutually_exclusive_group()
     parallel.add_argument("--workers", type=int, help="segment planes in N local processes (dask)")
     parallel.add_argument("--scheduler", help="address of a dask.distributed scheduler")
+    _mode_option(stack)
     stack.add_argument("--sampler", choices=SAMPLERS, help="default: what suits the model")
     stack.add_argument("--points-per-side", type=int)
     stack.add_argument("--pred-iou-thresh", type=float)
@@ -228,6 +230,26 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                         "are downloaded once into the cache)")
     parser.add_argument("--checkpoint", type=Path, help="local checkpoint file")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+
+
+def _mode_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode", choices=MODES,
+        help="amg: prompts sampled over the image and SAM's decoder (the options below); ais: "
+        "the model's instance decoder, one pass; apg: prompts from the instance decoder's maps "
+        "(ais and apg need a model with an instance decoder; default: amg with the options "
+        "below, else what suits the model)")
+
+
+def _amg_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The automatic mask generator's options given on the command line (refused with another
+    mode, which would ignore them)."""
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if options and args.mode not in (None, "amg"):
+        flags = ", ".join("--" + name.replace("_", "-") for name in options)
+        raise ValueError(f"{flags}: options of --mode amg, not of --mode {args.mode}; leave them "
+                         "out, or pass --mode amg")
+    return options
 
 
 def _scale_options(parser: argparse.ArgumentParser) -> None:
@@ -306,14 +328,13 @@ def _embed(args: argparse.Namespace) -> int:
 def _segment_stack(args: argparse.Namespace) -> int:
     from napari_sam.volume.stack import segment_stack
 
-    options = {name: getattr(args, name) for name in
-               ("sampler", "points_per_side", "pred_iou_thresh", "stability_score_thresh")
-               if getattr(args, name) is not None}
+    options = _amg_options(args, ("sampler", "points_per_side", "pred_iou_thresh",
+                                  "stability_score_thresh"))
     summary = segment_stack(
         args.source, args.output, model=args.model, checkpoint=args.checkpoint, device=args.device,
         axes=args.axes, z=args.z, diameter=args.diameter, tile=args.tile, halo=args.halo,
         cache=args.cache, resume=args.resume, link=not args.no_link, workers=args.workers,
-        scheduler=args.scheduler, progress=_progress("segment"), **options,
+        scheduler=args.scheduler, progress=_progress("segment"), mode=args.mode, **options,
     )
     linked = f", {summary.objects_3d} objects in 3D" if summary.linked else ""
     print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "
@@ -373,14 +394,12 @@ def _auto(args: argparse.Namespace) -> int:
                              inputs=(args.image, args.checkpoint), overwrite=args.overwrite)
     image = image_files.read_image(args.image)
     start = time.perf_counter()
-    segmenter = _segmenter(args, **{
-        option: getattr(args, option)
-        for option in ("pred_iou_thresh", "stability_score_thresh", "sampler", "points_per_side",
-                       "crop_n_layers", "min_mask_region_area")
-        if getattr(args, option) is not None
-    })
+    segmenter_options = _amg_options(args, (
+        "pred_iou_thresh", "stability_score_thresh", "sampler", "points_per_side",
+        "crop_n_layers", "min_mask_region_area"))
+    segmenter = _segmenter(args, **segmenter_options)
     segmenter.set_image(image)
-    labels = segmenter.segment_all()
+    labels = segmenter.segment_all(mode=args.mode or ("amg" if segmenter_options else None))
     image_files.write_array(args.output, labels)
     print(f"{args.output}: {labels.max()} objects; {segmenter.describe_scale()} "
           f"({time.perf_counter() - start:.1f} s)")

@@ -29,13 +29,9 @@ from napari_sam.engine.mask_ops import paint_labels
 from napari_sam.engine.prompts import check_prompts
 from napari_sam.engine.scale import Resampling, check_diameter, estimate_diameter, object_diameters
 from napari_sam.engine.tiling import Tile, TiledPredictor, segment_tiles
-from napari_sam.models.registry import MODELS
+from napari_sam.models.registry import MODELS, automatic_mode
 
 AUTO = "auto"
-# Automatic modes: prompts sampled over each tile and SAM's decoder (Meta's AMG), one pass
-# of an instance decoder (micro-sam's AIS), or prompts from its maps and SAM's decoder
-# (micro-sam's APG).
-MODES = ("amg", "ais", "apg")
 # The instance decoder's maps where a tile shows nothing (no contrast): no foreground, and the
 # largest distance to any object's centre and boundary.
 BACKGROUND_MAPS = (0.0, 1.0, 1.0)
@@ -214,13 +210,16 @@ class Segmenter:
 
     # -- automatic ---------------------------------------------------------------------------
 
-    def segment_all(self, mode: str = "amg", **settings) -> np.ndarray:
+    def segment_all(self, mode: str | None = None, **settings) -> np.ndarray:
         """Automatic segmentation of the plane, tile by tile, at the objects' scale.
 
         Parameters
         ----------
-        mode : {"amg", "ais", "apg"}
-            ``"amg"``: prompts sampled over each tile, SAM's decoder, masks merged across
+        mode : {"amg", "ais", "apg"}, optional
+            The automatic mode; by default "amg" when generator settings are given, else the
+            one that suits the model (its registry spec's ``mode``, "amg" for a model the
+            registry does not name). ``"amg"``: prompts sampled
+            over each tile, SAM's decoder, masks merged across
             tiles (:func:`~napari_sam.engine.tiling.segment_tiles`). ``"ais"``: the instance
             decoder's maps of each tile, each pixel taken from the tile whose core holds it (the
             halo cropped), then labelled once on the whole plane, so that an object across a
@@ -247,6 +246,7 @@ class Segmenter:
             instance decoder.
         """
         resampling = self._require_image()
+        mode = automatic_mode(self.model, mode or ("amg" if settings else None))
         if mode == "amg":
             generator = AutomaticMaskGenerator(self.model, embedding_store=self.store,
                                                enlarge=False, **{**self.automatic, **settings})
@@ -254,10 +254,8 @@ class Segmenter:
         elif mode == "ais":
             check_settings(settings)
             found = _label_masks(labels_from_maps(*self.instance_maps(), **settings))
-        elif mode == "apg":
-            found = _label_masks(self._prompted_labels(apg.check_settings(settings)))
         else:
-            raise ValueError(f"unknown automatic mode {mode!r}: choose one of {', '.join(MODES)}")
+            found = _label_masks(self._prompted_labels(apg.check_settings(settings)))
         masks = [m for m in (resampling.to_plane(mask) for mask in found) if m is not None]
         return paint_labels(masks, resampling.shape)
 
@@ -382,7 +380,7 @@ def segment(image: np.ndarray, points=None, labels=None, box=None, *, mask=None,
 
 
 def segment_all(image: np.ndarray, *, model=None, diameter: float | str | None = AUTO,
-                channel_axis: int | None = None, limits=None, mode: str = "amg",
+                channel_axis: int | None = None, limits=None, mode: str | None = None,
                 **settings) -> np.ndarray:
     """Segment every object of a 2D image into a label image.
 
@@ -392,9 +390,10 @@ def segment_all(image: np.ndarray, *, model=None, diameter: float | str | None =
         Any 2D image.
     model, diameter, channel_axis, limits
         As in :func:`segment`.
-    mode : {"amg", "ais", "apg"}
+    mode : {"amg", "ais", "apg"}, optional
         Prompt sampling, the model's instance decoder, or prompts from its maps (see
-        :meth:`Segmenter.segment_all`).
+        :meth:`Segmenter.segment_all`); by default "amg" when generator settings are given,
+        else the one that suits the model.
     **settings
         The mode's settings: for "amg" :class:`~napari_sam.AutomaticMaskGenerator` settings on
         top of those that suit the model (sampler, thresholds...), for "ais"

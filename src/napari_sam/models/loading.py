@@ -48,11 +48,16 @@ def weights_path(name: str) -> Path:
     spec = MODELS[name]
     if spec.packaged is None:
         return fetch(spec.url, spec.known_hash, fname=_cached_name(spec.url, name))
-    path = Path(str(resources.files("napari_sam") / "weights" / spec.packaged))
+    return _packaged(spec.packaged, f"the weights of {name!r}")
+
+
+def _packaged(file: str, what: str) -> Path:
+    """A weights file shipped inside the package."""
+    path = Path(str(resources.files("napari_sam") / "weights" / file))
     if not path.is_file():
         raise FileNotFoundError(
-            f"the weights of {name!r} ({spec.packaged}) are missing from this installation of "
-            "napari-sam: reinstall it, or pass another model name or a checkpoint file"
+            f"{what} ({file}) are missing from this installation of napari-sam: reinstall it, "
+            "or pass another model name or a checkpoint file"
         )
     return path
 
@@ -139,8 +144,8 @@ def load_decoder(model: Sam, checkpoint: str | os.PathLike | None = None, *,
         A model from :func:`load_model`; its decoder reads this model's image embeddings.
     checkpoint : path, optional
         micro-sam's decoder file, or one of its checkpoints with a ``"decoder_state"`` inside.
-        By default the decoder published with the registry model ``model.name`` is used
-        (downloaded once into the cache).
+        By default the decoder of the registry model ``model.name``: shipped in the package
+        (``nuclei_s``), or published with it (micro-sam's, downloaded once into the cache).
     image_statistics : bool
         Normalisation variant, see :class:`~napari_sam.models.instance_decoder.InstanceDecoder`.
 
@@ -162,15 +167,19 @@ def load_decoder(model: Sam, checkpoint: str | os.PathLike | None = None, *,
     """
     if checkpoint is None:
         spec = MODELS.get(getattr(model, "name", None) or "")
-        if spec is None or spec.decoder_url is None:
-            with_decoder = [name for name, other in MODELS.items() if other.decoder_url]
+        if spec is not None and spec.decoder_packaged is not None:
+            path = _packaged(spec.decoder_packaged, f"the instance decoder of {spec.name!r}")
+        elif spec is not None and spec.decoder_url is not None:
+            path = fetch(spec.decoder_url, spec.decoder_hash,
+                         fname=_cached_name(spec.decoder_url, f"{spec.name}_decoder"))
+        else:
+            with_decoder = [name for name, other in MODELS.items()
+                            if other.decoder_url or other.decoder_packaged]
             raise ValueError(
                 f"the model {getattr(model, 'name', None)!r} has no instance decoder: pass a "
                 f"decoder file (micro-sam's), or load a model that has one ({', '.join(with_decoder)})"
             )
-        path = fetch(spec.decoder_url, spec.decoder_hash,
-                     fname=_cached_name(spec.decoder_url, f"{spec.name}_decoder"))
-        source = f"the decoder of {spec.name!r} ({str(path)!r})"
+        source = f"the instance decoder of {spec.name!r} ({str(path)!r})"
     else:
         path, source = checkpoint, f"decoder checkpoint {os.fspath(checkpoint)!r}"
     return load_instance_decoder(model, read_decoder_state(path), source=source,

@@ -167,6 +167,11 @@ class ModelSpec:
         The diameters the model was trained on (informative).
     decoder_url, decoder_hash : str or None
         Download address and checksum of the model's instance decoder (AIS), if it has one.
+    decoder_packaged : str or None
+        File name of an instance decoder shipped inside the package, if any.
+    mode : {"amg", "ais", "apg"}
+        The automatic mode that suits the model: prompts sampled over the image ("amg"), or,
+        with an instance decoder, its maps ("ais") or prompts taken from them ("apg").
     """
 
     name: str
@@ -180,6 +185,8 @@ class ModelSpec:
     diameter_range: tuple[float, float] | None = None
     decoder_url: str | None = None
     decoder_hash: str | None = None
+    decoder_packaged: str | None = None
+    mode: str = "amg"
 
 
 # Meta's ViTs: embedding width, depth and heads; global attention in the last block of each
@@ -213,6 +220,10 @@ MODELS: dict[str, ModelSpec] = {
             # range (docs/benchmarks.md, "Object scale"): 30 px leaves room for larger nuclei.
             diameter=30.0,
             diameter_range=(8.0, 44.0),
+            decoder_packaged="nuclei_s_decoder.pt",
+            # Its decoder's one pass beats its best prompt sampling on held-out synthetic sets
+            # and on the real DSB image, in a fraction of the time (docs/benchmarks.md).
+            mode="ais",
         ),
         *(
             ModelSpec(
@@ -253,6 +264,7 @@ MODELS: dict[str, ModelSpec] = {
                 description=f"micro-sam's {base} for {subject}, with an instance decoder",
                 decoder_url=f"{MICRO_SAM_FILES}/{record}/files/{base}_decoder.pt",
                 decoder_hash=f"xxh128:{decoder_hash}",
+                mode="ais",  # micro-sam's own default for a model with a decoder
             )
             for base, domain, subject, record, model_hash, decoder_hash in (
                 ("vit_t", "lm", "light microscopy", "faithful-chicken/1.1",
@@ -272,6 +284,19 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+MODES = ("amg", "ais", "apg")
+
+
+def automatic_mode(model, mode: str | None = None) -> str:
+    """``mode``, or the automatic mode that suits a loaded ``model`` (its registry spec's; "amg"
+    for a model the registry does not name); refuses an unknown mode."""
+    spec = MODELS.get(getattr(model, "name", None) or "")
+    mode = mode or (spec.mode if spec is not None else "amg")
+    if mode not in MODES:
+        raise ValueError(f"unknown automatic mode {mode!r}: choose one of {', '.join(MODES)}")
+    return mode
+
 
 # The model used when none is named: the shipped one.
 DEFAULT_MODEL = "nuclei_s"

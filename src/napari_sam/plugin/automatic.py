@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sam.engine.amg import SAMPLERS
-from napari_sam.models.registry import MODELS
+from napari_sam.models.registry import MODELS, MODES
 from napari_sam.plugin.background import CancelFlag, Cancelled, run_in_background
 from napari_sam.plugin.layer_choice import LayerChoice
 from napari_sam.plugin.layers import (
@@ -55,7 +55,17 @@ class AutomaticWidget(QWidget):
         self.session = Session.for_viewer(napari_viewer)
         self.worker = None
         self._flag: CancelFlag | None = None
-        defaults = MODELS[self.session.settings.model].automatic  # what suits the model
+        spec = MODELS[self.session.settings.model]
+        defaults = spec.automatic  # what suits the model
+
+        self.mode = QComboBox()
+        self.mode.addItems(MODES)
+        self.mode.setCurrentText(spec.mode)
+        self.mode.setToolTip("amg: prompts sampled over the image and SAM's decoder (the settings "
+                             "below); ais: the model's instance decoder, one pass; apg: prompts "
+                             "from the instance decoder's maps (ais and apg need a model with an "
+                             "instance decoder)")
+        self.mode.currentTextChanged.connect(self._mode_changed)
 
         self.image = LayerChoice(napari_viewer, Image)
         self.sampler = QComboBox()
@@ -85,6 +95,7 @@ class AutomaticWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("image", self.image)
+        form.addRow("mode", self.mode)
         form.addRow("sampler", self.sampler)
         form.addRow("points per side", self.points_per_side)
         form.addRow("min predicted IoU", self.iou)
@@ -105,13 +116,23 @@ class AutomaticWidget(QWidget):
         self.stack_progress.connect(self._stack_progress)
         self.image.currentIndexChanged.connect(self._default_output)
         self._default_output()
+        self._mode_changed(self.mode.currentText())
 
     def options(self) -> dict:
-        """The generator settings chosen in the panel."""
-        return dict(sampler=self.sampler.currentText(),
+        """The automatic mode and, for "amg", the generator settings chosen in the panel."""
+        mode = self.mode.currentText()
+        if mode != "amg":
+            return dict(mode=mode)
+        return dict(mode=mode, sampler=self.sampler.currentText(),
                     points_per_side=self.points_per_side.value(),
                     pred_iou_thresh=self.iou.value(), stability_score_thresh=self.stability.value(),
                     min_mask_region_area=self.min_area.value())
+
+    def _mode_changed(self, mode: str) -> None:
+        """The generator's settings apply to "amg" only."""
+        for widget in (self.sampler, self.points_per_side, self.iou, self.stability,
+                       self.min_area):
+            widget.setEnabled(mode == "amg")
 
     def _source(self):
         image = self.image.layer()

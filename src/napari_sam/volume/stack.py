@@ -41,7 +41,7 @@ from napari_sam.engine.embeddings import EmbeddingStore, model_fingerprint
 from napari_sam.engine.scale import check_diameter, estimate_diameter, object_diameters
 from napari_sam.engine.segmenter import AUTO, Segmenter
 from napari_sam.models.loading import load_model
-from napari_sam.models.registry import MODELS
+from napari_sam.models.registry import MODELS, automatic_mode
 from napari_sam.volume.io import Volume, open_volume, open_zarr_array, plane_rgb, volume_limits
 from napari_sam.volume.linking import link_slices
 
@@ -66,6 +66,7 @@ class StackJob:
     halo: int | None
     cache: str | None
     stride: int
+    mode: str = "amg"  # automatic mode (Segmenter.segment_all)
     options: dict[str, Any] = field(default_factory=dict)
     loaded: Any = field(default=None, compare=False, repr=False)  # the model, in serial runs
 
@@ -79,7 +80,10 @@ class StackJob:
         the generator settings, tiles that do not fit the plane of index ``plane``, a cache
         that cannot be opened."""
         segmenter = self._segmenter(None)
-        AutomaticMaskGenerator(segmenter.model, enlarge=False, **segmenter.automatic)
+        if self.mode == "amg":
+            AutomaticMaskGenerator(segmenter.model, enlarge=False, **segmenter.automatic)
+        else:
+            segmenter.decoder  # noqa: B018 (a model without an instance decoder fails here)
         segmenter.set_image(plane_rgb(self.volume, plane, self.limits))  # embeds nothing
         if self.cache:
             EmbeddingStore(self.cache)
@@ -125,6 +129,7 @@ def segment_stack(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mode: str | None = None,
     **amg_options,
 ) -> StackSummary:
     """Segment every plane of a stack automatically into a uint32 zarr label volume.
@@ -165,9 +170,13 @@ def segment_stack(
         Address of a ``dask.distributed`` scheduler to run the planes on.
     progress : callable, optional
         ``progress(done, total)`` after each plane.
+    mode : {"amg", "ais", "apg"}, optional
+        Automatic mode (:meth:`~napari_sam.Segmenter.segment_all`); by default "amg" when
+        generator settings are given, else the one that suits the model. "ais" and "apg" need
+        a model with an instance decoder.
     **amg_options
-        Settings of :class:`~napari_sam.AutomaticMaskGenerator` (``sampler``,
-        ``points_per_side``, thresholds...) on top of those that suit the model.
+        With ``mode="amg"``: settings of :class:`~napari_sam.AutomaticMaskGenerator`
+        (``sampler``, ``points_per_side``, thresholds...) on top of those that suit the model.
 
     Returns
     -------
@@ -195,8 +204,8 @@ def segment_stack(
     todo = _planes(volume, z)
     _check_paths(source=volume.path, output=output, cache=cache)
     job = _job(volume, output, model=model, checkpoint=checkpoint, device=device,
-               diameter=diameter, tile=tile, halo=halo, cache=cache, options=amg_options,
-               keep_model=serial)
+               diameter=diameter, tile=tile, halo=halo, cache=cache, mode=mode,
+               options=amg_options, keep_model=serial)
     job.check(todo[0])
     record = _record(job)
     if Path(job.output).exists():
@@ -218,10 +227,14 @@ def segment_stack(
 
 
 def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, halo, cache,
-         options, keep_model: bool) -> StackJob:
+         options, keep_model: bool, mode: str | None = None) -> StackJob:
     """The settings of a run over ``volume``: the model loaded (kept in the job when
     ``keep_model``), the source's limits, fingerprint and diameter resolved once."""
     loaded, checkpoint = _model(model, checkpoint, device)
+    mode = automatic_mode(loaded, mode or ("amg" if options else None))
+    if mode != "amg" and options:
+        raise ValueError(f"{', '.join(sorted(options))}: settings of mode 'amg', not of {mode!r}; "
+                         "leave them out, or pass mode='amg'")
     sample = volume.sample()
     limits = volume_limits(volume, sample)
     spec = MODELS.get(getattr(loaded, "name", None) or "")
@@ -237,7 +250,7 @@ def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, h
                     source=volume.fingerprint(sample), limits=limits, diameter=diameter,
                     estimated=estimated, tile=tile, halo=halo,
                     cache=None if cache is None else str(cache),
-                    stride=2**32 // (volume.n_planes + 1), options=dict(options),
+                    stride=2**32 // (volume.n_planes + 1), mode=mode, options=dict(options),
                     loaded=loaded if keep_model else None)
 
 
@@ -342,7 +355,7 @@ def segment_one(job: StackJob, plane: int) -> int:
     """
     segmenter = job.segmenter()
     segmenter.set_image(plane_rgb(job.volume, plane, job.limits))
-    labels = segmenter.segment_all()
+    labels = segmenter.segment_all(mode=job.mode)
     count = int(labels.max())
     if count >= job.stride:
         raise ValueError(f"plane {plane} has {count} objects, more than the {job.stride - 1} "
@@ -417,7 +430,8 @@ def _record(job: StackJob) -> dict:
         "model": job.model, "weights": job.weights, "checkpoint": job.checkpoint,
         "device": job.device, "cache": job.cache,
         "limits": job.limits, "diameter": job.diameter, "estimated": job.estimated,
-        "tile": job.tile, "halo": job.halo, "stride": job.stride, "options": job.options,
+        "tile": job.tile, "halo": job.halo, "stride": job.stride, "mode": job.mode,
+        "options": job.options,
     }
     return json.loads(json.dumps(record, default=str))
 
@@ -487,7 +501,8 @@ def _check_resumable(path: Path, record: dict, resume: bool) -> None:
             "resume with the source it was written from, or choose another output"
         )
     # Paths may have moved (the fingerprints decide), and the cache and device do not change
-    # the labels.
+    # the labels. Runs recorded before automatic modes existed were "amg" runs.
+    before = {"mode": "amg", **before}
     changed = sorted(k for k in record if k not in ("source", "checkpoint", "cache", "device")
                      and before.get(k) != record[k])
     if changed:
