@@ -62,7 +62,9 @@ def test_sample_writes_image_and_labels(tmp_path, capsys):
 def test_models_lists_the_registry(capsys):
     assert main(["models"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["nuclei_s", "vit_b", "vit_l", "vit_h", "vit_t"]
+    assert names == ["nuclei_s", "vit_b", "vit_l", "vit_h", "vit_t", "vit_t_lm", "vit_b_lm",
+                     "vit_l_lm", "vit_t_em_organelles", "vit_b_em_organelles",
+                     "vit_l_em_organelles"]
 
 
 # --------------------------------------------------------------------------- #
