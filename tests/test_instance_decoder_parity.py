@@ -51,10 +51,10 @@ def micro_sam_checkpoint(encoder: torch.nn.Module, path, *, transposed: bool, se
 @pytest.mark.parametrize(
     ("name", "transposed", "image_statistics"),
     [
-        ("vit_t", False, True),
+        pytest.param("vit_t", False, True, marks=pytest.mark.slow),
         pytest.param("vit_b", False, True, marks=pytest.mark.slow),
         ("nuclei_s", False, True),
-        ("vit_t", True, True),
+        pytest.param("vit_t", True, True, marks=pytest.mark.slow),
         ("nuclei_s", False, False),
         ("nuclei_s", True, False),
     ],

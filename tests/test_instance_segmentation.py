@@ -118,6 +118,7 @@ def test_same_instances_as_micro_sam_on_maps_of_touching_discs(micro_sam_instanc
     assert_same_instances(labels_from_maps(*maps), micro_sam_instances(*maps))
 
 
+@pytest.mark.slow
 def test_same_instances_as_micro_sam_on_a_1024_plane_of_300_discs(micro_sam_instances):
     maps = decoder_maps(random_discs((1024, 1024), count=300, seed=0), seed=0)
     assert_same_instances(labels_from_maps(*maps), micro_sam_instances(*maps))
