@@ -65,11 +65,6 @@ with warnings.catch_warnings():
     from micro_sam import instance_segmentation as micro_sam_is
     from micro_sam import util as micro_sam_util
 
-try:  # the automatic modes this version offers
-    from napari_sam.models.registry import MODES
-except ImportError:
-    from napari_sam.engine.segmenter import MODES
-
 TIMING_SEED = 20_999  # "like training (other seeds)"; not an image of the 256 px sets
 MICRO_TILE, MICRO_HALO = 192, 32  # micro-sam's tile_shape and halo: tiles of 256 px at most
 THRESHOLDS = {k: v for k, v in MODELS["nuclei_s"].automatic.items() if k != "sampler"}
@@ -160,13 +155,12 @@ def rows(model, decoder, reference, their_decoder) -> dict:
     """Row name -> function(rgb, ours_diameter) -> labels."""
     found = {
         "ours AMG grid": lambda rgb, d: ours_amg(model, rgb, d, sampler="grid"),
-        "ours AMG boxes (model default)": lambda rgb, d: ours_amg(model, rgb, d),
+        "ours AMG boxes (the model's AMG settings)": lambda rgb, d: ours_amg(model, rgb, d),
         "ours AIS": lambda rgb, d: ours_decoder_mode(model, decoder, rgb, d, "ais"),
+        "ours APG": lambda rgb, d: ours_decoder_mode(model, decoder, rgb, d, "apg"),
+        "micro-sam AMG": lambda rgb, d: micro_sam_amg(reference, rgb),
+        "micro-sam AIS": lambda rgb, d: micro_sam_ais(reference, their_decoder, rgb),
     }
-    if "apg" in MODES:
-        found["ours APG"] = lambda rgb, d: ours_decoder_mode(model, decoder, rgb, d, "apg")
-    found["micro-sam AMG"] = lambda rgb, d: micro_sam_amg(reference, rgb)
-    found["micro-sam AIS"] = lambda rgb, d: micro_sam_ais(reference, their_decoder, rgb)
     return found
 
 
@@ -277,8 +271,6 @@ def main() -> None:
     if crop is not None:
         print(f"\nmicro-sam's AMG timed on a {args.micro_amg_size}² centre crop; its ratio is to "
               f"ours AMG grid on the same crop ({base['crop_seconds']:.1f} s).")
-    if "apg" not in MODES:
-        print("\nours APG: skipped, this version has no mode 'apg'.")
     print("\nF1 per held-out set:\n")
     print("| method | " + " | ".join(sets) + " |")
     print("|---|" + "---|" * len(sets))
