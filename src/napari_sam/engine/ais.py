@@ -17,6 +17,7 @@ import inspect
 import numpy as np
 import torch
 
+from napari_sam.engine.checks import check_names
 from napari_sam.engine.denormals import flush_denormals
 from napari_sam.engine.embeddings import Embedding
 from napari_sam.engine.instances import labels_from_maps
@@ -57,12 +58,7 @@ def check_settings(settings: dict) -> dict:
     """``settings`` for :func:`~napari_sam.engine.instances.labels_from_maps`, checked before
     any image is embedded: an unknown name or a bad value raises the error that
     ``labels_from_maps`` would raise after all the work."""
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        raise TypeError(
-            f"unknown AIS settings {', '.join(unknown)}: choose from {', '.join(SETTINGS)} "
-            "(prompt-sampling settings such as 'sampler' belong to mode='amg')"
-        )
+    check_names(settings, SETTINGS, "AIS")
     labels_from_maps(*np.zeros((3, 0, 0), np.float32), **settings)  # checks the values
     return settings
 

@@ -43,9 +43,9 @@ from scipy import ndimage
 from skimage.measure import label
 from skimage.segmentation import find_boundaries, relabel_sequential
 
-from napari_sam.engine.checks import check_number
+from napari_sam.engine.checks import check_names, check_number
 from napari_sam.engine.geometry import WindowMask
-from napari_sam.engine.instances import _check_settings, _checked_maps
+from napari_sam.engine.instances import check_map_settings, checked_maps
 from napari_sam.engine.mask_ops import LogitUpsampler, meta_box, stability_score
 from napari_sam.engine.predictor import Predictor
 
@@ -110,14 +110,14 @@ def point_prompts(
     >>> point_prompts(foreground, distances, distances).tolist()
     [[10, 10], [10, 21]]
     """
-    foreground, center_distances, boundary_distances = _checked_maps(
+    foreground, center_distances, boundary_distances = checked_maps(
         foreground=foreground, center_distances=center_distances,
         boundary_distances=boundary_distances,
     )
     thresholds = {"foreground_threshold": foreground_threshold,
                   "center_distance_threshold": center_distance_threshold,
                   "boundary_distance_threshold": boundary_distance_threshold}
-    _check_settings(thresholds=thresholds, sigmas={}, min_size=0)
+    check_map_settings(thresholds=thresholds, sigmas={}, min_size=0)
     with np.errstate(invalid="ignore"):
         seeds = foreground >= foreground_threshold
         seeds &= center_distances < center_distance_threshold
@@ -202,7 +202,7 @@ def prompted_masks(
     if predictor.embedding is None:
         raise RuntimeError("the predictor has no image: call predictor.set_image(image) first")
     shape = tuple(int(s) for s in predictor.embedding.original_size)
-    maps = _checked_maps(foreground=foreground, center_distances=center_distances,
+    maps = checked_maps(foreground=foreground, center_distances=center_distances,
                          boundary_distances=boundary_distances)
     if maps[0].shape != shape:
         raise ValueError(
@@ -348,17 +348,12 @@ def check_settings(settings: dict) -> dict:
     ValueError
         A value out of range, naming the setting and the valid range.
     """
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        raise TypeError(
-            f"unknown APG settings {', '.join(unknown)}: choose from {', '.join(SETTINGS)} "
-            "(prompt-sampling settings such as 'sampler' belong to mode='amg')"
-        )
+    check_names(settings, SETTINGS, "APG")
     settings = {**SETTINGS, **settings}
     _check_values(**{name: settings[name] for name in
                      ("batch_size", "nms_threshold", "min_size", "mask_threshold")})
     seeds = ("foreground_threshold", "center_distance_threshold", "boundary_distance_threshold")
-    _check_settings(thresholds={name: settings[name] for name in seeds}, sigmas={}, min_size=0)
+    check_map_settings(thresholds={name: settings[name] for name in seeds}, sigmas={}, min_size=0)
     return settings
 
 
@@ -366,7 +361,7 @@ def _check_values(*, batch_size, nms_threshold, min_size, mask_threshold) -> Non
     """Errors naming the setting and what to pass instead."""
     check_number("batch_size", batch_size, low=1, integer=True)
     check_number("nms_threshold", nms_threshold, low=0, high=1)
-    _check_settings(thresholds={}, sigmas={}, min_size=min_size)
+    check_map_settings(thresholds={}, sigmas={}, min_size=min_size)
     if mask_threshold is not None and (not isinstance(mask_threshold, numbers.Real)
                                        or not math.isfinite(mask_threshold)):
         raise ValueError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 
 
 def check_number(name: str, value, *, low: float | None = None, high: float | None = None,
@@ -37,3 +38,20 @@ def check_number(name: str, value, *, low: float | None = None, high: float | No
         else:
             what = f"{what} in [{low}, {high}]"
         raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_names(settings: dict, known: Iterable[str], mode: str) -> None:
+    """Refuse settings that ``mode`` does not have, naming those it has.
+
+    Raises
+    ------
+    TypeError
+        Naming the unknown settings and the known ones.
+    """
+    known = list(known)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise TypeError(
+            f"unknown {mode} settings {', '.join(unknown)}: choose from {', '.join(known)} "
+            "(prompt-sampling settings such as 'sampler' belong to mode='amg')"
+        )

@@ -94,11 +94,11 @@ def labels_from_maps(
     >>> labels.dtype, np.unique(labels).tolist(), int(labels[10, 10]), int(labels[10, 21])
     (dtype('uint32'), [0, 1, 2], 1, 2)
     """
-    foreground, center_distances, boundary_distances = _checked_maps(
+    foreground, center_distances, boundary_distances = checked_maps(
         foreground=foreground, center_distances=center_distances,
         boundary_distances=boundary_distances,
     )
-    _check_settings(
+    check_map_settings(
         thresholds=dict(center_distance_threshold=center_distance_threshold,
                         boundary_distance_threshold=boundary_distance_threshold,
                         foreground_threshold=foreground_threshold),
@@ -142,8 +142,9 @@ def _smoothed(values: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(values, sigma, mode="mirror", radius=math.ceil(3 * sigma))
 
 
-def _checked_maps(**maps: np.ndarray) -> list[np.ndarray]:
-    """The maps as float32 arrays of one 2D shape, or an error naming the map at fault."""
+def checked_maps(**maps: np.ndarray) -> list[np.ndarray]:
+    """The maps as float32 arrays of one 2D shape, or an error naming the map at fault (shared
+    with :mod:`~napari_sam.engine.apg`)."""
     checked = []
     for name, values in maps.items():
         values = np.asarray(values)
@@ -164,8 +165,9 @@ def _checked_maps(**maps: np.ndarray) -> list[np.ndarray]:
     return checked
 
 
-def _check_settings(*, thresholds: dict, sigmas: dict, min_size) -> None:
-    """Errors naming the setting and what to pass instead."""
+def check_map_settings(*, thresholds: dict, sigmas: dict, min_size) -> None:
+    """Thresholds, smoothing sigmas and minimum size of settings on the maps; errors name the
+    setting and what to pass instead."""
     for name, value in {**thresholds, **sigmas}.items():
         check_number(name, value)
     for name, value in sigmas.items():
