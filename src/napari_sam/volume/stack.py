@@ -69,6 +69,7 @@ class StackJob:
     mode: str = "amg"  # automatic mode (Segmenter.segment_all)
     options: dict[str, Any] = field(default_factory=dict)
     loaded: Any = field(default=None, compare=False, repr=False)  # the model, in serial runs
+    decoder: Any = field(default=None, compare=False, repr=False)  # "ais", "apg": read once
 
     def segmenter(self) -> Segmenter:
         """The one path (:class:`~napari_sam.Segmenter`) with this job's settings; the model
@@ -82,8 +83,6 @@ class StackJob:
         segmenter = self._segmenter(None)
         if self.mode == "amg":
             AutomaticMaskGenerator(segmenter.model, enlarge=False, **segmenter.automatic)
-        else:
-            segmenter.decoder  # noqa: B018 (a model without an instance decoder fails here)
         segmenter.set_image(plane_rgb(self.volume, plane, self.limits))  # embeds nothing
         if self.cache:
             EmbeddingStore(self.cache)
@@ -94,7 +93,8 @@ class StackJob:
             model = _loaded_model(self.model, self.checkpoint, self.device,
                                   _file_identity(self.checkpoint))
         return Segmenter(model, diameter=self.diameter, tile=self.tile, halo=self.halo,
-                         store=store, automatic=self.options, estimated=self.estimated)
+                         store=store, automatic=self.options, estimated=self.estimated,
+                         decoder=self.decoder)
 
 
 @dataclass
@@ -235,6 +235,8 @@ def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, h
     if mode != "amg" and options:
         raise ValueError(f"{', '.join(sorted(options))}: settings of mode 'amg', not of {mode!r}; "
                          "leave them out, or pass mode='amg'")
+    # read once for every plane; a model without an instance decoder fails here, before output
+    decoder = Segmenter(loaded).decoder if mode != "amg" else None
     sample = volume.sample()
     limits = volume_limits(volume, sample)
     spec = MODELS.get(getattr(loaded, "name", None) or "")
@@ -250,7 +252,8 @@ def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, h
                     source=volume.fingerprint(sample), limits=limits, diameter=diameter,
                     estimated=estimated, tile=tile, halo=halo,
                     cache=None if cache is None else str(cache),
-                    stride=2**32 // (volume.n_planes + 1), mode=mode, options=dict(options),
+                    stride=2**32 // (volume.n_planes + 1), mode=mode, decoder=decoder,
+                    options=dict(options),
                     loaded=loaded if keep_model else None)
 
 
