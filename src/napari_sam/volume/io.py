@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import dask.array as da
 import numpy as np
@@ -38,6 +40,19 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # 'I' image sequence, ...) say nothing usable, so a series with them falls back to guessing.
 _TIFF_AXES = {"T": "t", "C": "c", "S": "c", "Z": "z", "Y": "y", "X": "x"}
 _OME_AXES = {letter: letter for letter in AXES}
+# Micrometres per unit, by the names NGFF, OME and ImageJ use (lower case); ImageJ may write µm
+# escaped, which tifffile keeps as it is. Sizes in other units stay as they are: ratios still hold.
+_MICROMETRES = {
+    **dict.fromkeys(("micrometer", "micrometre", "micron", "µm", "μm", "um", "\\u00b5m"), 1.0),
+    **dict.fromkeys(("nanometer", "nanometre", "nm"), 1e-3),
+    **dict.fromkeys(("millimeter", "millimetre", "mm"), 1e3),
+    **dict.fromkeys(("centimeter", "centimetre", "cm"), 1e4),
+    **dict.fromkeys(("meter", "metre", "m"), 1e6),
+    **dict.fromkeys(("angstrom", "å"), 1e-4),
+    "inch": 25400.0,
+}
+# The TIFF ResolutionUnit codes (4 and 5 are tifffile's extensions); 1 (none) is unknown.
+_TIFF_UNITS = {2: "inch", 3: "cm", 4: "mm", 5: "µm"}
 
 
 @dataclass(frozen=True, repr=False)
@@ -54,6 +69,10 @@ class Volume:
         A short description: the path, or ``'numpy array'``.
     path : str, optional
         The file or folder the data is read from, when there is one.
+    voxel_size : tuple of float, optional
+        The physical size of a voxel (micrometres when the file's unit is known), one positive
+        number per axis among ``z``, ``y``, ``x``, in the order of ``axes``: ``(z, y, x)`` for
+        ``'tczyx'``, ``(y, x)`` for ``'yx'``. None when unknown.
 
     Examples
     --------
@@ -66,15 +85,21 @@ class Volume:
     axes: str
     source: str = "array"
     path: str | None = None
+    voxel_size: tuple[float, ...] | None = None
 
     def __post_init__(self):
         check_axes(self.axes, self.data.shape)
         if 0 in self.data.shape:
             raise ValueError(f"{self.source} of shape {self.data.shape} is empty")
+        if self.voxel_size is not None:
+            # Stored as a tuple of floats, so that a list or numpy values compare and hash alike.
+            object.__setattr__(self, "voxel_size", _check_voxel_size(self.voxel_size, self.axes))
 
     def __repr__(self) -> str:
+        size = "" if self.voxel_size is None else f", voxel_size={self.voxel_size}"
         return (
-            f"Volume({self.source!r}, axes={self.axes!r}, shape={self.shape}, dtype={self.dtype})"
+            f"Volume({self.source!r}, axes={self.axes!r}, shape={self.shape}, dtype={self.dtype}"
+            f"{size})"
         )
 
     @property
@@ -108,6 +133,15 @@ class Volume:
     @property
     def n_planes(self) -> int:
         return math.prod(self.planes)
+
+    @property
+    def anisotropy(self) -> float | None:
+        """The z voxel size over the mean of the y and x sizes (4.0 for 2 µm steps between planes
+        of 0.5 µm pixels), or None without a ``z`` axis or a :attr:`voxel_size`."""
+        if self.voxel_size is None or "z" not in self.axes:
+            return None
+        size = dict(zip(_spatial_axes(self.axes), self.voxel_size))
+        return size["z"] / ((size["y"] + size["x"]) / 2)
 
     def plane(
         self, index: int | tuple[int, ...] = (), *, rows: slice = slice(None),
@@ -211,7 +245,9 @@ class Volume:
         return tuple(int(i) % n for i, n in zip(index, self.planes))
 
 
-def open_volume(source: Any, axes: str | None = None) -> Volume:
+def open_volume(
+    source: Any, axes: str | None = None, voxel_size: tuple[float, ...] | None = None
+) -> Volume:
     """Open a volume without reading its voxels.
 
     Parameters
@@ -226,6 +262,13 @@ def open_volume(source: Any, axes: str | None = None) -> Volume:
     axes : str, optional
         One letter per dimension from ``'tczyx'`` (any case), overriding metadata and guess.
         Without it and without axis metadata the axes are guessed, see :func:`guess_axes`.
+    voxel_size : tuple of float, optional
+        One size per axis among ``z``, ``y``, ``x`` (see :class:`Volume`), overriding metadata.
+        Without it the size is read from the file, in micrometres when its unit is known:
+        OME-zarr ``scale`` transformations of level 0 with the axes' units; OME-TIFF
+        ``PhysicalSizeX/Y/Z``; an ImageJ tiff's resolution tags, ``spacing`` and ``unit``; a
+        plain tiff's resolution tags (y and x only). All or nothing: a size that lacks one of
+        the volume's z, y, x axes (a plain tiff stack's z step, say) gives None, as do arrays.
 
     Returns
     -------
@@ -236,18 +279,18 @@ def open_volume(source: Any, axes: str | None = None) -> Volume:
     FileNotFoundError
         The path does not exist.
     ValueError
-        Not a supported format, a zarr group that is not an image, fewer than 2 dimensions, or
-        ``axes`` that do not fit the array.
+        Not a supported format, a zarr group that is not an image, fewer than 2 dimensions,
+        ``axes`` that do not fit the array, or a ``voxel_size`` that does not fit the axes.
 
     Examples
     --------
     >>> open_volume(np.zeros((10, 2, 64, 64), np.uint16))
     Volume('numpy array', axes='zcyx', shape=(10, 2, 64, 64), dtype=uint16)
     """
-    path = None
+    path, sizes = None, None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
-        data, found, description = _open_path(path, axes)
+        data, found, description, sizes = _open_path(path, axes)
     elif isinstance(source, zarr.Array):
         data, found, description = source, _zarr_axes(source), f"zarr array {source.store_path}"
         if isinstance(source.store, LocalStore):
@@ -261,7 +304,13 @@ def open_volume(source: Any, axes: str | None = None) -> Volume:
         raise TypeError(f"cannot open a {type(source).__name__}; {_SUPPORTED}")
     if axes is None:
         axes = found or guess_axes(data.shape)
-    return Volume(data, axes.lower(), description, None if path is None else str(path))
+    axes = axes.lower()
+    if voxel_size is None and sizes is not None:
+        # by position, so that the caller's axes pick the sizes of the dimensions they name
+        by_axis = dict(zip(axes, sizes))
+        picked = tuple(by_axis.get(a) for a in _spatial_axes(axes))
+        voxel_size = None if None in picked else picked
+    return Volume(data, axes, description, None if path is None else str(path), voxel_size)
 
 
 def guess_axes(shape: tuple[int, ...]) -> str:
@@ -308,6 +357,36 @@ def check_axes(axes: str, shape: tuple[int, ...]) -> None:
     raise ValueError(
         f"axes {axes!r} {problem}; give {len(shape)} letters from 'tczyx', each at most once and "
         f"including 'y' and 'x', e.g. {guess_axes(shape)!r}"
+    )
+
+
+def _spatial_axes(axes: str) -> str:
+    """The axes :attr:`Volume.voxel_size` has a size for: those among z, y, x, in order."""
+    return "".join(a for a in axes if a in "zyx")
+
+
+def _check_voxel_size(voxel_size: Any, axes: str) -> tuple[float, ...]:
+    """``voxel_size`` as floats, or a ValueError unless it is one positive finite number per
+    spatial axis of ``axes``."""
+    spatial = _spatial_axes(axes)
+    try:
+        sizes = tuple(voxel_size)
+    except TypeError:
+        sizes = None
+    if sizes is None or len(sizes) != len(spatial):
+        count = "is not a sequence" if sizes is None else f"has {len(sizes)} value(s)"
+        problem = f"{count}, but axes {axes!r} have {len(spatial)} spatial axes ({spatial})"
+    elif not all(
+        isinstance(s, numbers.Real) and not isinstance(s, bool) and math.isfinite(s) and s > 0
+        for s in sizes
+    ):
+        problem = "holds values that are not positive finite numbers"
+    else:
+        return tuple(float(s) for s in sizes)
+    example = tuple(2.0 if a == "z" else 0.5 for a in spatial)
+    raise ValueError(
+        f"voxel_size {voxel_size!r} {problem}; give one positive size (in micrometres) per axis "
+        f"among {', '.join(spatial)}, in that order, e.g. {example}, or None if unknown"
     )
 
 
@@ -374,8 +453,11 @@ def _check_ndim(shape: tuple[int, ...]) -> None:
         )
 
 
-def _open_path(path: Path, axes: str | None) -> tuple[Any, str | None, str]:
-    """The lazy array at ``path``, its axes from metadata (or None) and a description.
+def _open_path(
+    path: Path, axes: str | None
+) -> tuple[Any, str | None, str, list[float | None] | None]:
+    """The lazy array at ``path``, its axes from metadata (or None), a description and the
+    voxel size per dimension from metadata (None where unknown, or None for all).
 
     ``axes`` is the caller's override, which excuses OME-zarr axes that do not map to 'tczyx'.
     """
@@ -394,21 +476,24 @@ def _open_path(path: Path, axes: str | None) -> tuple[Any, str | None, str]:
             )
         node = _open_zarr(path)
         if isinstance(node, zarr.Group):
-            return (*_image_in_group(node, path, axes), str(path))
-        return node, _zarr_axes(node), str(path)
+            data, found, sizes = _image_in_group(node, path, axes)
+            return data, found, str(path), sizes
+        return node, _zarr_axes(node), str(path), None
     with path.open("rb") as file:
         magic = file.read(6)
     if magic == b"\x93NUMPY":  # a .npy file: memory-mapped, read a plane at a time
-        return np.load(path, mmap_mode="r"), None, str(path)
+        return np.load(path, mmap_mode="r"), None, str(path), None
     if magic[:4] not in _TIFF_MAGIC:
         raise ValueError(f"{path} is neither a zarr store nor a tiff file; {_SUPPORTED}")
-    return (*_open_tiff(path), str(path))
+    data, found, sizes = _open_tiff(path)
+    return data, found, str(path), sizes
 
 
 def _image_in_group(
     group: zarr.Group, path: Path, axes: str | None
-) -> tuple[zarr.Array, str | None]:
-    """Level 0 of an OME-zarr group, or the only array of a plain group."""
+) -> tuple[zarr.Array, str | None, list[float | None] | None]:
+    """Level 0 of an OME-zarr group with its axes and voxel size per dimension, or the only
+    array of a plain group."""
     attrs = group.attrs.asdict()
     multiscales = attrs.get("ome", attrs).get("multiscales")  # NGFF 0.5 nests under "ome"
     if multiscales:
@@ -427,16 +512,37 @@ def _image_in_group(
                 f"{path / dataset} does not exist: the image is incomplete (copied in part?); "
                 "copy it again, or open the dataset that is there"
             )
-        return _open_zarr(path / dataset), found
+        level = _open_zarr(path / dataset)
+        return level, found, _ngff_sizes(image, level.ndim)
     arrays, groups = sorted(group.array_keys()), sorted(group.group_keys())
     if len(arrays) == 1:
-        return group[arrays[0]], _zarr_axes(group[arrays[0]])
+        return group[arrays[0]], _zarr_axes(group[arrays[0]]), None
     contents = f"arrays {arrays} and groups {groups}" if arrays or groups else "nothing"
     example = f", e.g. {path / (arrays or groups)[0]}" if arrays or groups else ""
     raise ValueError(
         f"{path} is a zarr group without OME-zarr 'multiscales' metadata and holds {contents}, "
         f"not exactly one array; open the array (or image group) you mean{example}"
     )
+
+
+def _ngff_sizes(image: dict, ndim: int) -> list[float | None] | None:
+    """Level 0's voxel size per dimension: the product of its dataset's ``scale`` and the
+    multiscale's (NGFF applies both), in micrometres by the axes' units; None without a scale."""
+    scale = None
+    for transforms in (image["datasets"][0].get("coordinateTransformations"),
+                       image.get("coordinateTransformations")):
+        for transform in transforms or ():
+            values = transform.get("scale") if transform.get("type") == "scale" else None
+            if not isinstance(values, list) or len(values) != ndim:
+                continue  # a translation, or a scale stored in a file ("path"): not a size
+            try:
+                scale = [float(v) * s for v, s in zip(values, scale or [1.0] * ndim)]
+            except (TypeError, ValueError):  # not numbers: the metadata says nothing usable
+                return None
+    if scale is None:
+        return None
+    units = [a.get("unit") if isinstance(a, dict) else None for a in image.get("axes", [])]
+    return [_micrometres(s, u) for s, u in zip(scale, units + [None] * ndim)]
 
 
 def open_zarr_array(path: str | os.PathLike, mode: str = "r") -> zarr.Array:
@@ -480,16 +586,79 @@ def _zarr_axes(array: zarr.Array) -> str | None:
     return _known_axes([str(n).lower() for n in names], _OME_AXES)
 
 
-def _open_tiff(path: Path) -> tuple[Any, str | None]:
-    """Series 0 of a tiff file, memory mapped or as a zarr array, and its axes."""
+def _open_tiff(path: Path) -> tuple[Any, str | None, list[float | None]]:
+    """Series 0 of a tiff file, memory mapped or as a zarr array, its axes and its voxel size
+    per dimension."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         names, contiguous = series.axes, series.dataoffset is not None
+        # the first source that knows any size; sources are not mixed, their units may differ
+        found = _ome_tiff_sizes(tif) or _imagej_sizes(tif) or _resolution_sizes(tif.pages[0])
     if contiguous:
         data = tifffile.memmap(path, series=0, mode="r")
     else:  # compressed or scattered: tifffile's zarr store decodes only the pages asked for
         data = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
-    return data, _known_axes(list(names), _TIFF_AXES)
+    return data, _known_axes(list(names), _TIFF_AXES), [found.get(a.lower()) for a in names]
+
+
+def _ome_tiff_sizes(tif: tifffile.TiffFile) -> dict[str, float]:
+    """The known ``PhysicalSizeX/Y/Z`` of the first OME ``Pixels`` element, by axis letter."""
+    if not tif.is_ome:
+        return {}
+    try:
+        root = ElementTree.fromstring(tif.ome_metadata)
+    except ElementTree.ParseError:
+        return {}
+    # the namespace changes with the OME schema version, so match the local name only
+    pixels = next((e for e in root.iter() if e.tag.rpartition("}")[2] == "Pixels"), None)
+    if pixels is None:
+        return {}
+    sizes = {
+        a: _micrometres(pixels.get(f"PhysicalSize{a.upper()}"),
+                        pixels.get(f"PhysicalSize{a.upper()}Unit", "µm"))  # OME's default unit
+        for a in "zyx"
+    }
+    return {a: size for a, size in sizes.items() if size is not None}
+
+
+def _imagej_sizes(tif: tifffile.TiffFile) -> dict[str, float]:
+    """An ImageJ tiff's calibration, by axis letter: y and x from the resolution tags, z the
+    ``spacing`` (1 when absent, as ImageJ reads it), all in ``unit``; none when uncalibrated."""
+    metadata = tif.imagej_metadata
+    if not metadata:
+        return {}
+    unit = metadata.get("unit")
+    sizes = _resolution_sizes(tif.pages[0], unit)
+    if not sizes and unit in (None, "pixel") and "spacing" not in metadata:
+        return {}  # ImageJ's uncalibrated default
+    sizes = sizes or {a: _micrometres(1.0, unit) for a in "yx"}  # ImageJ's default 1 unit
+    z = _micrometres(metadata.get("spacing", 1.0), unit)
+    return sizes if z is None else {**sizes, "z": z}
+
+
+def _resolution_sizes(page: tifffile.TiffPage, unit: str | None = None) -> dict[str, float]:
+    """y and x pixel sizes from the YResolution and XResolution tags (pixels per unit, as
+    rationals), in ``unit`` or else the ResolutionUnit tag's; none when both are absent or at
+    tifffile's default 1/1, which say nothing."""
+    ratios = {a: page.tags.get(f"{a.upper()}Resolution") for a in "yx"}
+    ratios = {a: tag.value for a, tag in ratios.items() if tag is not None}
+    if all(num == den for num, den in ratios.values()):
+        return {}
+    if unit is None:
+        code = page.tags.get("ResolutionUnit")
+        unit = _TIFF_UNITS.get(int(code.value)) if code is not None else None
+    sizes = {a: _micrometres(den / num if num else None, unit) for a, (num, den) in ratios.items()}
+    return {a: size for a, size in sizes.items() if size is not None}
+
+
+def _micrometres(value: Any, unit: str | None) -> float | None:
+    """``value`` in ``unit`` as micrometres (as it is when the unit is unknown), or None unless
+    it is a positive finite number."""
+    try:
+        size = float(value) * _MICROMETRES.get(str(unit).strip().lower(), 1.0)
+    except (TypeError, ValueError):
+        return None
+    return size if math.isfinite(size) and size > 0 else None
 
 
 def _known_axes(names: list[str], letters: dict[str, str]) -> str | None:
