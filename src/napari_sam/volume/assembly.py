@@ -1,0 +1,499 @@
+"""Assemble the 2D objects of a stack segmented plane by plane into 3D objects.
+
+Segmenting a z stack one plane at a time gives fragments: one 2D object per plane per nucleus,
+plus the dim blobs that out-of-focus planes hold, plus the odd piece where a plane was
+over-segmented. :func:`assemble_objects` turns them into 3D objects in four steps, each with
+a physical reason:
+
+1. **Overlap graph.** Fragments of planes ``z`` and ``z + 1`` (and ``z + 2``, across one
+   missed plane) that overlap are joined by an edge. Greedy agglomeration takes the edges by
+   decreasing IoU and merges two objects unless they would then hold two fragments of one plane
+   (one nucleus has one cross-section per plane). An edge must cover half of the smaller
+   fragment, so that the shrinking caps of a nucleus link while neighbours do not.
+2. **Split at necks.** Two nuclei stacked in z form one chain of fragments whose area, along z,
+   rises, falls to a neck where they touch and rises again. A chain is cut at its deepest neck
+   when the neck's area is under ``neck`` times that of both peaks beside it.
+3. **Trim to the half maximum.** An axially elongated point spread function smears a nucleus
+   over planes beyond its surface, and a 2D segmenter finds it there too. Where a blurred edge
+   crosses half the peak contrast is where the edge is, so fragments at either end of an object
+   whose contrast (mean intensity above the plane's background) is under half its peak are
+   dropped.
+4. **Minimum extent.** What is left in fewer than ``min_planes`` planes, or only in
+   out-of-focus planes, is no object: a piece that overlaps a kept object in a neighbouring
+   plane joins it (an over-segmented cross-section), any other is dropped.
+
+Memory is bounded by a few planes: the fragments are measured in one pass over the planes
+(their areas, contrasts and overlaps: a few numbers per fragment), assembled from those
+numbers, then every plane is rewritten in a second pass. The assignment of fragments to
+objects can be saved before the rewrite, so that a run killed while rewriting resumes with the
+same result (see ``record``).
+
+``python-elf``'s multicut, which micro-sam uses for this, needs ``nifty`` (the graph library),
+which is not on PyPI; the agglomeration here needs only numpy and scipy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["AssemblySummary", "assemble_objects", "expected_planes"]
+
+# Least share of the smaller fragment that an edge of the overlap graph must cover.
+_COVER = 0.5
+# Planes whose median fragment sharpness is under this share of the sharpest planes' are out
+# of focus.
+_BLURRED = 0.5
+
+
+@dataclass(frozen=True)
+class AssemblySummary:
+    """What :func:`assemble_objects` did.
+
+    Attributes
+    ----------
+    planes : int
+    fragments : int
+        2D objects in the planes.
+    objects : int
+        3D objects kept.
+    split : int
+        Chains cut in two at a neck (nuclei stacked in z).
+    trimmed : int
+        Fragments dropped beyond an object's half maximum (out-of-focus light).
+    merged : int
+        Short pieces joined to a kept object in a neighbouring plane.
+    dropped : int
+        Fragments of objects too short or only in out-of-focus planes.
+    min_planes : int
+        The minimum extent used.
+    """
+
+    planes: int
+    fragments: int
+    objects: int
+    split: int
+    trimmed: int
+    merged: int
+    dropped: int
+    min_planes: int
+
+
+@dataclass
+class _Fragments:
+    """A few numbers per fragment and the edges of the overlap graph, from one pass."""
+
+    ids: np.ndarray  # label id of each fragment
+    plane: np.ndarray  # its plane
+    area: np.ndarray  # its pixels
+    contrast: np.ndarray  # mean intensity above the plane's background
+    focus: np.ndarray  # per plane: median sharpness of its fragments (nan without any)
+    edges: np.ndarray  # (E, 2) fragment indices, the first in the earlier plane
+    overlap: np.ndarray  # (E,) pixels in common
+
+
+def expected_planes(diameter: float, voxel_size) -> float:
+    """The planes a round object of ``diameter`` pixels spans in z.
+
+    Parameters
+    ----------
+    diameter : float
+        Diameter in pixels of the plane.
+    voxel_size : (z, y, x) floats
+        Voxel size, in any one unit.
+    """
+    z, y, x = (float(v) for v in voxel_size)
+    return diameter * (y + x) / 2 / z
+
+
+def assemble_objects(
+    labels,
+    image,
+    *,
+    voxel_size=None,
+    diameter: float | None = None,
+    min_planes: int | None = None,
+    neck: float = 0.5,
+    record: str | os.PathLike | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> AssemblySummary:
+    """Turn the 2D objects of a stack segmented plane by plane into 3D objects, in place.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) integer array
+        Label volume (numpy, zarr, ...) with ids unique in the whole volume (plane ``z`` as
+        :func:`~napari_sam.volume.segment_stack` writes it with ``link=False``), 0 for
+        background. Rewritten in place: an object's id is that of its first fragment, and
+        dropped fragments become 0.
+    image : (Z, Y, X) array, (Z, Y, X, C) array or Volume
+        The image the labels were found in: the fragments' contrast and sharpness are measured
+        on it.
+    voxel_size : (z, y, x) floats, optional
+        Physical voxel size; by default the ``image``'s (:attr:`Volume.voxel_size`), else the
+        planes are taken as one pixel apart.
+    diameter : float, optional
+        Typical object diameter in pixels of the plane; by default the median over the
+        assembled objects of their widest cross-section.
+    min_planes : int, optional
+        Fewest planes an object spans; by default a third of the planes an object of
+        ``diameter`` spans (:func:`expected_planes`), at least 2.
+    neck : float, optional
+        A chain is split at a neck whose area is under this share of both peaks beside it, in
+        ``(0, 1)``.
+    record : path, optional
+        A file (``.npz``) to save the assignment of fragments to objects in before any plane
+        is rewritten. When it exists and was made with the same settings, it is used instead
+        of measuring again, so that a run stopped while rewriting ends as the first would have.
+    progress : callable, optional
+        ``progress(done, total)`` after each plane of each pass.
+
+    Returns
+    -------
+    AssemblySummary
+
+    Raises
+    ------
+    ValueError
+        Labels that are not a 3D integer volume, an ``image`` of another shape, an id in two
+        planes, settings out of range, or a ``record`` made with other settings.
+    """
+    n_planes = _check(labels, image, neck, min_planes)
+    voxel_size = _voxel_size(voxel_size, image)
+    settings = {"voxel_size": list(voxel_size), "diameter": diameter, "min_planes": min_planes,
+                "neck": neck}
+    total = 2 * n_planes
+    saved = _read_record(record, settings)
+    if saved is None:
+        fragments = _measure(labels, image, progress, total)
+        ids, objects, summary = _assemble(fragments, n_planes, voxel_size, diameter, min_planes,
+                                          neck)
+        if record is not None:
+            _write_record(record, settings, ids, objects, summary)
+    else:
+        ids, objects, summary = saved
+    _rewrite(labels, ids, objects, progress, total)
+    return summary
+
+
+def _check(labels, image, neck: float, min_planes: int | None) -> int:
+    """Refuse bad arguments; return the number of planes."""
+    shape = tuple(getattr(labels, "shape", ()))
+    if len(shape) != 3 or not np.issubdtype(np.dtype(getattr(labels, "dtype", float)), np.integer):
+        raise ValueError(
+            f"labels must be a (Z, Y, X) integer label volume, got shape {shape}; assemble one "
+            "z stack at a time (labels[t] of a time series)"
+        )
+    image_shape = tuple(image.shape[:3]) if not hasattr(image, "plane_shape") else (
+        image.n_planes, *image.plane_shape)
+    if image_shape != shape:
+        raise ValueError(
+            f"the image's planes {image_shape} do not match the labels' {shape}: give the image "
+            "the labels were segmented from"
+        )
+    if not 0 < neck < 1:
+        raise ValueError(f"neck must be in (0, 1), got {neck}")
+    if min_planes is not None and not (isinstance(min_planes, (int, np.integer))
+                                       and min_planes >= 1):
+        raise ValueError(f"min_planes must be a whole number >= 1, got {min_planes!r}")
+    return shape[0]
+
+
+def _voxel_size(voxel_size, image) -> tuple[float, float, float]:
+    if voxel_size is None:
+        voxel_size = getattr(image, "voxel_size", None)
+        if voxel_size is not None:
+            voxel_size = voxel_size[-3:]
+    if voxel_size is None:
+        return (1.0, 1.0, 1.0)
+    size = tuple(float(v) for v in voxel_size)
+    if len(size) != 3 or not all(np.isfinite(v) and v > 0 for v in size):
+        raise ValueError(f"voxel_size must be three positive numbers (z, y, x), got {voxel_size}")
+    return size
+
+
+def _plane_image(image, z: int) -> np.ndarray:
+    """Plane ``z`` of ``image`` as float32 grey values (channels averaged)."""
+    plane = image.plane(z) if hasattr(image, "plane_shape") else np.asarray(image[z])
+    plane = plane.astype(np.float32)
+    return plane.mean(axis=-1) if plane.ndim == 3 else plane
+
+
+def _measure(labels, image, progress, total) -> _Fragments:
+    """One pass over the planes: the fragments' numbers and the overlap graph."""
+    n_planes = labels.shape[0]
+    ids, plane_of, area, contrast, focus = [], [], [], [], np.full(n_planes, np.nan)
+    edges, overlap = [], []
+    recent: deque[tuple[np.ndarray, int]] = deque(maxlen=2)  # (index plane, first fragment)
+    start = 0
+    for z in range(n_planes):
+        plane = np.asarray(labels[z])
+        values, index, counts = np.unique(plane, return_inverse=True, return_counts=True)
+        background = bool(values[0] == 0)
+        index = index.reshape(plane.shape).astype(np.int64) - background  # background: -1
+        values, counts = values[background:], counts[background:]
+        c, s = _contrast_and_sharpness(_plane_image(image, z), index, counts)
+        ids.append(values)
+        plane_of.append(np.full(values.size, z, np.int32))
+        area.append(counts)
+        contrast.append(c)
+        if values.size:
+            focus[z] = float(np.median(s))
+        for earlier, first in recent:
+            e, o = _overlaps(earlier, first, index, start)
+            edges.append(e)
+            overlap.append(o)
+        recent.appendleft((index, start))
+        start += values.size
+        if progress is not None:
+            progress(z + 1, total)
+    all_ids = np.concatenate(ids)
+    unique, count = np.unique(all_ids, return_counts=True)
+    if (count > 1).any():
+        raise ValueError(
+            f"labels: id {unique[count > 1][0]} names objects in more than one plane; "
+            "assemble_objects needs the per-plane labels, with ids unique in the whole volume "
+            "(segment_stack with link=False writes them)"
+        )
+    return _Fragments(all_ids, np.concatenate(plane_of), np.concatenate(area).astype(np.int64),
+                      np.concatenate(contrast), focus,
+                      np.concatenate(edges) if edges else np.zeros((0, 2), np.int64),
+                      np.concatenate(overlap) if overlap else np.zeros(0, np.int64))
+
+
+def _contrast_and_sharpness(grey: np.ndarray, index: np.ndarray, area: np.ndarray):
+    """Per fragment of a plane: mean intensity above the plane's background, and the mean
+    gradient along its outline over that contrast (about the inverse width of its edge, in
+    1/px: high in focus, low where the plane is blurred)."""
+    n = area.size
+    inside = index >= 0
+    background = float(np.median(grey[~inside])) if (~inside).any() else float(grey.min())
+    mean = np.bincount(index[inside], weights=grey[inside], minlength=n) / np.maximum(area, 1)
+    contrast = mean - background
+    outline = np.zeros(index.shape, bool)
+    for axis in (0, 1):
+        step = np.diff(index, axis=axis) != 0
+        lead = [slice(None)] * 2
+        lead[axis] = slice(None, -1)
+        outline[tuple(lead)] |= step
+        lead[axis] = slice(1, None)
+        outline[tuple(lead)] |= step
+    outline &= inside
+    gradient = ndi.gaussian_gradient_magnitude(grey, 1.0)
+    edge = np.bincount(index[outline], weights=gradient[outline], minlength=n)
+    edge /= np.maximum(np.bincount(index[outline], minlength=n), 1)
+    return contrast, edge / np.maximum(np.abs(contrast), 1e-6)
+
+
+def _overlaps(earlier: np.ndarray, first: int, current: np.ndarray, start: int):
+    """Edges (fragment indices in the whole volume) and their overlaps between two planes."""
+    both = (earlier >= 0) & (current >= 0)
+    a = earlier[both] + first
+    b = current[both] + start
+    pairs, counts = np.unique(a * (1 << 32) + b, return_counts=True)
+    return np.stack(np.divmod(pairs, 1 << 32), axis=1), counts
+
+
+class _Groups:
+    """Union-find over fragments that keeps, per group, the set of its planes (a bit mask)."""
+
+    def __init__(self, planes: np.ndarray) -> None:
+        self.parent = list(range(planes.size))
+        self.mask = [1 << int(z) for z in planes]
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def merge(self, i: int, j: int) -> bool:
+        """Merge the groups of ``i`` and ``j`` unless they share a plane."""
+        a, b = self.find(i), self.find(j)
+        if a == b or self.mask[a] & self.mask[b]:
+            return False
+        self.parent[b] = a
+        self.mask[a] |= self.mask[b]
+        return True
+
+    def members(self) -> list[list[int]]:
+        groups: dict[int, list[int]] = {}
+        for i in range(len(self.parent)):
+            groups.setdefault(self.find(i), []).append(i)
+        return list(groups.values())
+
+
+def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, neck):
+    """Objects from the fragments' numbers: returns the fragment ids, the object id of each
+    (0: dropped) and the summary."""
+    i, j = f.edges.T if f.edges.size else (np.zeros(0, int), np.zeros(0, int))
+    smaller = np.minimum(f.area[i], f.area[j])
+    iou = f.overlap / (f.area[i] + f.area[j] - f.overlap)
+    keep = f.overlap >= _COVER * smaller
+    gap = f.plane[j[keep]] - f.plane[i[keep]]
+    order = np.lexsort((-iou[keep], gap))  # neighbouring planes first, then across a gap
+    groups = _Groups(f.plane)
+    for a, b in zip(i[keep][order], j[keep][order]):
+        groups.merge(int(a), int(b))
+    chains = [sorted(g, key=lambda k: f.plane[k]) for g in groups.members()]
+
+    split = []
+    for chain in chains:
+        split.extend(_split_at_necks(chain, f.area, neck, min_planes or 2))
+    n_split = len(split) - len(chains)
+
+    kept, trimmed = [], 0
+    for chain in split:
+        core = _half_maximum(chain, f.contrast)
+        trimmed += len(chain) - len(core)
+        if core:
+            kept.append(core)
+
+    if diameter is None:
+        widest = [f.area[c].max() for c in kept if len(c) > 1]
+        diameter = 2 * np.sqrt(np.median(widest) / np.pi) if widest else 1.0
+    if min_planes is None:
+        min_planes = _default_min_planes(kept, diameter, voxel_size)
+
+    focus = f.focus[np.isfinite(f.focus)]
+    sharp = np.percentile(focus, 90) if focus.size else 0.0
+    blurred = ~(f.focus >= _BLURRED * sharp)  # nan (no fragment) counts as blurred
+    objects = np.zeros(f.ids.size, np.int64)
+    short = []
+    for chain in kept:
+        planes = np.unique(f.plane[chain])
+        if planes.size >= min_planes and not blurred[planes].all():
+            objects[chain] = f.ids[chain[0]]
+        else:
+            short.append(chain)
+    merged = _join_pieces(short, objects, f, i, j)
+    dropped = sum(len(c) for c in short) - merged
+    objects = _first_ids(objects, f)
+    summary = AssemblySummary(planes=n_planes, fragments=int(f.ids.size),
+                              objects=int(np.unique(objects[objects > 0]).size), split=n_split,
+                              trimmed=trimmed, merged=merged, dropped=dropped,
+                              min_planes=int(min_planes))
+    return f.ids, objects, summary
+
+
+def _split_at_necks(chain: list[int], area: np.ndarray, neck: float, least: int) -> list[list[int]]:
+    """``chain`` cut at its deepest neck (recursively) where both sides keep ``least`` planes."""
+    a = area[chain].astype(float)
+    best, where = neck, None
+    for k in range(least, len(chain) - least):
+        depth = a[k] / min(a[:k].max(), a[k + 1:].max())
+        if depth < best:
+            best, where = depth, k
+    if where is None:
+        return [chain]
+    # the neck goes with the side whose neighbouring cross-section is closer in area
+    cut = where if abs(a[where - 1] - a[where]) > abs(a[where + 1] - a[where]) else where + 1
+    return (_split_at_necks(chain[:cut], area, neck, least)
+            + _split_at_necks(chain[cut:], area, neck, least))
+
+
+def _half_maximum(chain: list[int], contrast: np.ndarray) -> list[int]:
+    """``chain`` without the fragments at its ends whose contrast is under half its peak;
+    nothing of a chain no brighter than its planes' background."""
+    c = contrast[chain]
+    if c.max() <= 0:
+        return []
+    above = np.flatnonzero(c >= 0.5 * c.max())
+    return chain[above[0]:above[-1] + 1]
+
+
+def _default_min_planes(chains, diameter: float, voxel_size) -> int:
+    """A third of the planes an object spans, at least 2: from the voxel size when known,
+    else the median extent of the chains of two planes or more."""
+    if tuple(voxel_size) != (1.0, 1.0, 1.0):
+        extent = expected_planes(diameter, voxel_size)
+    else:
+        lengths = [len(c) for c in chains if len(c) > 1]
+        extent = float(np.median(lengths)) if lengths else 2.0
+    return max(2, int(round(extent / 3)))
+
+
+def _join_pieces(short, objects: np.ndarray, f: _Fragments, i: np.ndarray, j: np.ndarray) -> int:
+    """Give each short piece the object it overlaps most in a neighbouring plane, when that
+    covers half of one of its fragments; returns the fragments joined."""
+    joined = 0
+    for chain in short:
+        inside = np.isin(i, chain) | np.isin(j, chain)
+        a, b, o = i[inside], j[inside], f.overlap[inside]
+        piece, other = np.where(np.isin(a, chain), a, b), np.where(np.isin(a, chain), b, a)
+        target = objects[other]
+        good = (target > 0) & (o >= _COVER * f.area[piece])
+        if good.any():
+            totals = np.bincount(np.unique(target[good], return_inverse=True)[1],
+                                 weights=o[good])
+            objects[chain] = np.unique(target[good])[np.argmax(totals)]
+            joined += len(chain)
+    return joined
+
+
+def _first_ids(objects: np.ndarray, f: _Fragments) -> np.ndarray:
+    """Each object named by the id of its first fragment (lowest plane, then lowest id), so
+    that the name is the same however the fragments were joined."""
+    order = np.lexsort((f.ids, f.plane))
+    named = objects[order]
+    first = {}
+    for fragment_id, obj in zip(f.ids[order], named):
+        if obj and obj not in first:
+            first[obj] = fragment_id
+    return np.array([first.get(o, 0) for o in objects], dtype=np.int64)
+
+
+def _rewrite(labels, ids: np.ndarray, objects: np.ndarray, progress, total) -> None:
+    """Write every plane with its fragments' object ids; planes written already map to
+    themselves (an object's id is one of its fragments'), so a second pass changes nothing."""
+    order = np.argsort(ids)
+    ids, objects = ids[order], objects[order]
+    n_planes = labels.shape[0]
+    for z in range(n_planes):
+        plane = np.asarray(labels[z])
+        values, inverse = np.unique(plane, return_inverse=True)
+        position = np.minimum(np.searchsorted(ids, values), max(ids.size - 1, 0))
+        known = (values == 0) | ((ids.size > 0) & (ids[position] == values))
+        if not known.all():
+            raise ValueError(
+                f"plane {z} holds id {values[~known][0]}, which was not measured: the labels "
+                "changed since the assembly was made; delete its record and assemble again"
+            )
+        new = np.where(values == 0, 0, objects[position] if ids.size else 0).astype(plane.dtype)
+        if not np.array_equal(new, values):
+            labels[z] = new[inverse.reshape(plane.shape)]
+        if progress is not None:
+            progress(n_planes + z + 1, total)
+
+
+def _read_record(record, settings: dict):
+    """The saved assignment, when ``record`` exists; refused if made with other settings."""
+    if record is None or not Path(record).exists():
+        return None
+    with np.load(record) as saved:
+        made = json.loads(str(saved["settings"]))
+        if made != settings:
+            raise ValueError(
+                f"{record} was made with other assembly settings ({made}) than these "
+                f"({settings}): assemble with the same settings, or delete it to start again"
+            )
+        summary = AssemblySummary(**json.loads(str(saved["summary"])))
+        return saved["ids"], saved["objects"], summary
+
+
+def _write_record(record, settings: dict, ids, objects, summary: AssemblySummary) -> None:
+    """Save the assignment whole or not at all (written aside, then renamed)."""
+    record = Path(record)
+    partial = record.with_name(record.name + ".partial.npz")
+    np.savez(partial, settings=json.dumps(settings), summary=json.dumps(asdict(summary)),
+             ids=ids, objects=objects)
+    os.replace(partial, record)
