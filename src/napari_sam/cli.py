@@ -154,15 +154,22 @@ def _parser() -> argparse.ArgumentParser:
         "segment-stack",
         help="segment every plane of a volume automatically into a zarr label volume",
         description="Automatic segmentation of every plane (tiled if large), written plane by "
-        "plane into a uint32 zarr array; a killed run continues with --resume. Objects that "
-        "continue through z are then given one id.",
+        "plane into a uint32 zarr array; a killed run continues with --resume. The planes' "
+        "objects are then assembled into 3D objects: one id through z, out-of-focus light and "
+        "pieces in too few planes dropped.",
     )
     stack.add_argument("source", help="zarr store, OME-zarr, tiff/OME-tiff or .npy volume")
     stack.add_argument("output", type=Path, help="output zarr array (labels)")
     _stack_options(stack)
     stack.add_argument("--cache", type=Path, help="embedding cache to reuse and fill")
     stack.add_argument("--resume", action="store_true", help="continue an earlier run into OUTPUT")
-    stack.add_argument("--no-link", action="store_true", help="do not link objects through z")
+    stack.add_argument("--no-link", action="store_true",
+                       help="keep the planes' objects apart (no 3D assembly)")
+    stack.add_argument("--voxel-size", type=_floats(3), metavar="Z,Y,X",
+                       help="voxel size, when the file's metadata lacks it or is wrong (µm)")
+    stack.add_argument("--min-planes", type=int, metavar="N",
+                       help="fewest planes a 3D object spans (default: from the voxel size and "
+                       "the object diameter)")
     parallel = stack.add_mutually_exclusive_group()
     parallel.add_argument("--workers", type=int, help="segment planes in N local processes (dask)")
     parallel.add_argument("--scheduler", help="address of a dask.distributed scheduler")
@@ -333,8 +340,9 @@ def _segment_stack(args: argparse.Namespace) -> int:
     summary = segment_stack(
         args.source, args.output, model=args.model, checkpoint=args.checkpoint, device=args.device,
         axes=args.axes, z=args.z, diameter=args.diameter, tile=args.tile, halo=args.halo,
-        cache=args.cache, resume=args.resume, link=not args.no_link, workers=args.workers,
-        scheduler=args.scheduler, progress=_progress("segment"), mode=args.mode, **options,
+        cache=args.cache, resume=args.resume, link=not args.no_link, voxel_size=args.voxel_size,
+        min_planes=args.min_planes, workers=args.workers, scheduler=args.scheduler,
+        progress=_progress("segment"), mode=args.mode, **options,
     )
     linked = f", {summary.objects_3d} objects in 3D" if summary.linked else ""
     print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "

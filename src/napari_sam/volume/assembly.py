@@ -24,9 +24,8 @@ a physical reason:
 
 Memory is bounded by a few planes: the fragments are measured in one pass over the planes
 (their areas, contrasts and overlaps: a few numbers per fragment), assembled from those
-numbers, then every plane is rewritten in a second pass. The assignment of fragments to
-objects can be saved before the rewrite, so that a run killed while rewriting resumes with the
-same result (see ``record``).
+numbers, then every plane is written in a second pass. Written to another array than the
+fragments (``out``), the assembly can be stopped at any moment and made again from them.
 
 ``python-elf``'s multicut, which micro-sam uses for this, needs ``nifty`` (the graph library),
 which is not on PyPI; the agglomeration here needs only numpy and scipy.
@@ -34,12 +33,9 @@ which is not on PyPI; the agglomeration here needs only numpy and scipy.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -114,28 +110,29 @@ def expected_planes(diameter: float, voxel_size) -> float:
 
 
 def assemble_objects(
-    labels,
+    fragments,
     image,
     *,
+    out=None,
     voxel_size=None,
     diameter: float | None = None,
     min_planes: int | None = None,
     neck: float = 0.5,
-    record: str | os.PathLike | None = None,
     progress: Callable[[int, int], object] | None = None,
 ) -> AssemblySummary:
-    """Turn the 2D objects of a stack segmented plane by plane into 3D objects, in place.
+    """Turn the 2D objects of a stack segmented plane by plane into 3D objects.
 
     Parameters
     ----------
-    labels : (Z, Y, X) integer array
-        Label volume (numpy, zarr, ...) with ids unique in the whole volume (plane ``z`` as
-        :func:`~napari_sam.volume.segment_stack` writes it with ``link=False``), 0 for
-        background. Rewritten in place: an object's id is that of its first fragment, and
-        dropped fragments become 0.
+    fragments : (Z, Y, X) integer array
+        The planes' labels (numpy, zarr, ...), 0 for background, with ids unique in the whole
+        volume (as :func:`~napari_sam.volume.segment_stack` writes them with ``link=False``).
     image : (Z, Y, X) array, (Z, Y, X, C) array or Volume
         The image the labels were found in: the fragments' contrast and sharpness are measured
         on it.
+    out : (Z, Y, X) integer array, optional
+        Where to write the 3D objects (``fragments`` itself, in place, by default): each
+        object's id is that of its first fragment, dropped fragments are 0.
     voxel_size : (z, y, x) floats, optional
         Physical voxel size; by default the ``image``'s (:attr:`Volume.voxel_size`), else the
         planes are taken as one pixel apart.
@@ -144,14 +141,11 @@ def assemble_objects(
         assembled objects of their widest cross-section.
     min_planes : int, optional
         Fewest planes an object spans; by default a third of the planes an object of
-        ``diameter`` spans (:func:`expected_planes`), at least 2.
+        ``diameter`` spans (:func:`expected_planes`), at least 1; without a voxel size, a
+        third of the median extent of the objects.
     neck : float, optional
         A chain is split at a neck whose area is under this share of both peaks beside it, in
         ``(0, 1)``.
-    record : path, optional
-        A file (``.npz``) to save the assignment of fragments to objects in before any plane
-        is rewritten. When it exists and was made with the same settings, it is used instead
-        of measuring again, so that a run stopped while rewriting ends as the first would have.
     progress : callable, optional
         ``progress(done, total)`` after each plane of each pass.
 
@@ -162,35 +156,29 @@ def assemble_objects(
     Raises
     ------
     ValueError
-        Labels that are not a 3D integer volume, an ``image`` of another shape, an id in two
-        planes, settings out of range, or a ``record`` made with other settings.
+        Fragments that are not a 3D integer volume, an ``image`` or ``out`` of another shape,
+        an id in two planes, or settings out of range.
     """
-    n_planes = _check(labels, image, neck, min_planes)
+    n_planes = _check(fragments, image, out, neck, min_planes)
     voxel_size = _voxel_size(voxel_size, image)
-    settings = {"voxel_size": list(voxel_size), "diameter": diameter, "min_planes": min_planes,
-                "neck": neck}
-    total = 2 * n_planes
-    saved = _read_record(record, settings)
-    if saved is None:
-        fragments = _measure(labels, image, progress, total)
-        ids, objects, summary = _assemble(fragments, n_planes, voxel_size, diameter, min_planes,
-                                          neck)
-        if record is not None:
-            _write_record(record, settings, ids, objects, summary)
-    else:
-        ids, objects, summary = saved
-    _rewrite(labels, ids, objects, progress, total)
+    measured = _measure(fragments, image, progress, 2 * n_planes)
+    ids, objects, summary = _assemble(measured, n_planes, voxel_size, diameter, min_planes, neck)
+    _write(fragments, fragments if out is None else out, ids, objects, progress)
     return summary
 
 
-def _check(labels, image, neck: float, min_planes: int | None) -> int:
+def _check(fragments, image, out, neck: float, min_planes: int | None) -> int:
     """Refuse bad arguments; return the number of planes."""
-    shape = tuple(getattr(labels, "shape", ()))
-    if len(shape) != 3 or not np.issubdtype(np.dtype(getattr(labels, "dtype", float)), np.integer):
+    shape = tuple(getattr(fragments, "shape", ()))
+    dtype = np.dtype(getattr(fragments, "dtype", float))
+    if len(shape) != 3 or not np.issubdtype(dtype, np.integer):
         raise ValueError(
-            f"labels must be a (Z, Y, X) integer label volume, got shape {shape}; assemble one "
-            "z stack at a time (labels[t] of a time series)"
+            f"fragments must be a (Z, Y, X) integer label volume, got shape {shape}; assemble "
+            "one z stack at a time (labels[t] of a time series)"
         )
+    if out is not None and tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, the fragments {shape}: give an "
+                         "array of the fragments' shape")
     image_shape = tuple(image.shape[:3]) if not hasattr(image, "plane_shape") else (
         image.n_planes, *image.plane_shape)
     if image_shape != shape:
@@ -288,7 +276,7 @@ def _contrast_and_sharpness(grey: np.ndarray, index: np.ndarray, area: np.ndarra
     outline &= inside
     gradient = ndi.gaussian_gradient_magnitude(grey, 1.0)
     edge = np.bincount(index[outline], weights=gradient[outline], minlength=n)
-    edge /= np.maximum(np.bincount(index[outline], minlength=n), 1)
+    edge = edge / np.maximum(np.bincount(index[outline], minlength=n), 1)
     return contrast, edge / np.maximum(np.abs(contrast), 1e-6)
 
 
@@ -412,14 +400,14 @@ def _half_maximum(chain: list[int], contrast: np.ndarray) -> list[int]:
 
 
 def _default_min_planes(chains, diameter: float, voxel_size) -> int:
-    """A third of the planes an object spans, at least 2: from the voxel size when known,
+    """A third of the planes an object spans (at least 1): from the voxel size when known,
     else the median extent of the chains of two planes or more."""
     if tuple(voxel_size) != (1.0, 1.0, 1.0):
         extent = expected_planes(diameter, voxel_size)
     else:
         lengths = [len(c) for c in chains if len(c) > 1]
         extent = float(np.median(lengths)) if lengths else 2.0
-    return max(2, int(round(extent / 3)))
+    return max(1, int(round(extent / 3)))
 
 
 def _join_pieces(short, objects: np.ndarray, f: _Fragments, i: np.ndarray, j: np.ndarray) -> int:
@@ -452,48 +440,19 @@ def _first_ids(objects: np.ndarray, f: _Fragments) -> np.ndarray:
     return np.array([first.get(o, 0) for o in objects], dtype=np.int64)
 
 
-def _rewrite(labels, ids: np.ndarray, objects: np.ndarray, progress, total) -> None:
-    """Write every plane with its fragments' object ids; planes written already map to
-    themselves (an object's id is one of its fragments'), so a second pass changes nothing."""
+def _write(fragments, out, ids: np.ndarray, objects: np.ndarray, progress) -> None:
+    """Write every plane of ``out`` with the object ids of its fragments (planes that do not
+    change are not written)."""
     order = np.argsort(ids)
     ids, objects = ids[order], objects[order]
-    n_planes = labels.shape[0]
+    n_planes = fragments.shape[0]
     for z in range(n_planes):
-        plane = np.asarray(labels[z])
+        plane = np.asarray(fragments[z])
         values, inverse = np.unique(plane, return_inverse=True)
-        position = np.minimum(np.searchsorted(ids, values), max(ids.size - 1, 0))
-        known = (values == 0) | ((ids.size > 0) & (ids[position] == values))
-        if not known.all():
-            raise ValueError(
-                f"plane {z} holds id {values[~known][0]}, which was not measured: the labels "
-                "changed since the assembly was made; delete its record and assemble again"
-            )
-        new = np.where(values == 0, 0, objects[position] if ids.size else 0).astype(plane.dtype)
-        if not np.array_equal(new, values):
-            labels[z] = new[inverse.reshape(plane.shape)]
+        position = np.searchsorted(ids, values).clip(0, max(ids.size - 1, 0))
+        new = np.where(values == 0, 0, objects[position] if ids.size else 0)
+        new = new[inverse.reshape(plane.shape)].astype(out.dtype)
+        if out is not fragments or not np.array_equal(new, plane):
+            out[z] = new
         if progress is not None:
-            progress(n_planes + z + 1, total)
-
-
-def _read_record(record, settings: dict):
-    """The saved assignment, when ``record`` exists; refused if made with other settings."""
-    if record is None or not Path(record).exists():
-        return None
-    with np.load(record) as saved:
-        made = json.loads(str(saved["settings"]))
-        if made != settings:
-            raise ValueError(
-                f"{record} was made with other assembly settings ({made}) than these "
-                f"({settings}): assemble with the same settings, or delete it to start again"
-            )
-        summary = AssemblySummary(**json.loads(str(saved["summary"])))
-        return saved["ids"], saved["objects"], summary
-
-
-def _write_record(record, settings: dict, ids, objects, summary: AssemblySummary) -> None:
-    """Save the assignment whole or not at all (written aside, then renamed)."""
-    record = Path(record)
-    partial = record.with_name(record.name + ".partial.npz")
-    np.savez(partial, settings=json.dumps(settings), summary=json.dumps(asdict(summary)),
-             ids=ids, objects=objects)
-    os.replace(partial, record)
+            progress(n_planes + z + 1, 2 * n_planes)

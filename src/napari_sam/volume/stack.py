@@ -5,8 +5,10 @@ Every plane is segmented on its own (tiled if large) and written into its own ch
 output. Plane ``p`` numbers its objects from ``p * stride + 1``, so ids are unique in the volume
 and do not depend on the order in which planes finish. A plane counts as done only once a
 marker file is written after its chunk, so a run killed at any moment resumes where it stopped
-and loses no finished plane. Linking then gives objects that continue through z one id, in
-place and idempotently (:func:`napari_sam.volume.linking.link_slices`).
+and loses no finished plane. The planes' objects (fragments) are also kept apart, in the run
+record, and assembled from there into the 3D objects of the output
+(:func:`napari_sam.volume.assembly.assemble_objects`): an assembly stopped at any moment is
+made again whole by a resume, and planes added later are assembled with the others.
 
 Everything that can be checked is checked before the output is created, and the output is
 created whole (array and run record in a hidden sibling folder, then renamed into place), so a
@@ -30,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +44,11 @@ from napari_sam.engine.scale import check_diameter, estimate_diameter, object_di
 from napari_sam.engine.segmenter import AUTO, Segmenter
 from napari_sam.models.loading import load_model
 from napari_sam.models.registry import MODELS, automatic_mode
+from napari_sam.volume.assembly import assemble_objects
 from napari_sam.volume.io import Volume, open_volume, open_zarr_array, plane_rgb, volume_limits
-from napari_sam.volume.linking import link_slices
 
 RECORD = ".napari_sam"  # folder inside the output array: run settings and one marker per plane
+FRAGMENTS = "fragments"  # in RECORD: the planes' own labels (zarr), which assembly reads
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,8 @@ class StackSummary:
     skipped: int
     objects: int  # 2D objects found in the planes segmented now
     seconds: float
-    linked: bool
-    objects_3d: int | None = None  # objects in the whole volume after linking
+    linked: bool  # the fragments were assembled into 3D objects
+    objects_3d: int | None = None  # objects in the whole volume after assembly
     scale: str = ""  # the object diameter used, for a user (Segmenter.describe_scale)
 
 
@@ -126,6 +129,8 @@ def segment_stack(
     cache: str | os.PathLike | None = None,
     resume: bool = False,
     link: bool = True,
+    voxel_size=None,
+    min_planes: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -163,7 +168,15 @@ def segment_stack(
         Continue an output written before from the same source (by content) with the same
         model weights and settings, skipping finished planes.
     link : bool
-        Give objects continuing through neighbouring planes one id (z stacks only).
+        Assemble the planes' objects into 3D objects (z stacks only; see
+        :func:`~napari_sam.volume.assembly.assemble_objects`): one id per object through z,
+        out-of-focus light and pieces shorter than ``min_planes`` dropped.
+    voxel_size : (z, y, x) floats, optional
+        The voxel size, when the file's metadata lacks it or is wrong
+        (:attr:`~napari_sam.volume.Volume.voxel_size`).
+    min_planes : int, optional
+        Fewest planes a 3D object spans; by default from the voxel size and the object
+        diameter (:func:`~napari_sam.volume.assembly.assemble_objects`).
     workers : int, optional
         Segment planes in this many local processes with dask; they end if this process dies.
     scheduler : str, optional
@@ -196,6 +209,8 @@ def segment_stack(
     start = time.perf_counter()
     serial = _check_parallel(model, workers, scheduler)
     volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
+    if voxel_size is not None:
+        volume = replace(volume, voxel_size=voxel_size)
     if len(volume.planes) > 1:
         raise ValueError(
             f"segment_stack takes one plane axis (z), the volume has {volume.axes!r}: select a "
@@ -219,7 +234,11 @@ def segment_stack(
         objects = _run(job, remaining, workers, client, progress, len(todo) - len(remaining),
                        len(todo))
     linked = link and bool(volume.planes) and volume.n_planes > 1
-    objects_3d = link_slices(labels).n_objects_3d if linked else None
+    objects_3d = None
+    if linked:
+        fragments = open_zarr_array(Path(job.output) / RECORD / FRAGMENTS)
+        objects_3d = assemble_objects(fragments, volume, out=labels, diameter=job.diameter,
+                                      min_planes=min_planes).objects
     return StackSummary(planes=len(todo), segmented=len(remaining),
                         skipped=len(todo) - len(remaining), objects=objects,
                         seconds=time.perf_counter() - start, linked=linked, objects_3d=objects_3d,
@@ -364,11 +383,13 @@ def segment_one(job: StackJob, plane: int) -> int:
         raise ValueError(f"plane {plane} has {count} objects, more than the {job.stride - 1} "
                          "ids a plane can use in this volume")
     labels[labels > 0] += np.uint32(plane * job.stride)
-    output = open_zarr_array(job.output, mode="r+")  # opened anew: the folder may be new too
-    if job.volume.planes:
-        output[plane] = labels
-    else:
-        output[...] = labels
+    # opened anew (the folder may be new too); the fragments first, which assembly reads
+    for path in (Path(job.output) / RECORD / FRAGMENTS, Path(job.output)):
+        output = open_zarr_array(path, mode="r+")
+        if job.volume.planes:
+            output[plane] = labels
+        else:
+            output[...] = labels
     (Path(job.output) / RECORD / "done" / str(plane)).touch()
     return count
 
@@ -434,7 +455,7 @@ def _record(job: StackJob) -> dict:
         "device": job.device, "cache": job.cache,
         "limits": job.limits, "diameter": job.diameter, "estimated": job.estimated,
         "tile": job.tile, "halo": job.halo, "stride": job.stride, "mode": job.mode,
-        "options": job.options,
+        "options": job.options, "layout": FRAGMENTS,  # runs before 3D assembly lack it
     }
     return json.loads(json.dumps(record, default=str))
 
@@ -455,9 +476,10 @@ def _open_output(job: StackJob, record: dict):
     except OSError as error:
         raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
     try:
-        zarr.create_array(store=str(building), shape=tuple(record["shape"]),
-                          chunks=(1,) * len(job.volume.planes) + tuple(job.volume.plane_shape),
-                          dtype="uint32", fill_value=0)
+        for store in (building, building / RECORD / FRAGMENTS):
+            zarr.create_array(store=str(store), shape=tuple(record["shape"]),
+                              chunks=(1,) * len(job.volume.planes) + tuple(job.volume.plane_shape),
+                              dtype="uint32", fill_value=0)
         (building / RECORD / "done").mkdir(parents=True)
         _write_json(building / RECORD / "run.json", record)
         os.rename(building, path)  # fails if another run created the output meanwhile
