@@ -334,17 +334,15 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
         groups.merge(int(a), int(b))
     chains = [sorted(g, key=lambda k: f.plane[k]) for g in groups.members()]
 
-    split = []
+    # out-of-focus light trimmed first, so that its wide blobs are not taken for a nucleus of
+    # their own beyond a neck; then each part of a split chain trimmed to its own peak
+    n_fragments = sum(len(chain) for chain in chains)
+    kept, n_split = [], 0
     for chain in chains:
-        split.extend(_split_at_necks(chain, f.area, neck, min_planes or 2))
-    n_split = len(split) - len(chains)
-
-    kept, trimmed = [], 0
-    for chain in split:
-        core = _half_maximum(chain, f.contrast)
-        trimmed += len(chain) - len(core)
-        if core:
-            kept.append(core)
+        parts = _split_at_necks(_half_maximum(chain, f.contrast), f.area, neck, min_planes or 2)
+        n_split += max(len(parts) - 1, 0)
+        kept.extend(core for core in (_half_maximum(p, f.contrast) for p in parts) if core)
+    trimmed = n_fragments - sum(len(chain) for chain in kept)
 
     if diameter is None:
         widest = [f.area[c].max() for c in kept if len(c) > 1]
@@ -356,35 +354,42 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
     sharp = np.percentile(focus, 90) if focus.size else 0.0
     blurred = ~(f.focus >= _BLURRED * sharp)  # nan (no fragment) counts as blurred
     objects = np.zeros(f.ids.size, np.int64)
-    short = []
+    pieces, dropped = [], 0
     for chain in kept:
         planes = np.unique(f.plane[chain])
-        if planes.size >= min_planes and not blurred[planes].all():
-            objects[chain] = f.ids[chain[0]]
+        if blurred[planes].all():
+            dropped += len(chain)
+        elif planes.size < max(2, min_planes):
+            pieces.append(chain)
         else:
-            short.append(chain)
-    merged = _join_pieces(short, objects, f, i, j)
-    dropped = sum(len(c) for c in short) - merged
+            objects[chain] = f.ids[chain[0]]
+    joined = _join_pieces(pieces, objects, f)
+    for chain in pieces:
+        if not objects[chain[0]]:
+            if np.unique(f.plane[chain]).size >= min_planes:
+                objects[chain] = f.ids[chain[0]]
+            else:
+                dropped += len(chain)
     objects = _first_ids(objects, f)
     summary = AssemblySummary(planes=n_planes, fragments=int(f.ids.size),
                               objects=int(np.unique(objects[objects > 0]).size), split=n_split,
-                              trimmed=trimmed, merged=merged, dropped=dropped,
+                              trimmed=trimmed, merged=joined, dropped=dropped,
                               min_planes=int(min_planes))
     return f.ids, objects, summary
 
 
 def _split_at_necks(chain: list[int], area: np.ndarray, neck: float, least: int) -> list[list[int]]:
     """``chain`` cut at its deepest neck (recursively) where both sides keep ``least`` planes."""
+    if len(chain) < 2 * least:
+        return [chain] if chain else []
     a = area[chain].astype(float)
-    best, where = neck, None
-    for k in range(least, len(chain) - least):
-        depth = a[k] / min(a[:k].max(), a[k + 1:].max())
-        if depth < best:
-            best, where = depth, k
-    if where is None:
+    # a cut between fragments c - 1 and c: as deep as the smaller of them against the smaller
+    # of the peaks on either side; of equally deep cuts, the one between the smallest pair
+    cuts = [(min(a[c - 1], a[c]) / min(a[:c].max(), a[c:].max()), a[c - 1] + a[c], c)
+            for c in range(least, len(chain) - least + 1)]
+    depth, _, cut = min(cuts)
+    if depth >= neck:
         return [chain]
-    # the neck goes with the side whose neighbouring cross-section is closer in area
-    cut = where if abs(a[where - 1] - a[where]) > abs(a[where + 1] - a[where]) else where + 1
     return (_split_at_necks(chain[:cut], area, neck, least)
             + _split_at_necks(chain[cut:], area, neck, least))
 
@@ -410,22 +415,27 @@ def _default_min_planes(chains, diameter: float, voxel_size) -> int:
     return max(1, int(round(extent / 3)))
 
 
-def _join_pieces(short, objects: np.ndarray, f: _Fragments, i: np.ndarray, j: np.ndarray) -> int:
-    """Give each short piece the object it overlaps most in a neighbouring plane, when that
-    covers half of one of its fragments; returns the fragments joined."""
-    joined = 0
-    for chain in short:
-        inside = np.isin(i, chain) | np.isin(j, chain)
-        a, b, o = i[inside], j[inside], f.overlap[inside]
-        piece, other = np.where(np.isin(a, chain), a, b), np.where(np.isin(a, chain), b, a)
-        target = objects[other]
-        good = (target > 0) & (o >= _COVER * f.area[piece])
-        if good.any():
-            totals = np.bincount(np.unique(target[good], return_inverse=True)[1],
-                                 weights=o[good])
-            objects[chain] = np.unique(target[good])[np.argmax(totals)]
-            joined += len(chain)
-    return joined
+def _join_pieces(pieces: list[list[int]], objects: np.ndarray, f: _Fragments) -> int:
+    """Give each piece the object it overlaps most in the neighbouring planes, where that
+    covers half of one of its fragments: a cross-section over-segmented in its plane. Returns
+    the fragments joined."""
+    piece = np.full(f.ids.size, -1)
+    for k, chain in enumerate(pieces):
+        piece[chain] = k
+    both = np.concatenate([f.edges, f.edges[:, ::-1]])  # (piece fragment, other fragment)
+    overlap = np.concatenate([f.overlap, f.overlap])
+    good = (piece[both[:, 0]] >= 0) & (objects[both[:, 1]] > 0)
+    good &= overlap >= _COVER * f.area[both[:, 0]]
+    totals: dict[tuple[int, int], int] = {}
+    for k, target, o in zip(piece[both[good, 0]], objects[both[good, 1]], overlap[good]):
+        totals[k, target] = totals.get((k, target), 0) + int(o)
+    best: dict[int, tuple[int, int]] = {}
+    for (k, target), o in sorted(totals.items()):
+        if o > best.get(k, (0, 0))[0]:
+            best[k] = (o, target)
+    for k, (_, target) in best.items():
+        objects[pieces[k]] = target
+    return sum(len(pieces[k]) for k in best)
 
 
 def _first_ids(objects: np.ndarray, f: _Fragments) -> np.ndarray:

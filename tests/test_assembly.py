@@ -1,0 +1,158 @@
+"""3D assembly of per-plane fragments: one id per nucleus through z, two for nuclei stacked in
+z, nothing from out-of-focus light, the same labels after a stop while writing.
+
+The fragments are drawn here as a slice-by-slice segmenter gives them (ids unique in the
+volume, plane ``z`` numbered from ``z * 1000 + 1``), over an image whose nuclei are bright discs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_sam.volume.assembly import assemble_objects, expected_planes
+from napari_sam.volume.linking import link_slices
+
+SHAPE = (12, 64, 64)
+
+
+def disc(radius: float, centre=(32, 32), shape=SHAPE[1:]) -> np.ndarray:
+    y, x = np.indices(shape)
+    return (y - centre[0]) ** 2 + (x - centre[1]) ** 2 <= radius**2
+
+
+def stack(objects, shape=SHAPE, blur_planes=()) -> tuple[np.ndarray, np.ndarray]:
+    """Fragments and image for ``objects``: lists of ``(z, mask)`` cross-sections, each drawn
+    with its own id; planes in ``blur_planes`` are blurred in the image."""
+    fragments = np.zeros(shape, np.uint32)
+    image = np.full(shape, 100.0)
+    count = np.zeros(shape[0], int)
+    for sections in objects:
+        for z, mask in sections:
+            count[z] += 1
+            fragments[z][mask] = z * 1000 + count[z]
+            image[z][mask] = 1000.0
+    for z in blur_planes:
+        image[z] = ndi.gaussian_filter(image[z], 4)
+    rng = np.random.default_rng(0)
+    return fragments, image + rng.normal(0, 10, shape)
+
+
+def nucleus(z0: int, radii, centre=(32, 32)):
+    return [(z0 + k, disc(r, centre)) for k, r in enumerate(radii)]
+
+
+def objects_in(labels: np.ndarray) -> list[int]:
+    return [int(i) for i in np.unique(labels) if i]
+
+
+def test_a_nucleus_in_pieces_over_six_planes_comes_out_as_one_id():
+    # caps far smaller than the middle (IoU 0.2 with their neighbour) and one plane cut in two
+    sections = nucleus(3, [3, 7, 9, 9, 7, 3])
+    left = disc(9) & (np.indices(SHAPE[1:])[1] < 32)
+    sections[3] = (6, left)
+    pieces = [(6, disc(9) & ~left)]
+    fragments, image = stack([sections, pieces])
+    linked = fragments.copy()
+    link_slices(linked)
+    assert len(objects_in(linked)) > 1  # what linking by IoU alone makes of it
+
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0))
+    assert objects_in(fragments) == [3001]  # the id of its first fragment
+    assert (fragments[3:9] > 0).sum() == sum(m.sum() for _, m in sections + pieces)
+    assert summary.objects == 1 and summary.merged == 1
+
+
+def test_two_nuclei_stacked_in_z_stay_two():
+    top = nucleus(1, [6, 8, 9, 8, 6])
+    bottom = nucleus(6, [6, 8, 9, 8, 6], centre=(33, 31))  # touching it, a pixel aside
+    fragments, image = stack([top, bottom])
+    linked = fragments.copy()
+    link_slices(linked)
+    assert len(objects_in(linked)) == 1  # linking by IoU merges them
+
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0))
+    assert summary.split == 1
+    ids = [np.unique(fragments[z][fragments[z] > 0]) for z in range(1, 11)]
+    assert all(len(i) == 1 for i in ids)
+    assert len({int(i[0]) for i in ids[:5]}) == 1 and len({int(i[0]) for i in ids[5:]}) == 1
+    assert ids[0][0] != ids[5][0]
+
+
+def test_blurred_top_planes_add_no_object():
+    sharp = nucleus(4, [4, 8, 9, 9, 8, 4])
+    # the planes above hold the nucleus's blurred light, found as wider dim blobs
+    halo = [(2, disc(11)), (3, disc(12))]
+    stray = [(0, disc(6, centre=(12, 50)))]  # light from outside the stack, in a blurred plane
+    fragments, image = stack([sharp, stray])
+    for z, mask in halo:
+        fragments[z][mask] = z * 1000 + 1
+        image[z][mask] = 300.0
+    image[:4] = ndi.gaussian_filter(image[:4], (0, 4, 4))
+
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0), min_planes=1)
+    assert objects_in(fragments) == [4001]
+    assert not fragments[:4].any()  # neither the halo above it nor the stray blob
+    assert summary.trimmed == 2 and summary.dropped == 1
+
+
+def test_pieces_in_fewer_planes_than_min_planes_are_dropped():
+    fragments, image = stack([nucleus(2, [5, 9, 9, 5]), nucleus(5, [6], centre=(10, 10))])
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0), min_planes=2)
+    assert objects_in(fragments) == [2001] and summary.dropped == 1
+
+
+def test_default_min_planes_comes_from_the_voxel_size_and_diameter():
+    assert expected_planes(20, (2.0, 0.5, 0.5)) == 5.0
+    fragments, image = stack([nucleus(0, [5, 9, 9, 5])])
+    assert assemble_objects(fragments.copy(), image, voxel_size=(0.5, 1.0, 1.0),
+                            diameter=30).min_planes == 20
+    assert assemble_objects(fragments.copy(), image, voxel_size=(3.0, 1.0, 1.0),
+                            diameter=18).min_planes == 2
+
+
+def test_writing_into_another_array_leaves_the_fragments_and_can_be_redone():
+    fragments, image = stack([nucleus(1, [4, 8, 9, 8, 4]), nucleus(6, [4, 8, 9, 8, 4], (33, 31)),
+                              nucleus(2, [3, 6, 6, 3], centre=(10, 50))])
+    whole = np.zeros_like(fragments)
+    assemble_objects(fragments, image, out=whole, voxel_size=(2.0, 1.0, 1.0))
+    original = fragments.copy()
+
+    class StopsAfter:
+        """An output that stops the run after some planes, like a kill while writing."""
+
+        def __init__(self, planes: int) -> None:
+            self.data, self.left = np.zeros_like(fragments), planes
+            self.shape, self.dtype = self.data.shape, self.data.dtype
+
+        def __setitem__(self, z, plane):
+            if self.left == 0:
+                raise KeyboardInterrupt
+            self.left -= 1
+            self.data[z] = plane
+
+    out = StopsAfter(4)
+    with pytest.raises(KeyboardInterrupt):
+        assemble_objects(fragments, image, out=out, voxel_size=(2.0, 1.0, 1.0))
+    np.testing.assert_array_equal(fragments, original)
+    out.left = -1  # no more stops: assemble again into the same array
+    assemble_objects(fragments, image, out=out, voxel_size=(2.0, 1.0, 1.0))
+    np.testing.assert_array_equal(out.data, whole)
+    assert len(objects_in(whole)) == 3
+
+
+def test_bad_input_is_refused_with_the_fix():
+    fragments, image = stack([nucleus(0, [5, 9, 5])])
+    twice = fragments.copy()
+    twice[5][disc(4)] = 1  # the id of plane 0's object again
+    with pytest.raises(ValueError, match="more than one plane.*link=False"):
+        assemble_objects(twice, image)
+    with pytest.raises(ValueError, match="do not match"):
+        assemble_objects(fragments, image[:5])
+    with pytest.raises(ValueError, match="integer label volume"):
+        assemble_objects(fragments.astype(float), image)
+    with pytest.raises(ValueError, match="voxel_size"):
+        assemble_objects(fragments, image, voxel_size=(0, 1, 1))
+    with pytest.raises(ValueError, match="min_planes"):
+        assemble_objects(fragments, image, min_planes=0)
