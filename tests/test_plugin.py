@@ -428,3 +428,16 @@ def test_embeddings_from_the_command_line_are_found_by_the_plugin(make_napari_vi
     source = session.source(layer)
     assert sum(session.embed(source, (z,)) for z in (3, 4, 5)) == 0
     assert session.embed(source, (7,)) > 0  # a slice it did not embed is computed
+
+
+def test_layer_scale_is_the_voxel_size_of_the_stack(make_napari_viewer):
+    """A scale set on the layer (by a reader, or by hand) reaches the 3D assembly; napari's
+    default scale of ones is no measurement."""
+    from napari_sam.plugin.session import ImageSource
+
+    viewer = make_napari_viewer()
+    data = np.zeros((4, 32, 32), np.uint16)
+    scaled = viewer.add_image(data, scale=(2.0, 0.5, 0.5), name="scaled")
+    plain = viewer.add_image(data, name="plain")
+    assert ImageSource.from_layer(scaled).volume.voxel_size == (2.0, 0.5, 0.5)
+    assert ImageSource.from_layer(plain).volume.voxel_size is None

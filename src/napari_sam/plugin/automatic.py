@@ -81,7 +81,9 @@ class AutomaticWidget(QWidget):
         self.output.setPlaceholderText("a new .zarr folder for the stack's labels")
         self.resume = QCheckBox("resume a run with the same settings")
         self.resume.setChecked(True)
-        self.link = QCheckBox("link objects through z")
+        self.link = QCheckBox("assemble 3D objects through z")
+        self.link.setToolTip("one id per object through z; out-of-focus light and pieces in too "
+                             "few slices dropped (uses the layer's scale as voxel size)")
         self.link.setChecked(True)
         self.run_slice = QPushButton("Segment shown slice")
         self.run_slice.clicked.connect(self.segment_slice)

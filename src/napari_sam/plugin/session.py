@@ -107,7 +107,10 @@ class ImageSource:
         if dtype.kind not in "uifb":
             raise LayerError(f"image layer {layer.name!r} has data of type {dtype}, not numbers")
         axes = _LAYER_AXES[ndim] + ("c" if layer.rgb else "")
-        volume = Volume(data, axes, source=f"layer {layer.name!r}")
+        # a layer's scale of all ones is napari's default, not a measured voxel size
+        scale = [float(s) for a, s in zip(_LAYER_AXES[ndim], layer.scale) if a in "zyx"]
+        voxel_size = None if all(s == 1 for s in scale) else scale
+        volume = Volume(data, axes, source=f"layer {layer.name!r}", voxel_size=voxel_size)
         return cls(volume, volume_limits(volume))
 
     def estimated_diameter(self) -> float | None:
