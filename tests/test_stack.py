@@ -172,6 +172,47 @@ def test_killed_run_resumes_to_the_labels_of_an_uninterrupted_run(one_thread, vo
                                   zarr.open_array(str(tmp_path / "uninterrupted.zarr"))[:])
 
 
+def test_assembly_stopped_midway_and_planes_added_later_resume_to_the_same_labels(
+        one_thread, volume, tmp_path, monkeypatch):
+    """The output is assembled from the fragments kept in the run record: a run stopped while
+    writing the 3D objects, or one that segments more planes into an assembled output, ends
+    with the labels of one uninterrupted run."""
+    from napari_sam.volume import stack
+
+    image, _ = volume
+    expected = segment_stack(image, tmp_path / "uninterrupted.zarr", **SETTINGS)
+    out = tmp_path / "labels.zarr"
+    segment_stack(image, out, z=slice(0, 2), **SETTINGS)  # assembled with two planes only
+
+    assemble = stack.assemble_objects
+
+    class Killed(Exception):
+        pass
+
+    class StopsAfterTwoPlanes:
+        def __init__(self, array):
+            self.array, self.left = array, 2
+            self.shape, self.dtype = array.shape, array.dtype
+
+        def __setitem__(self, z, plane):
+            if self.left == 0:
+                raise Killed
+            self.left -= 1
+            self.array[z] = plane
+
+    def stopping(fragments, image, *, out, **settings):
+        return assemble(fragments, image, out=StopsAfterTwoPlanes(out), **settings)
+
+    monkeypatch.setattr(stack, "assemble_objects", stopping)
+    with pytest.raises(Killed):
+        segment_stack(image, out, resume=True, **SETTINGS)
+    monkeypatch.setattr(stack, "assemble_objects", assemble)
+    resumed = segment_stack(image, out, resume=True, **SETTINGS)
+    assert resumed.skipped == 4 and resumed.objects_3d == expected.objects_3d
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:],
+                                  zarr.open_array(str(tmp_path / "uninterrupted.zarr"))[:])
+
+
 @pytest.mark.slow
 def test_dask_cluster_equals_serial_run(one_thread, volume, tmp_path):
     distributed = pytest.importorskip("distributed")
