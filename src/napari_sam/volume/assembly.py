@@ -45,8 +45,10 @@ __all__ = ["AssemblySummary", "assemble_objects", "expected_planes"]
 # Least share of the smaller fragment that an edge of the overlap graph must cover.
 _COVER = 0.5
 # Planes whose median fragment sharpness is under this share of the sharpest planes' are out
-# of focus.
+# of focus; only fragments of at least _BRIGHT times the bright fragments' contrast count (the
+# edges of noise have no contrast to measure sharpness against).
 _BLURRED = 0.5
+_BRIGHT = 0.25
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class _Fragments:
     plane: np.ndarray  # its plane
     area: np.ndarray  # its pixels
     contrast: np.ndarray  # mean intensity above the plane's background
-    focus: np.ndarray  # per plane: median sharpness of its fragments (nan without any)
+    sharpness: np.ndarray  # edge gradient over contrast, about 1 / edge width
     edges: np.ndarray  # (E, 2) fragment indices, the first in the earlier plane
     overlap: np.ndarray  # (E,) pixels in common
 
@@ -217,7 +219,7 @@ def _plane_image(image, z: int) -> np.ndarray:
 def _measure(labels, image, progress, total) -> _Fragments:
     """One pass over the planes: the fragments' numbers and the overlap graph."""
     n_planes = labels.shape[0]
-    ids, plane_of, area, contrast, focus = [], [], [], [], np.full(n_planes, np.nan)
+    ids, plane_of, area, contrast, sharpness = [], [], [], [], []
     edges, overlap = [], []
     recent: deque[tuple[np.ndarray, int]] = deque(maxlen=2)  # (index plane, first fragment)
     start = 0
@@ -232,8 +234,7 @@ def _measure(labels, image, progress, total) -> _Fragments:
         plane_of.append(np.full(values.size, z, np.int32))
         area.append(counts)
         contrast.append(c)
-        if values.size:
-            focus[z] = float(np.median(s))
+        sharpness.append(s)
         for earlier, first in recent:
             e, o = _overlaps(earlier, first, index, start)
             edges.append(e)
@@ -251,7 +252,7 @@ def _measure(labels, image, progress, total) -> _Fragments:
             "(segment_stack with link=False writes them)"
         )
     return _Fragments(all_ids, np.concatenate(plane_of), np.concatenate(area).astype(np.int64),
-                      np.concatenate(contrast), focus,
+                      np.concatenate(contrast), np.concatenate(sharpness),
                       np.concatenate(edges) if edges else np.zeros((0, 2), np.int64),
                       np.concatenate(overlap) if overlap else np.zeros(0, np.int64))
 
@@ -350,9 +351,7 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
     if min_planes is None:
         min_planes = _default_min_planes(kept, diameter, voxel_size)
 
-    focus = f.focus[np.isfinite(f.focus)]
-    sharp = np.percentile(focus, 90) if focus.size else 0.0
-    blurred = ~(f.focus >= _BLURRED * sharp)  # nan (no fragment) counts as blurred
+    blurred = _blurred_planes(f, n_planes)
     objects = np.zeros(f.ids.size, np.int64)
     pieces, dropped = [], 0
     for chain in kept:
@@ -376,6 +375,20 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
                               trimmed=trimmed, merged=joined, dropped=dropped,
                               min_planes=int(min_planes))
     return f.ids, objects, summary
+
+
+def _blurred_planes(f: _Fragments, n_planes: int) -> np.ndarray:
+    """Which planes are out of focus: those whose bright fragments' median sharpness is under
+    half that of the sharpest planes, and those without a bright fragment."""
+    bright = f.contrast > 0
+    if bright.any():
+        bright &= f.contrast >= _BRIGHT * np.percentile(f.contrast[bright], 90)
+    focus = np.full(n_planes, np.nan)
+    for z in np.unique(f.plane[bright]):
+        focus[z] = np.median(f.sharpness[bright & (f.plane == z)])
+    measured = focus[np.isfinite(focus)]
+    sharpest = np.percentile(measured, 90) if measured.size else 0.0
+    return ~(focus >= _BLURRED * sharpest)  # nan: no bright fragment
 
 
 def _split_at_necks(chain: list[int], area: np.ndarray, neck: float, least: int) -> list[list[int]]:
