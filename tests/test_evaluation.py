@@ -32,6 +32,7 @@ def test_instance_f1_of_empty_images():
     assert instance_f1(empty, one)["f1"] == 0.0 and instance_f1(one, empty)["precision"] == 0.0
 
 
-def test_instance_f1_refuses_ambiguous_thresholds():
-    with pytest.raises(ValueError, match="at least 0.5"):
-        instance_f1(np.zeros((2, 2), int), np.zeros((2, 2), int), threshold=0.3)
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.2])
+def test_instance_f1_refuses_thresholds_that_are_no_iou(threshold):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        instance_f1(np.zeros((2, 2), int), np.zeros((2, 2), int), threshold=threshold)

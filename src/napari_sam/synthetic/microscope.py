@@ -10,15 +10,15 @@ _HALO_WEIGHT = 0.12
 _HALO_SCALE = 6.0
 
 
-def blur_image(clean, blur, anisotropy):
+def blur_image(clean, blur, anisotropy, axial=2.5):
     """``clean`` blurred by a gaussian PSF of sigma ``blur`` plus a faint broad halo.
 
-    Along Z the sigma is ``2.5 * blur / anisotropy`` slices; ``blur`` 0 returns
-    ``clean`` itself.
+    Along Z the sigma is ``axial * blur / anisotropy`` slices (``axial`` times the
+    lateral sigma in physical units); ``blur`` 0 returns ``clean`` itself.
     """
     if blur <= 0:
         return clean
-    sigma = (2.5 * blur / anisotropy, blur, blur) if clean.ndim == 3 else (blur, blur)
+    sigma = (axial * blur / anisotropy, blur, blur) if clean.ndim == 3 else (blur, blur)
     sharp = ndi.gaussian_filter(clean, sigma, mode="nearest", truncate=3.0)
     size = [max(round(_HALO_SCALE * s), 1) | 1 for s in sigma]
     halo = ndi.uniform_filter(sharp, size, mode="nearest")

@@ -38,6 +38,7 @@ def synthetic_nuclei(
     read_noise: float = 2.0,
     anisotropy: float = 2.0,
     min_size: int | None = None,
+    stacked: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic fluorescence image of nuclei with exact instance labels.
 
@@ -104,6 +105,9 @@ def synthetic_nuclei(
         Smallest visible object in pixels (voxels); smaller or fragmented nuclei
         are removed. None means a quarter of the smallest possible nucleus, at
         least 4.
+    stacked : float
+        Fraction in ``[0, 1]`` of nuclei placed right above or below an existing
+        one, touching it with a small sideways shift (3D only, ignored in 2D).
 
     Returns
     -------
@@ -130,7 +134,8 @@ def synthetic_nuclei(
        outline. Centres are drawn one after another; a candidate is refused if it
        overlaps an accepted nucleus by more than ``overlap`` of their radii, and a
        fraction ``clustering`` of candidates is placed right next to an accepted
-       nucleus, so that touching and slightly overlapping clusters appear.
+       nucleus, so that touching and slightly overlapping clusters appear; in
+       3D a fraction ``stacked`` is put on top of or under one, touching it.
        Drawing stops when the nuclei cover ``density`` of the image, or when no
        more fit.
     2. **Rendering.** Each nucleus is drawn in its own bounding box only: a
@@ -176,6 +181,7 @@ def synthetic_nuclei(
     irregularity = check_number("irregularity", irregularity, low=0.0, high=0.3)
     overlap = check_number("overlap", overlap, low=0.0, high=0.5)
     clustering = check_number("clustering", clustering, low=0.0, high=1.0)
+    stacked = check_number("stacked", stacked, low=0.0, high=1.0)
     brightness = check_number("brightness", brightness, low=0.0, low_open=True)
     brightness_spread = check_number("brightness_spread", brightness_spread, low=0.0, high=2.0)
     texture = check_number("texture", texture, low=0.0, high=2.0)
@@ -205,7 +211,7 @@ def synthetic_nuclei(
     )
 
     objs = place_objects(rng_place, shape, density, radius, elongation, overlap, clustering,
-                         anisotropy)
+                         anisotropy, stacked)
     app = draw_appearance(rng_obj, objs, ndim, anisotropy, irregularity=irregularity,
                           texture=texture, spots=spots, nucleoli=nucleoli,
                           brightness=brightness, brightness_spread=brightness_spread)

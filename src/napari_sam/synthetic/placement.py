@@ -16,12 +16,15 @@ _BATCH = 256
 Z_SEMI_AXIS = (0.75, 1.0)
 
 
-def place_objects(rng, shape, density, radius, elongation, overlap, clustering, anisotropy):
+def place_objects(rng, shape, density, radius, elongation, overlap, clustering, anisotropy,
+                  stacked=0.0):
     """Draw the centres, sizes, elongations, orientations and depth order of the nuclei.
 
     Candidates are accepted one by one while the nuclei cover less than
     ``density`` of the image; a candidate too close to an accepted nucleus (by
-    ``overlap``) is refused. Returns a dict of arrays with one row per nucleus,
+    ``overlap``) is refused. In 3D a fraction ``stacked`` of the candidates is
+    put right above or below an accepted nucleus, touching it (see
+    :func:`_on_top`). Returns a dict of arrays with one row per nucleus,
     back to front (later nuclei are in front): ``centre`` (pixel coordinates,
     ``(n, ndim)``), ``r`` (equivalent radius), ``a`` and ``b`` (semi-axes in the
     YX plane), ``theta`` (orientation) and, in 3D, ``c`` (semi-axis along Z, in
@@ -36,7 +39,9 @@ def place_objects(rng, shape, density, radius, elongation, overlap, clustering, 
     hi_z = shape[0] - 0.5 if ndim == 3 else 0.0
     hi_y, hi_x = shape[-2] - 0.5, shape[-1] - 0.5
     accepted = _Accepted(max(2.0 * radius[1], 1e-6), ndim)
-    candidates = _candidates(rng, ndim, radius, elongation, overlap, clustering, (hi_z, hi_y, hi_x))
+    stacked = stacked if ndim == 3 else 0.0
+    candidates = _candidates(rng, ndim, radius, elongation, overlap, clustering, stacked,
+                             (hi_z, hi_y, hi_x))
     keep_rows = []
     covered = 0.0
     attempts = 0
@@ -44,11 +49,19 @@ def place_objects(rng, shape, density, radius, elongation, overlap, clustering, 
     shrink = 1.0 - overlap
     while (covered < target and len(keep_rows) < cap and attempts < max_attempts
            and failures < _JAMMED_AFTER):
-        rt, near, jfrac, direction, dist_fac, pos, elong, cfac = next(candidates)
+        rt, near, jfrac, direction, dist_fac, pos, elong, cfac, on_top = next(candidates)
         attempts += 1
         failures += 1
         k = len(keep_rows)
-        if k and near:
+        partner = None
+        if k and on_top:
+            partner = int(jfrac * k)
+            z, y, x = _on_top(accepted, partner, keep_rows[partner][3], rt, cfac, direction,
+                              dist_fac)
+            zp = z / anisotropy
+            if not (-0.5 <= zp <= hi_z and -0.5 <= y <= hi_y and -0.5 <= x <= hi_x):
+                continue
+        elif k and near:
             j = int(jfrac * k)
             step = (accepted.r[j] + rt) * dist_fac
             z = accepted.z[j] + step * direction[0]
@@ -60,7 +73,7 @@ def place_objects(rng, shape, density, radius, elongation, overlap, clustering, 
         else:
             zp, y, x = pos
             z = zp * anisotropy
-        if accepted.conflicts(z, y, x, rt, shrink):
+        if accepted.conflicts(z, y, x, rt, shrink, ignore=partner):
             continue
         failures = 0
         accepted.add(z, y, x, rt)
@@ -96,14 +109,15 @@ def _mean_size(radius, ndim, anisotropy):
     return 4 / 3 * math.pi * mean_r3 * (sum(Z_SEMI_AXIS) / 2) / anisotropy
 
 
-def _candidates(rng, ndim, radius, elongation, overlap, clustering, hi) -> Iterator[tuple]:
+def _candidates(rng, ndim, radius, elongation, overlap, clustering, stacked, hi) -> Iterator[tuple]:
     """Endless candidate nuclei, drawn in batches of plain floats (fast to use one by one).
 
-    Each is ``(r, near, jfrac, direction, dist_fac, pos, elong, cfac)``: radius;
-    whether to place it next to accepted nucleus ``int(jfrac * k)`` of ``k``, in
-    ``direction`` (physical z, y, x) at ``dist_fac`` times the sum of the radii;
-    otherwise at ``pos`` (pixel z, y, x, below ``hi``); axis ratio; Z semi-axis
-    factor.
+    Each is ``(r, near, jfrac, direction, dist_fac, pos, elong, cfac, on_top)``:
+    radius; whether to place it next to accepted nucleus ``int(jfrac * k)`` of
+    ``k``, in ``direction`` (physical z, y, x) at ``dist_fac`` times the sum of
+    the radii; otherwise at ``pos`` (pixel z, y, x, below ``hi``); axis ratio; Z
+    semi-axis factor; whether to stack it on that accepted nucleus instead
+    (:func:`_on_top`), which overrides ``near``.
     """
     while True:
         r = rng.uniform(radius[0], radius[1], _BATCH).tolist()
@@ -121,7 +135,26 @@ def _candidates(rng, ndim, radius, elongation, overlap, clustering, hi) -> Itera
             pos[:, 0] = 0.0
         elong = rng.uniform(elongation[0], elongation[1], _BATCH).tolist()
         cfac = rng.uniform(*Z_SEMI_AXIS, _BATCH).tolist()
-        yield from zip(r, near, jfrac, direction.tolist(), dist_fac, pos.tolist(), elong, cfac)
+        # drawn last and only when asked for, so that the other draws stay those of before
+        on_top = (rng.random(_BATCH) < stacked).tolist() if stacked > 0 else [False] * _BATCH
+        yield from zip(r, near, jfrac, direction.tolist(), dist_fac, pos.tolist(), elong, cfac,
+                       on_top)
+
+
+def _on_top(accepted, j, cfac_j, r, cfac, direction, dist_fac):
+    """Physical centre of a nucleus (radius ``r``) right above or below accepted nucleus ``j``.
+
+    The centres are the sum of the two Z semi-axes apart, shortened by up to the
+    candidate's overlap (``dist_fac`` capped at 1) so that the two touch, and
+    shifted sideways by at most a third of ``r``: a pair that a 3D method must
+    keep apart although no background separates them. ``direction`` gives the
+    side (sign of its z) and the shift.
+    """
+    step = (accepted.r[j] * cfac_j + r * cfac) * min(dist_fac, 1.0)
+    side = 1.0 if direction[0] >= 0 else -1.0
+    shift = r / 3.0
+    return (accepted.z[j] + side * step, accepted.y[j] + shift * direction[1],
+            accepted.x[j] + shift * direction[2])
 
 
 def _volume_in_stack(r, c, z, hi_z):
@@ -154,11 +187,14 @@ class _Accepted:
     def _key(self, z, y, x):
         return math.floor(z / self.cell), math.floor(y / self.cell), math.floor(x / self.cell)
 
-    def conflicts(self, z, y, x, r, shrink) -> bool:
-        """Whether a nucleus at (z, y, x) of radius r is nearer than ``shrink`` * a radii sum."""
+    def conflicts(self, z, y, x, r, shrink, ignore=None) -> bool:
+        """Whether a nucleus at (z, y, x) of radius r is nearer than ``shrink`` * a radii sum
+        to an accepted nucleus other than ``ignore``."""
         kz, ky, kx = self._key(z, y, x)
         for oz, oy, ox in self.neighbours:
             for j in self.grid.get((kz + oz, ky + oy, kx + ox), ()):
+                if j == ignore:
+                    continue
                 lim = shrink * (self.r[j] + r)
                 if (self.z[j] - z) ** 2 + (self.y[j] - y) ** 2 + (self.x[j] - x) ** 2 < lim * lim:
                     return True

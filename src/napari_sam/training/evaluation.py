@@ -4,6 +4,7 @@ images."""
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from napari_sam.engine.geometry import bounding_box, centre_point, iou, label_iou
 from napari_sam.engine.predictor import Predictor
@@ -69,30 +70,40 @@ def prompt_miou(
 
 
 def instance_f1(predicted: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Instance detection quality of a label image: objects matched one to one at an IoU.
+    """Instance detection quality of a label image or volume: objects matched one to one at an IoU.
 
-    A predicted object and a true object match when their IoU is above ``threshold``; above 0.5
-    such matches are unique, so no assignment is needed.
+    A predicted object and a true object may match when their IoU is above ``threshold``, and
+    each object matches at most once. Above 0.5 such pairs are unique (an object cannot overlap
+    two others by more than half), so all of them are matches; below, an object may have
+    several candidates and the matches are a largest set of one-to-one pairs, found by optimal
+    assignment (:func:`scipy.optimize.linear_sum_assignment`).
 
     Parameters
     ----------
-    predicted, truth : (H, W) int arrays
-        Label images, 0 for background.
+    predicted, truth : int arrays of the same shape
+        Label images (H, W) or volumes (Z, Y, X), 0 for background.
     threshold : float
+        IoU a match must exceed, in ``(0, 1)``.
 
     Returns
     -------
     dict
         ``f1``, ``precision``, ``recall``, ``matched``, ``predicted``, ``true``.
     """
-    if threshold < 0.5:
-        raise ValueError(f"threshold must be at least 0.5 for unique matches, not {threshold}")
-    matrix = label_iou(predicted, truth)[2]
-    matched = int((matrix > threshold).sum())
-    n_pred, n_true = matrix.shape
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be an IoU between 0 and 1 (exclusive), not {threshold}")
+    if np.shape(predicted) != np.shape(truth):
+        raise ValueError(f"predicted {np.shape(predicted)} and truth {np.shape(truth)} differ in "
+                         "shape")
+    candidates = label_iou(predicted, truth)[2] > threshold
+    if threshold >= 0.5:
+        matched = int(candidates.sum())
+    else:
+        rows, cols = linear_sum_assignment(candidates, maximize=True)
+        matched = int(candidates[rows, cols].sum())
+    n_pred, n_true = candidates.shape
     precision = matched / n_pred if n_pred else 1.0
     recall = matched / n_true if n_true else 1.0
     f1 = 2 * matched / (n_pred + n_true) if n_pred + n_true else 1.0
     return {"f1": f1, "precision": precision, "recall": recall, "matched": matched,
             "predicted": n_pred, "true": n_true}
-
