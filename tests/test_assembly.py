@@ -58,7 +58,7 @@ def test_a_nucleus_in_pieces_over_six_planes_comes_out_as_one_id():
     link_slices(linked)
     assert len(objects_in(linked)) > 1  # what linking by IoU alone makes of it
 
-    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0))
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0), tighten=False)
     assert objects_in(fragments) == [3001]  # the id of its first fragment
     assert (fragments[3:9] > 0).sum() == sum(m.sum() for _, m in sections + pieces)
     assert summary.objects == 1 and summary.merged == 1
@@ -95,6 +95,28 @@ def test_blurred_top_planes_add_no_object():
     assert objects_in(fragments) == [4001]
     assert not fragments[:4].any()  # neither the halo above it nor the stray blob
     assert summary.trimmed == 2 and summary.dropped == 1
+
+
+def test_outlines_drawn_wide_around_a_blurred_nucleus_are_tightened_to_its_edge():
+    truth = nucleus(3, [7, 8, 9, 9, 8, 7])
+    wide = [(z, ndi.binary_dilation(mask, iterations=4)) for z, mask in truth]
+    fragments, image = stack([wide])
+    image[:] = 100.0
+    for z, mask in truth:
+        image[z][mask] = 1000.0
+    image = ndi.gaussian_filter(image, (0, 2, 2))
+    inside = np.zeros(SHAPE, bool)
+    for z, mask in truth:
+        inside[z] = mask
+
+    def iou(labels):
+        return (inside & (labels > 0)).sum() / (inside | (labels > 0)).sum()
+
+    loose = np.zeros_like(fragments)
+    assemble_objects(fragments, image, out=loose, tighten=False)
+    assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0))
+    assert iou(loose) < 0.6 and iou(fragments) > 0.85
+    assert objects_in(fragments) == [3001]
 
 
 def test_pieces_in_fewer_planes_than_min_planes_are_dropped():

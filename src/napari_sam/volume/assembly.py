@@ -17,7 +17,7 @@ a physical reason:
    over planes beyond its surface, and a 2D segmenter finds it there too. Where a blurred edge
    crosses half the peak contrast is where the edge is, so fragments at either end of an object
    whose contrast (mean intensity above the plane's background) is under half its peak are
-   dropped.
+   dropped; and, in the planes (``tighten``), the pixels of each fragment under that half.
 4. **Minimum extent.** What is left in fewer than ``min_planes`` planes, or only in
    out-of-focus planes, is no object: a piece that overlaps a kept object in a neighbouring
    plane joins it (an over-segmented cross-section), any other is dropped.
@@ -92,7 +92,9 @@ class _Fragments:
     plane: np.ndarray  # its plane
     area: np.ndarray  # its pixels
     contrast: np.ndarray  # mean intensity above the plane's background
+    plateau: np.ndarray  # the same over its pixels brighter than its mean
     sharpness: np.ndarray  # edge gradient over contrast, about 1 / edge width
+    background: np.ndarray  # per plane: median of the pixels outside fragments
     edges: np.ndarray  # (E, 2) fragment indices, the first in the earlier plane
     overlap: np.ndarray  # (E,) pixels in common
 
@@ -120,6 +122,7 @@ def assemble_objects(
     diameter: float | None = None,
     min_planes: int | None = None,
     neck: float = 0.5,
+    tighten: bool = True,
     progress: Callable[[int, int], object] | None = None,
 ) -> AssemblySummary:
     """Turn the 2D objects of a stack segmented plane by plane into 3D objects.
@@ -148,6 +151,10 @@ def assemble_objects(
     neck : float, optional
         A chain is split at a neck whose area is under this share of both peaks beside it, in
         ``(0, 1)``.
+    tighten : bool, optional
+        Keep, of each fragment, only the pixels (lightly smoothed) at least half its object's
+        highest contrast above the background: that is where the blurred edge of an object
+        lies, whereas a segmenter drawn to the visible blob outlines it wider.
     progress : callable, optional
         ``progress(done, total)`` after each plane of each pass.
 
@@ -164,8 +171,9 @@ def assemble_objects(
     n_planes = _check(fragments, image, out, neck, min_planes)
     voxel_size = _voxel_size(voxel_size, image)
     measured = _measure(fragments, image, progress, 2 * n_planes)
-    ids, objects, summary = _assemble(measured, n_planes, voxel_size, diameter, min_planes, neck)
-    _write(fragments, fragments if out is None else out, ids, objects, progress)
+    objects, summary = _assemble(measured, n_planes, voxel_size, diameter, min_planes, neck)
+    _write(fragments, fragments if out is None else out, image, measured, objects, tighten,
+           progress)
     return summary
 
 
@@ -219,21 +227,24 @@ def _plane_image(image, z: int) -> np.ndarray:
 def _measure(labels, image, progress, total) -> _Fragments:
     """One pass over the planes: the fragments' numbers and the overlap graph."""
     n_planes = labels.shape[0]
-    ids, plane_of, area, contrast, sharpness = [], [], [], [], []
+    ids, plane_of, area, contrast, plateau, sharpness = [], [], [], [], [], []
+    background = np.zeros(n_planes)
     edges, overlap = [], []
     recent: deque[tuple[np.ndarray, int]] = deque(maxlen=2)  # (index plane, first fragment)
     start = 0
     for z in range(n_planes):
         plane = np.asarray(labels[z])
         values, index, counts = np.unique(plane, return_inverse=True, return_counts=True)
-        background = bool(values[0] == 0)
-        index = index.reshape(plane.shape).astype(np.int64) - background  # background: -1
-        values, counts = values[background:], counts[background:]
-        c, s = _contrast_and_sharpness(_plane_image(image, z), index, counts)
+        empty = int(values[0] == 0)
+        index = index.reshape(plane.shape).astype(np.int64) - empty  # background: -1
+        values, counts = values[empty:], counts[empty:]
+        background[z], c, top, s = _contrast_and_sharpness(_plane_image(image, z), index,
+                                                           counts)
         ids.append(values)
         plane_of.append(np.full(values.size, z, np.int32))
         area.append(counts)
         contrast.append(c)
+        plateau.append(top)
         sharpness.append(s)
         for earlier, first in recent:
             e, o = _overlaps(earlier, first, index, start)
@@ -252,20 +263,27 @@ def _measure(labels, image, progress, total) -> _Fragments:
             "(segment_stack with link=False writes them)"
         )
     return _Fragments(all_ids, np.concatenate(plane_of), np.concatenate(area).astype(np.int64),
-                      np.concatenate(contrast), np.concatenate(sharpness),
+                      np.concatenate(contrast), np.concatenate(plateau),
+                      np.concatenate(sharpness),
+                      background,
                       np.concatenate(edges) if edges else np.zeros((0, 2), np.int64),
                       np.concatenate(overlap) if overlap else np.zeros(0, np.int64))
 
 
 def _contrast_and_sharpness(grey: np.ndarray, index: np.ndarray, area: np.ndarray):
-    """Per fragment of a plane: mean intensity above the plane's background, and the mean
-    gradient along its outline over that contrast (about the inverse width of its edge, in
-    1/px: high in focus, low where the plane is blurred)."""
+    """The plane's background (median outside the fragments) and, per fragment: its mean
+    intensity above it (contrast), the same over its pixels brighter than its mean (plateau:
+    the contrast of the object itself when the outline is drawn wide), and the mean gradient
+    along its outline over its contrast (sharpness: about the inverse width of its edge, in
+    1/px, high in focus and low where the plane is blurred)."""
     n = area.size
     inside = index >= 0
     background = float(np.median(grey[~inside])) if (~inside).any() else float(grey.min())
     mean = np.bincount(index[inside], weights=grey[inside], minlength=n) / np.maximum(area, 1)
     contrast = mean - background
+    upper = inside & (grey > np.append(mean, 0.0)[index])
+    plateau = np.bincount(index[upper], weights=grey[upper], minlength=n)
+    plateau = plateau / np.maximum(np.bincount(index[upper], minlength=n), 1) - background
     outline = np.zeros(index.shape, bool)
     for axis in (0, 1):
         step = np.diff(index, axis=axis) != 0
@@ -278,7 +296,7 @@ def _contrast_and_sharpness(grey: np.ndarray, index: np.ndarray, area: np.ndarra
     gradient = ndi.gaussian_gradient_magnitude(grey, 1.0)
     edge = np.bincount(index[outline], weights=gradient[outline], minlength=n)
     edge = edge / np.maximum(np.bincount(index[outline], minlength=n), 1)
-    return contrast, edge / np.maximum(np.abs(contrast), 1e-6)
+    return background, contrast, plateau, edge / np.maximum(np.abs(contrast), 1e-6)
 
 
 def _overlaps(earlier: np.ndarray, first: int, current: np.ndarray, start: int):
@@ -322,8 +340,8 @@ class _Groups:
 
 
 def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, neck):
-    """Objects from the fragments' numbers: returns the fragment ids, the object id of each
-    (0: dropped) and the summary."""
+    """Objects from the fragments' numbers: the object id of each fragment (0: dropped) and
+    the summary."""
     i, j = f.edges.T if f.edges.size else (np.zeros(0, int), np.zeros(0, int))
     smaller = np.minimum(f.area[i], f.area[j])
     iou = f.overlap / (f.area[i] + f.area[j] - f.overlap)
@@ -338,18 +356,22 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
     # out-of-focus light trimmed first, so that its wide blobs are not taken for a nucleus of
     # their own beyond a neck; then each part of a split chain trimmed to its own peak
     n_fragments = sum(len(chain) for chain in chains)
+    chains = [core for core in (_half_maximum(c, f.contrast, f.contrast) for c in chains)
+              if core]
+    if diameter is None:
+        widest = [f.area[c].max() for c in chains if len(c) > 1]
+        diameter = 2 * np.sqrt(np.median(widest) / np.pi) if widest else 1.0
+    extent = _extent(chains, diameter, voxel_size)
+    if min_planes is None:
+        min_planes = max(1, int(round(extent / 3)))
     kept, n_split = [], 0
     for chain in chains:
-        parts = _split_at_necks(_half_maximum(chain, f.contrast), f.area, neck, min_planes or 2)
-        n_split += max(len(parts) - 1, 0)
-        kept.extend(core for core in (_half_maximum(p, f.contrast) for p in parts) if core)
+        parts = [part for piece in _split_at_necks(chain, f.area, neck, max(min_planes, 2))
+                 for part in _split_long(piece, f.contrast, extent)]
+        n_split += len(parts) - 1
+        kept.extend(core for core in (_half_maximum(p, f.contrast, f.plateau) for p in parts)
+                    if core)
     trimmed = n_fragments - sum(len(chain) for chain in kept)
-
-    if diameter is None:
-        widest = [f.area[c].max() for c in kept if len(c) > 1]
-        diameter = 2 * np.sqrt(np.median(widest) / np.pi) if widest else 1.0
-    if min_planes is None:
-        min_planes = _default_min_planes(kept, diameter, voxel_size)
 
     blurred = _blurred_planes(f, n_planes)
     objects = np.zeros(f.ids.size, np.int64)
@@ -374,7 +396,7 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
                               objects=int(np.unique(objects[objects > 0]).size), split=n_split,
                               trimmed=trimmed, merged=joined, dropped=dropped,
                               min_planes=int(min_planes))
-    return f.ids, objects, summary
+    return objects, summary
 
 
 def _blurred_planes(f: _Fragments, n_planes: int) -> np.ndarray:
@@ -394,7 +416,7 @@ def _blurred_planes(f: _Fragments, n_planes: int) -> np.ndarray:
 def _split_at_necks(chain: list[int], area: np.ndarray, neck: float, least: int) -> list[list[int]]:
     """``chain`` cut at its deepest neck (recursively) where both sides keep ``least`` planes."""
     if len(chain) < 2 * least:
-        return [chain] if chain else []
+        return [chain]
     a = area[chain].astype(float)
     # a cut between fragments c - 1 and c: as deep as the smaller of them against the smaller
     # of the peaks on either side; of equally deep cuts, the one between the smallest pair
@@ -407,25 +429,39 @@ def _split_at_necks(chain: list[int], area: np.ndarray, neck: float, least: int)
             + _split_at_necks(chain[cut:], area, neck, least))
 
 
-def _half_maximum(chain: list[int], contrast: np.ndarray) -> list[int]:
-    """``chain`` without the fragments at its ends whose contrast is under half its peak;
-    nothing of a chain no brighter than its planes' background."""
+def _half_maximum(chain: list[int], contrast: np.ndarray, peak: np.ndarray) -> list[int]:
+    """``chain`` without the fragments at its ends whose contrast is under half the highest
+    ``peak`` of its fragments; nothing of a chain no brighter than its planes' background."""
     c = contrast[chain]
-    if c.max() <= 0:
+    level = 0.5 * peak[chain].max()
+    if c.max() <= 0 or level <= 0:
         return []
-    above = np.flatnonzero(c >= 0.5 * c.max())
-    return chain[above[0]:above[-1] + 1]
+    above = np.flatnonzero(c >= level)
+    return chain[above[0]:above[-1] + 1] if above.size else []
 
 
-def _default_min_planes(chains, diameter: float, voxel_size) -> int:
-    """A third of the planes an object spans (at least 1): from the voxel size when known,
-    else the median extent of the chains of two planes or more."""
+def _extent(chains, diameter: float, voxel_size) -> float:
+    """The planes an object spans: from the voxel size when known, else the median extent of
+    the chains of two planes or more."""
     if tuple(voxel_size) != (1.0, 1.0, 1.0):
-        extent = expected_planes(diameter, voxel_size)
-    else:
-        lengths = [len(c) for c in chains if len(c) > 1]
-        extent = float(np.median(lengths)) if lengths else 2.0
-    return max(1, int(round(extent / 3)))
+        return expected_planes(diameter, voxel_size)
+    lengths = [len(c) for c in chains if len(c) > 1]
+    return float(np.median(lengths)) if lengths else 2.0
+
+
+def _split_long(chain: list[int], contrast: np.ndarray, extent: float) -> list[list[int]]:
+    """``chain`` cut, while longer than one and a half objects, where its contrast dips most
+    against the peaks within an object's extent on either side: nuclei stacked in z seen
+    through an axially smeared PSF, whose outlines show no neck."""
+    reach = max(int(round(extent)), 1)
+    half = max(int(round(extent / 2)), 1)
+    if len(chain) <= 1.5 * extent or len(chain) < 2 * half:
+        return [chain]
+    v = contrast[chain]
+    cuts = [(min(v[c - 1], v[c]) / min(v[max(c - reach, 0):c].max(), v[c:c + reach].max()),
+             v[c - 1] + v[c], c) for c in range(half, len(chain) - half + 1)]
+    _, _, cut = min(cuts)
+    return _split_long(chain[:cut], contrast, extent) + _split_long(chain[cut:], contrast, extent)
 
 
 def _join_pieces(pieces: list[list[int]], objects: np.ndarray, f: _Fragments) -> int:
@@ -463,19 +499,37 @@ def _first_ids(objects: np.ndarray, f: _Fragments) -> np.ndarray:
     return np.array([first.get(o, 0) for o in objects], dtype=np.int64)
 
 
-def _write(fragments, out, ids: np.ndarray, objects: np.ndarray, progress) -> None:
+def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, tighten: bool,
+           progress) -> None:
     """Write every plane of ``out`` with the object ids of its fragments (planes that do not
-    change are not written)."""
-    order = np.argsort(ids)
-    ids, objects = ids[order], objects[order]
+    change are not written); with ``tighten``, only where the plane, lightly smoothed, is at
+    least half its object's highest contrast above the background (holes filled)."""
+    order = np.argsort(f.ids)
+    ids, objects = f.ids[order], objects[order]
+    level = _half_maxima(f, objects)[order] if tighten else None
     n_planes = fragments.shape[0]
     for z in range(n_planes):
         plane = np.asarray(fragments[z])
         values, inverse = np.unique(plane, return_inverse=True)
+        inverse = inverse.reshape(plane.shape)
         position = np.searchsorted(ids, values).clip(0, max(ids.size - 1, 0))
-        new = np.where(values == 0, 0, objects[position] if ids.size else 0)
-        new = new[inverse.reshape(plane.shape)].astype(out.dtype)
+        found = values != 0
+        new = np.where(found, objects[position] if ids.size else 0, 0)[inverse]
+        if tighten and found.any():
+            grey = ndi.gaussian_filter(_plane_image(image, z), 1.0)
+            above = grey >= f.background[z] + np.where(found, level[position], 0.0)[inverse]
+            new[~ndi.binary_fill_holes(above & (new > 0))] = 0
+        new = new.astype(out.dtype)
         if out is not fragments or not np.array_equal(new, plane):
             out[z] = new
         if progress is not None:
             progress(n_planes + z + 1, 2 * n_planes)
+
+
+def _half_maxima(f: _Fragments, objects: np.ndarray) -> np.ndarray:
+    """Per fragment, half the highest contrast of its object's fragments: the level the trim
+    in z keeps them above, so that every fragment kept keeps pixels."""
+    names, which = np.unique(objects, return_inverse=True)
+    highest = np.full(names.size, -np.inf)
+    np.maximum.at(highest, which, f.plateau)
+    return 0.5 * highest[which]
