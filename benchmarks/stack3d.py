@@ -2,7 +2,7 @@
 linked plane to plane or assembled in 3D (issue #20).
 
     python benchmarks/stack3d.py [--sets synthetic stardist] [--seeds 0 1 2]
-        [--diameter auto|native|PX] [--data DIR]
+        [--diameter auto|native|PX] [--mode amg|ais|apg] [--data DIR]
 
 Data:
 
@@ -26,8 +26,8 @@ Methods (rows):
 
 Columns: instance F1 at IoU 0.5 and 0.25 of the 3D objects, objects found / true ones, the
 share of the found objects that lie in one plane only, and the time (for the SAM rows: the
-per-plane segmentation, shared by both, + the linking or assembly). ``--diameter`` goes to
-``segment_stack``.
+per-plane segmentation, shared by both, + the linking or assembly). ``--diameter`` and
+``--mode`` go to ``segment_stack``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from skimage.segmentation import watershed
 
 from napari_sam.synthetic import confocal_stack
 from napari_sam.training.evaluation import instance_f1
+from napari_sam.volume.assembly import assemble_objects
 from napari_sam.volume.linking import link_slices
 from napari_sam.volume.stack import segment_stack
 
@@ -115,7 +116,7 @@ def scores(found: np.ndarray, truth: np.ndarray) -> list[str]:
             f"{ids.size} / {true}", f"{one_plane:.0%}"]
 
 
-def slice_by_slice(image: np.ndarray, diameter):
+def slice_by_slice(image: np.ndarray, diameter, mode):
     """The per-plane labels of ``nuclei_s`` (ids unique in the volume, not linked), the time
     and :func:`segment_stack`'s summary."""
     with tempfile.TemporaryDirectory() as folder:
@@ -127,7 +128,7 @@ def slice_by_slice(image: np.ndarray, diameter):
     return planes, seconds, summary
 
 
-def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diameter):
+def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diameter, mode):
     """``(row, note)`` per method: the table cells after the stack's name, and what the
     slice-by-slice rows did (None for the watershed)."""
     start = time.perf_counter()
@@ -135,7 +136,7 @@ def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diamet
     yield ["weight-free 3D watershed", *scores(found, truth),
            f"{time.perf_counter() - start:.1f} s"], None
 
-    planes, seconds, segmented = slice_by_slice(image, diameter)
+    planes, seconds, segmented = slice_by_slice(image, diameter, mode)
     linked = planes.copy()
     start = time.perf_counter()
     link_slices(linked)
@@ -143,11 +144,6 @@ def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diamet
            f"{seconds:.0f} + {time.perf_counter() - start:.1f} s"], (
         f"{segmented.objects} objects in the planes, {segmented.scale}")
 
-    try:
-        from napari_sam.volume.assembly import assemble_objects
-    except ImportError:  # until the module lands
-        yield ["slice by slice + 3D assembly"] + ["n/a"] * 5, None
-        return
     assembled = planes.copy()
     start = time.perf_counter()
     summary = assemble_objects(assembled, image, voxel_size=voxel_size)
@@ -170,6 +166,8 @@ def main() -> None:
                         help="seeds of the synthetic stacks")
     parser.add_argument("--diameter", type=diameter_argument, default="auto",
                         help="object diameter for segment_stack: auto, native or pixels")
+    parser.add_argument("--mode", choices=["amg", "ais", "apg"],
+                        help="automatic mode for segment_stack (default: the model's)")
     parser.add_argument("--data", type=Path, default=Path.home() / ".cache" / "napari-sam" / "dsb2018",
                         help="folder of the StarDist wheel")
     args = parser.parse_args()
@@ -181,12 +179,13 @@ def main() -> None:
     if "stardist" in args.sets:
         data.append(("StarDist 3D", *stardist_3d(args.data), *STARDIST))
 
-    print(f"segment_stack: nuclei_s on the CPU, diameter {args.diameter}\n")
+    print(f"segment_stack: nuclei_s on the CPU, diameter {args.diameter}, mode "
+          f"{args.mode or 'the model default'}\n")
     print("| stack | method | F1@0.5 | F1@0.25 | found / true | in one plane | time |")
     print("|---|---|---|---|---|---|---|")
     notes = []
     for name, image, truth, voxel_size, radius in data:
-        for row, note in rows(image, truth, voxel_size, radius, args.diameter):
+        for row, note in rows(image, truth, voxel_size, radius, args.diameter, args.mode):
             print(f"| {name} | " + " | ".join(row) + " |", flush=True)
             if note is not None:
                 notes.append(f"- {name}, {row[0]}: {note}")
