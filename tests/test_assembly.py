@@ -178,3 +178,38 @@ def test_bad_input_is_refused_with_the_fix():
         assemble_objects(fragments, image, voxel_size=(0, 1, 1))
     with pytest.raises(ValueError, match="min_planes"):
         assemble_objects(fragments, image, min_planes=0)
+
+
+def test_command_line_takes_the_voxel_size_and_the_minimum_extent(tmp_path, capsys):
+    import tifffile
+    import zarr
+
+    from napari_sam.cli import main
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(40, 8, (4, 64, 64))
+    for z in range(4):  # a disc through all planes, and one in plane 1 only
+        image[z][disc(7, centre=(20, 20), shape=(64, 64))] += 150
+    image[1][disc(7, centre=(44, 44), shape=(64, 64))] += 150
+    source = tmp_path / "stack.tif"  # planes 3 µm apart, pixels of 1 µm
+    tifffile.imwrite(source, np.clip(image, 0, 255).astype(np.uint8), imagej=True,
+                     resolution=(1.0, 1.0), metadata={"spacing": 3.0, "unit": "um", "axes": "ZYX"})
+
+    def objects_3d(name, *options) -> str:
+        assert main(["segment-stack", str(source), str(tmp_path / name), "--diameter", "14",
+                     *options]) == 0
+        return capsys.readouterr().out
+
+    # a 14 px object spans 14 / 3 planes: at least 2 by default, so the one-plane disc goes
+    assert "1 objects in 3D" in objects_3d("file.zarr")
+    labels = zarr.open_array(str(tmp_path / "file.zarr"), mode="r")[:]
+    assert not labels[1][disc(7, centre=(44, 44), shape=(64, 64))].any()
+    assert len(np.unique(labels[:, 20, 20])) == 1 and labels[0, 20, 20] > 0
+    assert "2 objects in 3D" in objects_3d("one.zarr", "--min-planes", "1")
+    # planes 1 µm apart (given): the 4-plane disc is too short to be an object of 14 µm
+    assert "0 objects in 3D" in objects_3d("thin.zarr", "--voxel-size", "1,1,1")
+
+    assert main(["segment-stack", str(source), str(tmp_path / "bad.zarr"),
+                 "--voxel-size", "0,1,1"]) == 2
+    assert "voxel_size" in capsys.readouterr().err
+    assert not (tmp_path / "bad.zarr").exists()

@@ -150,8 +150,9 @@ def assemble_objects(
         Where to write the 3D objects (``fragments`` itself, in place, by default): each
         object's id is that of its first fragment, dropped fragments are 0.
     voxel_size : (z, y, x) floats, optional
-        Physical voxel size; by default the ``image``'s (:attr:`Volume.voxel_size`), else the
-        planes are taken as one pixel apart.
+        Physical voxel size; by default the ``image``'s (:attr:`Volume.voxel_size`). Without
+        one, an object's extent in z is taken from the objects themselves (the median extent
+        of those in two planes or more).
     diameter : float, optional
         Typical object diameter in pixels of the plane; by default the median over the
         assembled objects of their widest cross-section.
@@ -215,13 +216,14 @@ def _check(fragments, image, out, neck: float, min_planes: int | None) -> int:
     return shape[0]
 
 
-def _voxel_size(voxel_size, image) -> tuple[float, float, float]:
+def _voxel_size(voxel_size, image) -> tuple[float, float, float] | None:
+    """The voxel size given, else the image's, checked; None when neither knows it."""
     if voxel_size is None:
         voxel_size = getattr(image, "voxel_size", None)
         if voxel_size is not None:
             voxel_size = voxel_size[-3:]
     if voxel_size is None:
-        return (1.0, 1.0, 1.0)
+        return None
     size = tuple(float(v) for v in voxel_size)
     if len(size) != 3 or not all(np.isfinite(v) and v > 0 for v in size):
         raise ValueError(f"voxel_size must be three positive numbers (z, y, x), got {voxel_size}")
@@ -454,7 +456,7 @@ def _trim(chain: list[int], contrast: np.ndarray, peak: np.ndarray, share: float
 def _extent(chains, diameter: float, voxel_size) -> float:
     """The planes an object spans: from the voxel size when known, else the median extent of
     the chains of two planes or more."""
-    if tuple(voxel_size) != (1.0, 1.0, 1.0):
+    if voxel_size is not None:
         return expected_planes(diameter, voxel_size)
     lengths = [len(c) for c in chains if len(c) > 1]
     return float(np.median(lengths)) if lengths else 2.0
