@@ -129,12 +129,12 @@ def slice_by_slice(image: np.ndarray, diameter, mode):
 
 
 def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diameter, mode):
-    """``(row, note)`` per method: the table cells after the stack's name, and what the
-    slice-by-slice rows did (None for the watershed)."""
+    """``(row, note, labels)`` per method: the table cells after the stack's name, what the
+    slice-by-slice rows did (None for the watershed), and the 3D labels found."""
     start = time.perf_counter()
     found = watershed_3d(image, voxel_size, radius)
     yield ["weight-free 3D watershed", *scores(found, truth),
-           f"{time.perf_counter() - start:.1f} s"], None
+           f"{time.perf_counter() - start:.1f} s"], None, found
 
     planes, seconds, segmented = slice_by_slice(image, diameter, mode)
     linked = planes.copy()
@@ -142,13 +142,39 @@ def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diamet
     link_slices(linked)
     yield ["slice by slice + today's linking", *scores(linked, truth),
            f"{seconds:.0f} + {time.perf_counter() - start:.1f} s"], (
-        f"{segmented.objects} objects in the planes, {segmented.scale}")
+        f"{segmented.objects} objects in the planes, {segmented.scale}"), linked
 
     assembled = planes.copy()
     start = time.perf_counter()
     summary = assemble_objects(assembled, image, voxel_size=voxel_size)
     yield ["slice by slice + 3D assembly", *scores(assembled, truth),
-           f"{seconds:.0f} + {time.perf_counter() - start:.1f} s"], summary
+           f"{seconds:.0f} + {time.perf_counter() - start:.1f} s"], summary, assembled
+
+
+def section_figure(path: Path, image: np.ndarray, voxel_size, labels: list[np.ndarray]) -> None:
+    """Save an XZ section through ``image`` (the row crossing most labelled objects of the
+    first of ``labels``), drawn at its physical aspect, once bare and once under each of
+    ``labels`` (distinct colours per object, outlines in white)."""
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+
+    row = int(np.argmax([len(np.unique(labels[0][:, y])) for y in range(image.shape[1])]))
+    stretch = max(int(round(voxel_size[0] / voxel_size[1])), 1)
+    grey = image[:, row].astype(float)
+    grey = np.clip((grey - np.percentile(grey, 1)) / np.ptp(np.percentile(grey, [1, 99.9])), 0, 1)
+    panels = [np.dstack([grey] * 3)]
+    for found in labels:
+        section = found[:, row]
+        ids, index = np.unique(section, return_inverse=True)
+        colour = np.random.default_rng(0).uniform(0.3, 1.0, (ids.size, 3))
+        colour = colour[index.reshape(section.shape)]
+        panel = np.where(section[..., None] > 0, 0.5 * panels[0] + 0.5 * colour, panels[0])
+        panel[find_boundaries(section)] = 1.0
+        panels.append(panel)
+    gap = np.ones((2, image.shape[2], 3))
+    sheet = np.concatenate([p for panel in panels for p in (np.repeat(panel, stretch, axis=0),
+                                                             gap)][:-1])
+    imsave(path, (np.repeat(np.repeat(sheet, 2, axis=0), 2, axis=1) * 255).astype(np.uint8))
 
 
 def diameter_argument(text: str):
@@ -168,6 +194,9 @@ def main() -> None:
                         help="object diameter for segment_stack: auto, native or pixels")
     parser.add_argument("--mode", choices=["amg", "ais", "apg"],
                         help="automatic mode for segment_stack (default: the model's)")
+    parser.add_argument("--figure", type=Path,
+                        help="save an XZ section of the first stack (image, truth, then each "
+                        "method's objects) to this PNG")
     parser.add_argument("--data", type=Path, default=Path.home() / ".cache" / "napari-sam" / "dsb2018",
                         help="folder of the StarDist wheel")
     args = parser.parse_args()
@@ -184,11 +213,17 @@ def main() -> None:
     print("| stack | method | F1@0.5 | F1@0.25 | found / true | in one plane | time |")
     print("|---|---|---|---|---|---|---|")
     notes = []
-    for name, image, truth, voxel_size, radius in data:
-        for row, note in rows(image, truth, voxel_size, radius, args.diameter, args.mode):
+    for index, (name, image, truth, voxel_size, radius) in enumerate(data):
+        found = [truth]
+        for row, note, labels in rows(image, truth, voxel_size, radius, args.diameter, args.mode):
             print(f"| {name} | " + " | ".join(row) + " |", flush=True)
             if note is not None:
                 notes.append(f"- {name}, {row[0]}: {note}")
+            found.append(labels)
+        if args.figure and index == 0:
+            section_figure(args.figure, image, voxel_size, found)
+            notes.append(f"- {args.figure}: XZ section of {name}: image, truth, "
+                         "watershed, today's linking, 3D assembly")
     print("\n" + "\n".join(notes))
 
 
