@@ -1,9 +1,15 @@
-"""Link slice-by-slice 2D segmentations into 3D objects.
+"""Link slice-by-slice 2D segmentations into 3D objects by their overlap alone.
 
 A stack segmented slice by slice holds one id per 2D object, unique in the whole volume.
 :func:`link_slices` gives an object that continues through neighbouring slices one id in all of
 them: it matches the objects of each slice to those of the slices before it (IoU of the 2D
 masks, optimal assignment) and rewrites the volume in place, one slice at a time.
+
+It needs no image and keeps every 2D object, which suits labels whose planes are all in focus
+and whose objects are not stacked in z. Stacks from a microscope get
+:func:`napari_sam.volume.assembly.assemble_objects`, which :func:`~napari_sam.volume.segment_stack`
+uses: linking alone carries out-of-focus light and stacked nuclei into one object
+(``benchmarks/stack3d.py``).
 """
 
 from __future__ import annotations
