@@ -213,3 +213,16 @@ def test_command_line_takes_the_voxel_size_and_the_minimum_extent(tmp_path, caps
                  "--voxel-size", "0,1,1"]) == 2
     assert "voxel_size" in capsys.readouterr().err
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_a_flat_bright_object_is_kept_and_a_nan_image_gives_no_object():
+    fragments = np.zeros((3, 16, 16), np.uint32)
+    fragments[1, 4:8, 4:8] = 1001
+    image = np.zeros((3, 16, 16))
+    image[1, 4:8, 4:8] = 100.0  # noise-free: every pixel at the mean
+    kept = fragments.copy()
+    assert assemble_objects(kept, image).objects == 1
+    assert (kept == 1001).sum() >= 12  # all but the corners, which smoothing takes below half
+    with np.errstate(invalid="ignore"):
+        summary = assemble_objects(fragments, np.full(image.shape, np.nan))
+    assert summary.objects == 0 and not fragments.any()

@@ -285,7 +285,7 @@ def _measure(labels, image, progress, total) -> _Fragments:
 
 def _contrast_and_sharpness(grey: np.ndarray, index: np.ndarray, area: np.ndarray):
     """The plane's background (median outside the fragments) and, per fragment: its mean
-    intensity above it (contrast), the same over its pixels brighter than its mean (plateau:
+    intensity above it (contrast), the same over its pixels at least as bright as its mean (plateau:
     the contrast of the object itself when the outline is drawn wide), and the mean gradient
     along its outline over its contrast (sharpness: about the inverse width of its edge, in
     1/px, high in focus and low where the plane is blurred)."""
@@ -294,7 +294,7 @@ def _contrast_and_sharpness(grey: np.ndarray, index: np.ndarray, area: np.ndarra
     background = float(np.median(grey[~inside])) if (~inside).any() else float(grey.min())
     mean = np.bincount(index[inside], weights=grey[inside], minlength=n) / np.maximum(area, 1)
     contrast = mean - background
-    upper = inside & (grey > np.append(mean, 0.0)[index])
+    upper = inside & (grey >= np.append(mean, 0.0)[index])
     plateau = np.bincount(index[upper], weights=grey[upper], minlength=n)
     plateau = plateau / np.maximum(np.bincount(index[upper], minlength=n), 1) - background
     outline = np.zeros(index.shape, bool)
