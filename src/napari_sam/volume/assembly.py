@@ -249,7 +249,7 @@ def _measure(labels, image, progress, total) -> _Fragments:
         plane = np.asarray(labels[z])
         values, index, counts = np.unique(plane, return_inverse=True, return_counts=True)
         empty = int(values[0] == 0)
-        index = index.reshape(plane.shape).astype(np.int64) - empty  # background: -1
+        index = index.reshape(plane.shape).astype(np.int32) - empty  # background: -1
         values, counts = values[empty:], counts[empty:]
         background[z], c, top, s = _contrast_and_sharpness(_plane_image(image, z), index,
                                                            counts)
@@ -315,8 +315,8 @@ def _contrast_and_sharpness(grey: np.ndarray, index: np.ndarray, area: np.ndarra
 def _overlaps(earlier: np.ndarray, first: int, current: np.ndarray, start: int):
     """Edges (fragment indices in the whole volume) and their overlaps between two planes."""
     both = (earlier >= 0) & (current >= 0)
-    a = earlier[both] + first
-    b = current[both] + start
+    a = earlier[both].astype(np.int64) + first
+    b = current[both].astype(np.int64) + start
     pairs, counts = np.unique(a * (1 << 32) + b, return_counts=True)
     return np.stack(np.divmod(pairs, 1 << 32), axis=1), counts
 
