@@ -74,3 +74,14 @@ def tiny_load_model(monkeypatch):
 
     monkeypatch.setattr(napari_sam, "load_model", fake_load_model)
     return calls
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    """A 48x80 uint16 tif (neither square nor a model's input size) and its pixels."""
+    import tifffile
+
+    image, _ = synthetic_nuclei((48, 80), seed=2)
+    path = tmp_path / "img.tif"
+    tifffile.imwrite(path, image)
+    return path, image

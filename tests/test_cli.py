@@ -25,15 +25,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def image_file(tmp_path):
-    """A 48x80 uint16 tif: neither square nor the model input size."""
-    image, _ = synthetic_nuclei((48, 80), seed=2)
-    path = tmp_path / "img.tif"
-    tifffile.imwrite(path, image)
-    return path, image
-
-
 def tiny_answer(image, **prompts):
     """The answer of the one path (tiles of the tiny model's 64 px input) to ``prompts``."""
     segmenter = napari_sam.Segmenter(make_tiny_model())

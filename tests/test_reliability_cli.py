@@ -26,12 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def image_file(tmp_path):
-    """A 48x80 uint16 tif."""
-    image, _ = synthetic_nuclei((48, 80), seed=2)
-    path = tmp_path / "img.tif"
-    tifffile.imwrite(path, image)
-    return path
+def image_path(image_file):
+    """The path of the conftest's small tif."""
+    return image_file[0]
 
 
 @pytest.fixture
@@ -67,18 +64,18 @@ def files_in(folder: Path) -> list[str]:
 # 1. nothing overwritten
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("command, output", [("segment", "mask.tif"), ("auto", "labels.npy")])
-def test_an_existing_output_is_kept_unless_overwrite_is_given(image_file, tmp_path, capsys,
+def test_an_existing_output_is_kept_unless_overwrite_is_given(image_path, tmp_path, capsys,
                                                              tiny_load_model, command, output):
     out = tmp_path / output
     out.write_bytes(b"earlier result")
     prompt = ["--point", "20,30"] if command == "segment" else ["--points-per-side", "4"]
-    argv = [command, str(image_file), *prompt, "-o", str(out)]
+    argv = [command, str(image_path), *prompt, "-o", str(out)]
     one_line_error(capsys, main(argv), r"exists: pass --overwrite to replace it")
     assert out.read_bytes() == b"earlier result"
     assert tiny_load_model == []  # refused before any work
     assert main([*argv, "--overwrite"]) == 0
     assert out.read_bytes() != b"earlier result"
-    assert files_in(tmp_path) == sorted([image_file.name, output])  # no temporary file left
+    assert files_in(tmp_path) == sorted([image_path.name, output])  # no temporary file left
 
 
 @pytest.mark.parametrize("command", ["segment", "auto"])
@@ -103,19 +100,19 @@ def test_the_input_image_is_never_overwritten_not_even_with_overwrite(tmp_path, 
     assert source.read_bytes() == before
 
 
-def test_the_checkpoint_is_never_overwritten(image_file, tmp_path, capsys, tiny_load_model):
+def test_the_checkpoint_is_never_overwritten(image_path, tmp_path, capsys, tiny_load_model):
     checkpoint = tmp_path / "weights.npy"
     checkpoint.write_bytes(b"weights")
-    status = main(["segment", str(image_file), "--point", "1,1", "--checkpoint", str(checkpoint),
+    status = main(["segment", str(image_path), "--point", "1,1", "--checkpoint", str(checkpoint),
                    "-o", str(checkpoint), "--overwrite"])
     one_line_error(capsys, status, r"is also an input")
     assert checkpoint.read_bytes() == b"weights"
 
 
-def test_an_output_in_a_missing_folder_is_refused_before_any_work(image_file, tmp_path, capsys,
+def test_an_output_in_a_missing_folder_is_refused_before_any_work(image_path, tmp_path, capsys,
                                                                   tiny_load_model):
     out = tmp_path / "nowhere" / "m.tif"
-    status = main(["segment", str(image_file), "--point", "20,30", "-o", str(out)])
+    status = main(["segment", str(image_path), "--point", "20,30", "-o", str(out)])
     one_line_error(capsys, status, r"the folder '.*nowhere' of .* does not exist: create it first")
     assert tiny_load_model == []
 
@@ -183,7 +180,7 @@ def test_train_never_replaces_its_checkpoint(tmp_path, capsys, training_run):
     assert runs == [] and (folder / "model.pt").read_bytes() == b"base"
 
 
-def test_an_interrupted_write_leaves_the_earlier_file_whole(image_file, tmp_path, capsys,
+def test_an_interrupted_write_leaves_the_earlier_file_whole(image_path, tmp_path, capsys,
                                                             tiny_load_model, monkeypatch):
     """Ctrl-C in the middle of writing the mask: the old file is intact, no temporary is left."""
     out = tmp_path / "mask.tif"
@@ -199,11 +196,11 @@ def test_an_interrupted_write_leaves_the_earlier_file_whole(image_file, tmp_path
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tifffile, "imwrite", torn_write)
-    status = main(["segment", str(image_file), "--point", "20,30", "-o", str(out), "--overwrite"])
+    status = main(["segment", str(image_path), "--point", "20,30", "-o", str(out), "--overwrite"])
     monkeypatch.setattr(tifffile, "imwrite", real_imwrite)
     one_line_error(capsys, status, r"^napari-sam: interrupted: nothing was written$", code=130)
     assert out.read_bytes() == before
-    assert files_in(tmp_path) == sorted([image_file.name, out.name])
+    assert files_in(tmp_path) == sorted([image_path.name, out.name])
 
 
 # --------------------------------------------------------------------------- #
@@ -267,8 +264,8 @@ def test_an_animation_is_refused_not_read_as_its_first_frame(tmp_path, capsys, t
 
 
 @pytest.mark.parametrize("name", ["m.jpg", "m.jpeg", "m.webp"])
-def test_a_lossy_mask_format_is_refused(image_file, tmp_path, capsys, tiny_load_model, name):
-    status = main(["segment", str(image_file), "--point", "20,30", "-o", str(tmp_path / name)])
+def test_a_lossy_mask_format_is_refused(image_path, tmp_path, capsys, tiny_load_model, name):
+    status = main(["segment", str(image_path), "--point", "20,30", "-o", str(tmp_path / name)])
     one_line_error(capsys, status, r"write the mask to a \.tif, \.png or \.npy file", r"lossy")
     assert tiny_load_model == [] and not (tmp_path / name).exists()
 
@@ -298,13 +295,13 @@ def test_sample_refuses_files_that_cannot_hold_its_output(tmp_path, capsys, argv
 # 7. faults: one line, a non-zero status, no traceback
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps", "cdua"])
-def test_a_device_this_machine_lacks_is_one_line_naming_those_it_has(image_file, tmp_path, capsys,
+def test_a_device_this_machine_lacks_is_one_line_naming_those_it_has(image_path, tmp_path, capsys,
                                                                     monkeypatch, device):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    status = main(["segment", str(image_file), "--point", "20,30", "--device", device, "-o",
+    status = main(["segment", str(image_path), "--point", "20,30", "--device", device, "-o",
                    str(tmp_path / "m.tif")])  # the real load_model: the shipped default model
     one_line_error(capsys, status, rf"device '{device}' is not available here",
                    r"use one of auto, cpu$")
@@ -314,9 +311,9 @@ def test_a_device_this_machine_lacks_is_one_line_naming_those_it_has(image_file,
     ("0", r"points_per_side must be an integer >= 1, got 0"),
     ("4096", r"points_per_side=4096 is a grid of 16,777,216 prompts"),
 ])
-def test_a_grid_the_engine_refuses_is_one_line(image_file, tmp_path, capsys, tiny_load_model,
+def test_a_grid_the_engine_refuses_is_one_line(image_path, tmp_path, capsys, tiny_load_model,
                                                value, pattern):
-    status = main(["auto", str(image_file), "--sampler", "grid", "--points-per-side", value,
+    status = main(["auto", str(image_path), "--sampler", "grid", "--points-per-side", value,
                    "-o", str(tmp_path / "l.tif")])
     one_line_error(capsys, status, pattern)
     assert not (tmp_path / "l.tif").exists()
@@ -359,25 +356,25 @@ def test_ctrl_c_in_segment_stack_says_what_is_kept_and_how_to_resume(tmp_path, c
                    code=130)
 
 
-def test_ctrl_c_in_segment_writes_nothing(image_file, tmp_path, capsys, monkeypatch,
+def test_ctrl_c_in_segment_writes_nothing(image_path, tmp_path, capsys, monkeypatch,
                                           tiny_load_model):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(napari_sam.Segmenter, "predict", interrupted)
-    status = main(["segment", str(image_file), "--point", "20,30", "-o", str(tmp_path / "m.tif")])
+    status = main(["segment", str(image_path), "--point", "20,30", "-o", str(tmp_path / "m.tif")])
     one_line_error(capsys, status, r"^napari-sam: interrupted: nothing was written$", code=130)
-    assert files_in(tmp_path) == [image_file.name]
+    assert files_in(tmp_path) == [image_path.name]
 
 
-def test_programming_errors_keep_their_traceback(image_file, tmp_path, monkeypatch,
+def test_programming_errors_keep_their_traceback(image_path, tmp_path, monkeypatch,
                                                  tiny_load_model):
     def broken(*args, **kwargs):
         raise TypeError("a bug")
 
     monkeypatch.setattr(napari_sam.Segmenter, "predict", broken)
     with pytest.raises(TypeError, match="a bug"):
-        main(["segment", str(image_file), "--point", "20,30", "-o", str(tmp_path / "m.tif")])
+        main(["segment", str(image_path), "--point", "20,30", "-o", str(tmp_path / "m.tif")])
 
 
 # --------------------------------------------------------------------------- #
@@ -393,22 +390,22 @@ def test_a_folder_given_as_image_is_called_a_folder(tmp_path, capsys, tiny_load_
 
 @pytest.mark.parametrize("spelling", [["--point", "-5,10"], ["--point=-5,10"],
                                       ["--negative", "-5,10", "--point", "3,3"]])
-def test_a_negative_coordinate_reaches_the_engine_and_is_refused_there(image_file, tmp_path,
+def test_a_negative_coordinate_reaches_the_engine_and_is_refused_there(image_path, tmp_path,
                                                                        capsys, tiny_load_model,
                                                                        spelling):
-    status = main(["segment", str(image_file), *spelling, "-o", str(tmp_path / "m.tif")])
+    status = main(["segment", str(image_path), *spelling, "-o", str(tmp_path / "m.tif")])
     one_line_error(capsys, status, r"outside the image of shape \(48, 80\)")
 
 
 @pytest.mark.parametrize("value", ["nan,5", "5,inf"])
-def test_a_coordinate_that_is_not_a_finite_number_is_refused(image_file, tmp_path, capsys, value):
+def test_a_coordinate_that_is_not_a_finite_number_is_refused(image_path, tmp_path, capsys, value):
     with pytest.raises(SystemExit) as exit_:
-        main(["segment", str(image_file), "--point", value, "-o", str(tmp_path / "m.tif")])
+        main(["segment", str(image_path), "--point", value, "-o", str(tmp_path / "m.tif")])
     assert exit_.value.code == 2
     assert "argument --point: expected 2 comma-separated numbers" in capsys.readouterr().err
 
 
-def test_a_box_starting_at_a_negative_row_is_parsed(image_file, tmp_path, capsys,
+def test_a_box_starting_at_a_negative_row_is_parsed(image_path, tmp_path, capsys,
                                                     tiny_load_model):
-    status = main(["segment", str(image_file), "--box", "-2,0,30,40", "-o", str(tmp_path / "m.tif")])
+    status = main(["segment", str(image_path), "--box", "-2,0,30,40", "-o", str(tmp_path / "m.tif")])
     one_line_error(capsys, status, r"outside the image")
