@@ -58,7 +58,7 @@ def test_a_nucleus_in_pieces_over_six_planes_comes_out_as_one_id():
     link_slices(linked)
     assert len(objects_in(linked)) > 1  # what linking by IoU alone makes of it
 
-    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0), tighten=False)
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0), snap=False)
     assert objects_in(fragments) == [3001]  # the id of its first fragment
     assert (fragments[3:9] > 0).sum() == sum(m.sum() for _, m in sections + pieces)
     assert summary.objects == 1 and summary.merged == 1
@@ -97,7 +97,7 @@ def test_blurred_top_planes_add_no_object():
     assert summary.trimmed == 2 and summary.dropped == 1
 
 
-def test_outlines_drawn_wide_around_a_blurred_nucleus_are_tightened_to_its_edge():
+def test_outlines_drawn_wide_around_a_blurred_nucleus_are_snapped_to_its_edge():
     truth = nucleus(3, [7, 8, 9, 9, 8, 7])
     wide = [(z, ndi.binary_dilation(mask, iterations=4)) for z, mask in truth]
     fragments, image = stack([wide])
@@ -113,10 +113,34 @@ def test_outlines_drawn_wide_around_a_blurred_nucleus_are_tightened_to_its_edge(
         return (inside & (labels > 0)).sum() / (inside | (labels > 0)).sum()
 
     loose = np.zeros_like(fragments)
-    assemble_objects(fragments, image, out=loose, tighten=False)
+    assemble_objects(fragments, image, out=loose, snap=False)
     assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0))
     assert iou(loose) < 0.6 and iou(fragments) > 0.85
     assert objects_in(fragments) == [3001]
+
+
+def test_outlines_drawn_inside_a_nucleus_grow_to_its_edge_and_not_into_its_neighbour():
+    left, right = nucleus(3, [8, 9, 9, 8], centre=(32, 18)), nucleus(3, [8, 9, 9, 8], (32, 40))
+    inner = [[(z, ndi.binary_erosion(mask, iterations=2)) for z, mask in cells]
+             for cells in (left, right)]
+    fragments, image = stack(inner)
+    image[:] = 100.0
+    for z, mask in left + right:
+        image[z][mask] = 1000.0
+    inside, neighbour = np.zeros(SHAPE, bool), np.zeros(SHAPE, bool)
+    for (z, mask), (_, other) in zip(left, right):
+        inside[z], neighbour[z] = mask, other
+
+    loose = np.zeros_like(fragments)
+    assemble_objects(fragments, image, out=loose, voxel_size=(2.0, 1.0, 1.0), snap=False)
+    assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0))
+    first = fragments == 3001
+
+    def iou(found):
+        return (found & inside).sum() / (found | inside).sum()
+
+    assert iou(loose == 3001) < 0.75 and iou(first) > 0.9  # grown back to the edge
+    assert len(objects_in(fragments)) == 2 and not (first & neighbour).any()
 
 
 def test_pieces_in_fewer_planes_than_min_planes_are_dropped():

@@ -19,8 +19,9 @@ a physical reason:
 3. **Trim to the half maximum.** The point spread function smears a nucleus over planes
    beyond its surface, and a 2D segmenter finds it there too. Where a blurred edge crosses
    half the object's contrast is where the edge is: fragments at either end of an object
-   under that level are dropped and, in the planes (``tighten``), so are the pixels of each
-   fragment under it, where the segmenter outlined the visible blob wider.
+   under that level are dropped and, in the planes (``snap``), each outline is moved to that
+   level, within a few pixels: inwards where the segmenter outlined the visible blob wider,
+   outwards where it drew inside the edge.
 4. **Minimum extent.** What is left in fewer than ``min_planes`` planes, or only in
    out-of-focus planes, is no object: a piece that overlaps a kept object in a neighbouring
    plane joins it (an over-segmented cross-section), any other is dropped.
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels
 
 __all__ = ["AssemblySummary", "assemble_objects", "expected_planes"]
 
@@ -55,6 +57,8 @@ _COVER = 0.5
 # cut at about half its maximum. Measured on benchmarks/stack3d.py's synthetic stacks.
 _HAZE = 0.3
 _HALF = 0.4
+# Pixels an outline may move to reach the half maximum: about the width of a blurred edge.
+_SNAP = 3
 # Planes whose median fragment sharpness is under this share of the sharpest planes' are out
 # of focus; only fragments of at least _BRIGHT times the bright fragments' contrast count (the
 # edges of noise have no contrast to measure sharpness against).
@@ -133,7 +137,7 @@ def assemble_objects(
     diameter: float | None = None,
     min_planes: int | None = None,
     neck: float = 0.5,
-    tighten: bool = True,
+    snap: bool = True,
     progress: Callable[[int, int], object] | None = None,
 ) -> AssemblySummary:
     """Turn the 2D objects of a stack segmented plane by plane into 3D objects.
@@ -163,10 +167,11 @@ def assemble_objects(
     neck : float, optional
         A chain is split at a neck whose area is under this share of both peaks beside it, in
         ``(0, 1)``.
-    tighten : bool, optional
-        Keep, of each fragment, only the pixels (lightly smoothed) at least half its object's
-        highest contrast above the background: that is where the blurred edge of an object
-        lies, whereas a segmenter drawn to the visible blob outlines it wider.
+    snap : bool, optional
+        Move each outline to where the plane (lightly smoothed) crosses half its object's
+        plateau contrast above the background, within ``3`` pixels of the segmenter's
+        outline: that is where the blurred edge of an object lies, whereas a segmenter may
+        outline the visible blob wider, or draw inside it.
     progress : callable, optional
         ``progress(done, total)`` after each plane of each pass.
 
@@ -184,7 +189,7 @@ def assemble_objects(
     voxel_size = _voxel_size(voxel_size, image)
     measured = _measure(fragments, image, progress, 2 * n_planes)
     objects, summary = _assemble(measured, n_planes, voxel_size, diameter, min_planes, neck)
-    _write(fragments, fragments if out is None else out, image, measured, objects, tighten,
+    _write(fragments, fragments if out is None else out, image, measured, objects, snap,
            progress)
     return summary
 
@@ -512,14 +517,15 @@ def _first_ids(objects: np.ndarray, f: _Fragments) -> np.ndarray:
     return np.array([first.get(o, 0) for o in objects], dtype=np.int64)
 
 
-def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, tighten: bool,
+def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, snap: bool,
            progress) -> None:
     """Write every plane of ``out`` with the object ids of its fragments (planes that do not
-    change are not written); with ``tighten``, only where the plane, lightly smoothed, is at
-    least half its object's plateau above the background (closed, holes filled)."""
+    change are not written); with ``snap``, each object where the plane, lightly smoothed, is
+    at least half its plateau above the background, within :data:`_SNAP` pixels of its
+    fragment (inside the fragment, closed and holes filled)."""
     order = np.argsort(f.ids)
     ids, objects = f.ids[order], objects[order]
-    level = _half_maxima(f, objects)[order] if tighten else None
+    level = _half_maxima(f, objects)[order] if snap else None
     n_planes = fragments.shape[0]
     for z in range(n_planes):
         plane = np.asarray(fragments[z])
@@ -527,11 +533,17 @@ def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, tighten: b
         inverse = inverse.reshape(plane.shape)
         position = np.searchsorted(ids, values).clip(0, max(ids.size - 1, 0))
         found = values != 0
-        new = np.where(found, objects[position] if ids.size else 0, 0)[inverse]
-        if tighten and found.any():
+        named = np.where(found, objects[position] if ids.size else 0, 0)
+        new = named[inverse]
+        if snap and new.any():
+            # each kept fragment's reach: its pixels and the background within _SNAP pixels
+            owner = expand_labels(np.where(new > 0, inverse + 1, 0), _SNAP)
             grey = ndi.gaussian_filter(_plane_image(image, z), 1.0)
-            above = grey >= f.background[z] + np.where(found, level[position], 0.0)[inverse]
-            new[~_closed(above & (new > 0))] = 0
+            edge = np.append(np.inf, np.where(found, level[position], np.inf))[owner]
+            above = grey >= f.background[z] + edge
+            # closing fills notches and holes within the fragment only, never gaps between two
+            keep = above | ((new > 0) & _closed(above))
+            new = np.where(keep, np.append(0, named)[owner], 0)
         new = new.astype(out.dtype)
         if out is not fragments or not np.array_equal(new, plane):
             out[z] = new
