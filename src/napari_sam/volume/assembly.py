@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels
 
 __all__ = ["AssemblySummary", "assemble_objects", "expected_planes"]
 
@@ -537,7 +536,7 @@ def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, snap: bool
         new = named[inverse]
         if snap and new.any():
             # each kept fragment's reach: its pixels and the background within _SNAP pixels
-            owner = expand_labels(np.where(new > 0, inverse + 1, 0), _SNAP)
+            owner = _reach(np.where(new > 0, inverse + 1, 0).astype(np.int32), _SNAP)
             grey = ndi.gaussian_filter(_plane_image(image, z), 1.0)
             edge = np.append(np.inf, np.where(found, level[position], np.inf))[owner]
             above = grey >= f.background[z] + edge
@@ -549,6 +548,17 @@ def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, snap: bool
             out[z] = new
         if progress is not None:
             progress(n_planes + z + 1, 2 * n_planes)
+
+
+def _reach(owner: np.ndarray, steps: int) -> np.ndarray:
+    """``owner`` grown about ``steps`` pixels into its zeros, by steps that alternate 4- and
+    8-connected (an octagon, near a disc; a pixel reached by two owners at once takes the
+    larger). Needs a few planes of int32, where a distance transform (skimage's
+    ``expand_labels``) needs several of int64 and float64: too much for a 4096 px plane."""
+    for step in range(steps):
+        footprint = ndi.generate_binary_structure(2, 1 + step % 2)
+        owner = np.where(owner > 0, owner, ndi.maximum_filter(owner, footprint=footprint))
+    return owner
 
 
 def _closed(mask: np.ndarray, radius: int = 2) -> np.ndarray:
