@@ -529,21 +529,21 @@ def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, snap: bool
     for z in range(n_planes):
         plane = np.asarray(fragments[z])
         values, inverse = np.unique(plane, return_inverse=True)
-        inverse = inverse.reshape(plane.shape)
+        inverse = inverse.reshape(plane.shape).astype(np.int32)  # planes of int32 at most
         position = np.searchsorted(ids, values).clip(0, max(ids.size - 1, 0))
         found = values != 0
-        named = np.where(found, objects[position] if ids.size else 0, 0)
+        named = np.where(found, objects[position] if ids.size else 0, 0).astype(out.dtype)
         new = named[inverse]
         if snap and new.any():
             # each kept fragment's reach: its pixels and the background within _SNAP pixels
-            owner = _reach(np.where(new > 0, inverse + 1, 0).astype(np.int32), _SNAP)
+            owner = _reach(np.where(new > 0, inverse + 1, 0), _SNAP)
             grey = ndi.gaussian_filter(_plane_image(image, z), 1.0)
-            edge = np.append(np.inf, np.where(found, level[position], np.inf))[owner]
-            above = grey >= f.background[z] + edge
+            edge = np.append(np.inf, np.where(found, level[position], np.inf)).astype(np.float32)
+            above = grey >= np.float32(f.background[z]) + edge[owner]
             # closing fills notches and holes within the fragment only, never gaps between two
             keep = above | ((new > 0) & _closed(above))
-            new = np.where(keep, np.append(0, named)[owner], 0)
-        new = new.astype(out.dtype)
+            new = np.where(keep, np.append(np.zeros(1, out.dtype), named)[owner], 0)
+        new = new.astype(out.dtype, copy=False)
         if out is not fragments or not np.array_equal(new, plane):
             out[z] = new
         if progress is not None:
