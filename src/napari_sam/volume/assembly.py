@@ -372,7 +372,6 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
 
     # out-of-focus light trimmed first, so that its wide blobs are not taken for a nucleus of
     # their own beyond a neck; then each part of a split chain trimmed to its own peak
-    n_fragments = sum(len(chain) for chain in chains)
     chains = [core for core in (_trim(c, f.contrast, f.contrast, _HAZE) for c in chains)
               if core]
     if diameter is None:
@@ -388,7 +387,7 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
         n_split += len(parts) - 1
         kept.extend(core for core in (_trim(p, f.contrast, f.plateau, _HALF) for p in parts)
                     if core)
-    trimmed = n_fragments - sum(len(chain) for chain in kept)
+    trimmed = f.ids.size - sum(len(chain) for chain in kept)
 
     blurred = _blurred_planes(f, n_planes)
     objects = np.zeros(f.ids.size, np.int64)
@@ -434,16 +433,24 @@ def _split_at_necks(chain: list[int], area: np.ndarray, neck: float, least: int)
     """``chain`` cut at its deepest neck (recursively) where both sides keep ``least`` planes."""
     if len(chain) < 2 * least:
         return [chain]
-    a = area[chain].astype(float)
-    # a cut between fragments c - 1 and c: as deep as the smaller of them against the smaller
-    # of the peaks on either side; of equally deep cuts, the one between the smallest pair
-    cuts = [(min(a[c - 1], a[c]) / min(a[:c].max(), a[c:].max()), a[c - 1] + a[c], c)
-            for c in range(least, len(chain) - least + 1)]
-    depth, _, cut = min(cuts)
+    depth, cut = _deepest_cut(area[chain].astype(float), least, len(chain) - least,
+                              reach=len(chain))
     if depth >= neck:
         return [chain]
     return (_split_at_necks(chain[:cut], area, neck, least)
             + _split_at_necks(chain[cut:], area, neck, least))
+
+
+def _deepest_cut(values: np.ndarray, first: int, last: int, *, reach: int):
+    """Where a profile along a chain dips most: a cut between positions ``c - 1`` and ``c``
+    (``first <= c <= last``) is as deep as the smaller of the two against the smaller of the
+    peaks within ``reach`` positions on either side; of equally deep cuts, the one between the
+    smallest pair. Returns ``(depth, c)``."""
+    cuts = [(min(values[c - 1], values[c])
+             / min(values[max(c - reach, 0):c].max(), values[c:c + reach].max()),
+             values[c - 1] + values[c], c) for c in range(first, last + 1)]
+    depth, _, cut = min(cuts)
+    return depth, cut
 
 
 def _trim(chain: list[int], contrast: np.ndarray, peak: np.ndarray, share: float) -> list[int]:
@@ -474,10 +481,7 @@ def _split_long(chain: list[int], contrast: np.ndarray, extent: float) -> list[l
     half = max(int(round(extent / 2)), 1)
     if len(chain) <= 1.5 * extent or len(chain) < 2 * half:
         return [chain]
-    v = contrast[chain]
-    cuts = [(min(v[c - 1], v[c]) / min(v[max(c - reach, 0):c].max(), v[c:c + reach].max()),
-             v[c - 1] + v[c], c) for c in range(half, len(chain) - half + 1)]
-    _, _, cut = min(cuts)
+    _, cut = _deepest_cut(contrast[chain], half, len(chain) - half, reach=reach)
     return _split_long(chain[:cut], contrast, extent) + _split_long(chain[cut:], contrast, extent)
 
 
