@@ -255,8 +255,11 @@ def _measure(labels, image, progress, total) -> _Fragments:
         empty = int(values[0] == 0)
         index = index.reshape(plane.shape).astype(np.int32) - empty  # background: -1
         values, counts = values[empty:], counts[empty:]
-        background[z], c, top, s = _contrast_and_sharpness(_plane_image(image, z), index,
-                                                           counts)
+        if values.size:  # a plane without fragments (not segmented, say) is not read
+            background[z], c, top, s = _contrast_and_sharpness(_plane_image(image, z), index,
+                                                               counts)
+        else:
+            c = top = s = np.zeros(0)
         ids.append(values)
         plane_of.append(np.full(values.size, z, np.int32))
         area.append(counts)
