@@ -27,3 +27,8 @@ python -m pip install --quiet -e ".[testing]"
 python -m pip install --quiet --no-deps micro-sam==1.8.14 torch-em==0.10.9 python-elf==0.9.2 \
     bioimage-cpp==0.10.0 xxhash==4.1.0 kornia==0.9.0 kornia-rs==0.2.0
 python -m pip install --quiet matplotlib scikit-learn
+
+# Meta's sam2 1.1.0, the reference of the SAM 2.1 engine (code only, tests only). Its sdist builds
+# a CUDA extension unless told not to, and its build imports torch: build it against the torch
+# installed above (no isolated build environment, which would download another torch).
+SAM2_BUILD_CUDA=0 python -m pip install --quiet --no-build-isolation sam2==1.1.0
