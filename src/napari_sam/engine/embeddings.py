@@ -27,11 +27,15 @@ class Embedding:
         ``(H, W)`` of the image the user gave.
     input_size : tuple of int
         ``(H', W')`` of the image after resizing to the model input, before padding.
+    high_res : tuple of tensors
+        Finer feature levels that the mask decoder also reads (SAM 2: two, at 4x and 2x the
+        embedding's resolution); empty for SAM.
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    high_res: tuple[torch.Tensor, ...] = ()
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -145,6 +149,12 @@ class EmbeddingStore:
             if problem is None:
                 features = np.asarray(entry["features"][...])
                 problem = _check_features(features, attrs)
+            levels = []
+            for i, (shape, sha) in enumerate(zip(attrs.get("high_res_shapes", []),
+                                                 attrs.get("high_res_sha256", []), strict=True)):
+                if problem is None:
+                    levels.append(np.asarray(entry[f"high_res_{i}"][...]))
+                    problem = _check_features(levels[-1], {"shape": shape, "sha256": sha})
         except Exception as error:  # noqa: BLE001 - zarr and its codecs raise many types
             problem = f"it cannot be read ({type(error).__name__}: {error})"
         if problem is not None:
@@ -155,16 +165,27 @@ class EmbeddingStore:
                 stacklevel=2,
             )
             return None
-        return Embedding(features=torch.from_numpy(features).to(device=device, dtype=dtype),
-                         original_size=tuple(attrs["original_size"]),
-                         input_size=tuple(attrs["input_size"]))
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array).to(device=device, dtype=dtype)
+
+        return Embedding(features=tensor(features), original_size=tuple(attrs["original_size"]),
+                         input_size=tuple(attrs["input_size"]),
+                         high_res=tuple(tensor(level) for level in levels))
 
     def put(self, key: str, embedding: Embedding) -> None:
         """Store ``embedding`` under ``key``, replacing whatever was there."""
-        features = np.ascontiguousarray(embedding.features.detach().float().cpu().numpy())
+        def array(tensor: torch.Tensor) -> np.ndarray:
+            return np.ascontiguousarray(tensor.detach().float().cpu().numpy())
+
+        features = array(embedding.features)
+        levels = [array(level) for level in embedding.high_res]
         entry = self._root.create_group(key, overwrite=True)
         entry.create_array("features", data=features, chunks=features.shape)
+        for i, level in enumerate(levels):
+            entry.create_array(f"high_res_{i}", data=level, chunks=level.shape)
         entry.attrs.update(key=key, shape=list(features.shape), sha256=_sha256(features),
+                           high_res_shapes=[list(level.shape) for level in levels],
+                           high_res_sha256=[_sha256(level) for level in levels],
                            original_size=list(embedding.original_size),
                            input_size=list(embedding.input_size), complete=True)
 
