@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -9,29 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from napari_sam.models.common import LayerNorm2d
-from napari_sam.models.transformer import ImageProjections, TwoWayTransformer
-
-
-class MLP(nn.Module):
-    """Linear layers with ReLU between them (none after the last).
-
-    Parameters
-    ----------
-    input_dim, hidden_dim, output_dim : int
-        Widths.
-    num_layers : int
-        Number of linear layers.
-    """
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        widths = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x)
+from napari_sam.models.transformer import MLP, ImageProjections, TwoWayTransformer
 
 
 @dataclass
@@ -139,8 +118,15 @@ class MaskDecoder(nn.Module):
         image_embeddings: torch.Tensor,
         image_pe: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        high_res_features: Sequence[torch.Tensor] | None = None,
     ) -> DecoderImageContext:
-        """Everything the decoder computes on the image side before it sees sparse prompts."""
+        """Everything the decoder computes on the image side before it sees sparse prompts.
+
+        ``high_res_features`` exists for the signature shared with SAM 2's decoder
+        (:class:`~napari_sam.models.sam2.mask_decoder.Sam2MaskDecoder`); SAM takes none.
+        """
+        if high_res_features is not None:
+            raise ValueError("SAM's mask decoder takes no high_res_features; pass None")
         h, w = image_embeddings.shape[-2:]
         # Contiguous token layouts keep every later residual sum and layer norm copy-free.
         tokens = (image_embeddings + dense_prompt_embeddings).flatten(2).transpose(1, 2).contiguous()
@@ -187,33 +173,49 @@ class MaskDecoder(nn.Module):
         mask_tokens, image_tokens = outputs.mask_tokens, outputs.image_tokens
         if index is not None:
             mask_tokens, image_tokens = mask_tokens[index], image_tokens[index]
-        selected = self._selected(multimask_output)
-        # Upscale the image tokens and dot them with one hypernetwork output per mask token.
-        batch, (h, w) = mask_tokens.shape[0], outputs.size
-        upscaled = self._upscale(image_tokens)
+        hyper_in = self._hypernetworks(mask_tokens, self._selected(multimask_output))
+        return self._dot(hyper_in, self._upscale(image_tokens), outputs.size)
+
+    def _hypernetworks(self, mask_tokens: torch.Tensor, selected: slice) -> torch.Tensor:
+        """``(B, k, C/8)`` hypernetwork outputs of the ``selected`` mask tokens."""
         mlps = self.output_hypernetworks_mlps
-        hyper_in = torch.stack(
-            [mlps[i](mask_tokens[:, i, :]) for i in range(self.num_mask_tokens)[selected]], dim=1
-        )
-        masks = hyper_in @ upscaled.transpose(1, 2)  # (B, masks, h*w*16), in sub-pixel order
+        indices = range(self.num_mask_tokens)[selected]
+        return torch.stack([mlps[i](mask_tokens[:, i, :]) for i in indices], dim=1)
+
+    @staticmethod
+    def _dot(hyper_in: torch.Tensor, upscaled: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Mask logits ``(B, k, 4h, 4w)``: hypernetwork outputs dotted with upscaled tokens."""
+        (batch, k, _), (h, w) = hyper_in.shape, size
+        masks = hyper_in @ upscaled.transpose(1, 2)  # (B, k, h*w*16), in sub-pixel order
         # Sub-pixel order (row, col, dy1, dx1, dy2, dx2) to rows 4*row + 2*dy1 + dy2 (columns alike).
-        masks = masks.view(batch, hyper_in.shape[1], h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-        return masks.reshape(batch, hyper_in.shape[1], 4 * h, 4 * w)
+        masks = masks.view(batch, k, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return masks.reshape(batch, k, 4 * h, 4 * w)
 
     def _selected(self, multimask_output: bool) -> slice:
         return slice(1, None) if multimask_output else slice(0, 1)
 
-    def _upscale(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _upscale(
+        self, tokens: torch.Tensor, skips: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """``output_upscaling`` on image tokens ``(B, h*w, C)``, giving ``(B, h*w*16, C/8)``.
 
         Each 2x upsampling turns a pixel into 4 sub-pixels in place, and the layer norm and
         activations act per pixel, so the tokens stay in sub-pixel order throughout; only the
         final masks (far fewer channels) are rearranged into an image.
+
+        ``skips``, if given, are added after the first and the second upsampling (SAM 2's
+        high-resolution features): ``(B or 1, h*w*4, C/4)`` and ``(B or 1, h*w*16, C/8)``, in
+        the same sub-pixel order.
         """
         up1, norm, act1, up2, act2 = self.output_upscaling
         x = up1.subpixels(tokens)
+        if skips is not None:
+            x = x + skips[0]
         x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        return act2(up2.subpixels(x))
+        x = up2.subpixels(x)
+        if skips is not None:
+            x = x + skips[1]
+        return act2(x)
 
 
 class Upsample2x(nn.ConvTranspose2d):

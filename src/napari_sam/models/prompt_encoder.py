@@ -13,8 +13,9 @@ from torch import nn
 
 from napari_sam.models.common import LayerNorm2d
 
-# Point labels understood by the network. PAD marks padding tokens, which get no position.
-PAD, NEGATIVE, POSITIVE = -1, 0, 1
+# Point labels understood by the network. PAD marks padding tokens, which get no position;
+# SAM 2 gives a box as two points labelled TOP_LEFT and BOTTOM_RIGHT.
+PAD, NEGATIVE, POSITIVE, TOP_LEFT, BOTTOM_RIGHT = -1, 0, 1, 2, 3
 
 
 class RandomFourierPositions(nn.Module):
@@ -120,7 +121,8 @@ class PromptEncoder(nn.Module):
         ----------
         points : tuple of (B, N, 2) and (B, N) tensors, optional
             Point coordinates ``(x, y)`` in input pixels and labels (1 positive, 0 negative,
-            -1 padding).
+            -1 padding; 2 and 3 the top-left and bottom-right corners of a box, as SAM 2 gives
+            boxes).
         boxes : (B, 4) tensor, optional
             Boxes ``(x0, y0, x1, y1)`` in input pixels.
         masks : (B, 1, 4h, 4w) tensor, optional
@@ -154,13 +156,10 @@ class PromptEncoder(nn.Module):
             coords = torch.cat([coords, coords.new_zeros((coords.shape[0], 1, 2))], dim=1)
             labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), PAD)], dim=1)
         embedding = self.pe_layer.points(coords, self.input_image_size)
-        label_embedding = torch.stack(
-            [
-                self.not_a_point_embed.weight[0],
-                self.point_embeddings[NEGATIVE].weight[0],
-                self.point_embeddings[POSITIVE].weight[0],
-            ]
-        )[(labels + 1).long()]
+        # Rows for the labels PAD, NEGATIVE, POSITIVE, TOP_LEFT, BOTTOM_RIGHT, in that order.
+        label_embedding = torch.cat(
+            [self.not_a_point_embed.weight] + [e.weight for e in self.point_embeddings]
+        )[(labels - PAD).long()]
         is_pad = (labels == PAD).unsqueeze(-1)
         return torch.where(is_pad, label_embedding, embedding + label_embedding)
 
@@ -168,7 +167,7 @@ class PromptEncoder(nn.Module):
         corners = (boxes + 0.5).reshape(-1, 2, 2)
         embedding = self.pe_layer.points(corners, self.input_image_size)
         corner_embedding = torch.cat(
-            [self.point_embeddings[2].weight, self.point_embeddings[3].weight]
+            [self.point_embeddings[TOP_LEFT].weight, self.point_embeddings[BOTTOM_RIGHT].weight]
         )
         return embedding + corner_embedding
 

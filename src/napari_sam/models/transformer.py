@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from napari_sam.models.common import MLPBlock
+
+# Parameter names of the MLP in the two-way blocks: SAM's checkpoints call its layers
+# ``mlp.lin1`` / ``mlp.lin2``, SAM 2's ``mlp.layers.0`` / ``mlp.layers.1``; the network is the same.
+MLP_LAYOUTS = ("sam", "sam2")
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (none after the last).
+
+    Parameters
+    ----------
+    input_dim, hidden_dim, output_dim : int
+        Widths.
+    num_layers : int
+        Number of linear layers.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        widths = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
 
 
 class Attention(nn.Module):
@@ -134,6 +162,8 @@ class TwoWayAttentionBlock(nn.Module):
         Internal width reduction of the cross attentions.
     skip_first_layer_pe : bool
         The first block's self-attention sees no positional encoding and has no residual.
+    mlp_layout : {"sam", "sam2"}
+        Parameter names of the MLP, as in SAM's or SAM 2's checkpoints (same network).
     """
 
     def __init__(
@@ -144,15 +174,21 @@ class TwoWayAttentionBlock(nn.Module):
         mlp_dim: int,
         attention_downsample_rate: int = 2,
         skip_first_layer_pe: bool = False,
+        mlp_layout: str = "sam",
     ) -> None:
         super().__init__()
+        if mlp_layout not in MLP_LAYOUTS:
+            raise ValueError(f"mlp_layout must be one of {MLP_LAYOUTS}, got {mlp_layout!r}")
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
         self.cross_attn_token_to_image = Attention(
             embedding_dim, num_heads, downsample_rate=attention_downsample_rate
         )
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = MLPBlock(embedding_dim, mlp_dim, act=nn.ReLU)
+        if mlp_layout == "sam":
+            self.mlp = MLPBlock(embedding_dim, mlp_dim, act=nn.ReLU)
+        else:
+            self.mlp = MLP(embedding_dim, mlp_dim, embedding_dim, num_layers=2)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
         self.cross_attn_image_to_token = Attention(
@@ -224,6 +260,8 @@ class TwoWayTransformer(nn.Module):
         Number of blocks, width, heads and MLP hidden width.
     attention_downsample_rate : int
         Internal width reduction of the cross attentions.
+    mlp_layout : {"sam", "sam2"}
+        Parameter names of the blocks' MLPs, as in SAM's or SAM 2's checkpoints.
     """
 
     def __init__(
@@ -234,6 +272,7 @@ class TwoWayTransformer(nn.Module):
         num_heads: int,
         mlp_dim: int,
         attention_downsample_rate: int = 2,
+        mlp_layout: str = "sam",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -243,6 +282,7 @@ class TwoWayTransformer(nn.Module):
                 mlp_dim=mlp_dim,
                 attention_downsample_rate=attention_downsample_rate,
                 skip_first_layer_pe=i == 0,
+                mlp_layout=mlp_layout,
             )
             for i in range(depth)
         )
