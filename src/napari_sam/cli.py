@@ -180,6 +180,29 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--stability-score-thresh", type=float)
     stack.set_defaults(run=_segment_stack, kept=_kept_planes)
 
+    track = commands.add_parser(
+        "propagate",
+        help="follow seeded objects through a stack with SAM 2.1's memory into 3D labels",
+        description="Objects given on some planes (a labels plane, a label volume with some "
+        "planes drawn, or points) are followed up and down through the stack by SAM 2.1, each "
+        "with its memory of the planes before, until it ends. The labels are written plane by "
+        "plane into a uint32 zarr array, with the seeds' ids.",
+    )
+    track.add_argument("source", help="zarr store, OME-zarr, tiff/OME-tiff or .npy volume")
+    track.add_argument("seeds", help="labels (.tif, .npy, zarr) of one plane (with --plane) or "
+                       "of the volume, or points (.csv: napari's axis-0,axis-1,axis-2 or z,y,x, "
+                       "optional id column)")
+    track.add_argument("-o", "--output", type=Path, required=True, help="output zarr array")
+    _model_options(track)
+    track.add_argument("--axes", help="axes of the volume, e.g. zyx (default: guessed)")
+    track.add_argument("--plane", type=int, help="the plane of a one-plane labels seed")
+    track.add_argument("--cache", type=Path, help="embedding cache to reuse and fill")
+    track.add_argument("--follow-absent", action="store_true",
+                       help="follow every object to the end of the stack, even where the model "
+                       "says it has ended (SAM 2's video behaviour; slower)")
+    _overwrite_option(track)
+    track.set_defaults(run=_propagate, kept=_kept_tracked)
+
     sample = commands.add_parser("sample", help="write a synthetic fluorescence nuclei image or stack")
     sample.add_argument("output", type=Path,
                         help="output file: .tif or .npy (uint16), or .png (16-bit grey) for one image")
@@ -347,6 +370,19 @@ def _segment_stack(args: argparse.Namespace) -> int:
     linked = f", {summary.objects_3d} objects in 3D" if summary.linked else ""
     print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "
           f"{summary.objects} objects in them{linked}; {summary.scale} ({summary.seconds:.0f} s)")
+    return 0
+
+
+def _propagate(args: argparse.Namespace) -> int:
+    from napari_sam.volume.tracking import track_stack
+
+    summary = track_stack(
+        args.source, args.seeds, args.output, model=args.model, checkpoint=args.checkpoint,
+        device=args.device, axes=args.axes, plane=args.plane, cache=args.cache,
+        overwrite=args.overwrite, end_after=None if args.follow_absent else 2,
+        progress=_progress("propagate"))
+    print(f"{args.output}: {summary.objects} objects followed through {summary.planes} planes "
+          f"({summary.seconds:.0f} s)")
     return 0
 
 
@@ -520,6 +556,13 @@ def _kept_planes(args: argparse.Namespace, started: float) -> str:
     finished = sum(1 for marker in done.iterdir() if marker.name.isdigit())
     return (f"{finished} planes of {str(args.output)!r} are finished and kept; run the same "
             "command with --resume to continue")
+
+
+def _kept_tracked(args: argparse.Namespace, started: float) -> str:
+    if not args.output.exists() or args.output.stat().st_mtime < started:
+        return "nothing was written"
+    return (f"the planes finished so far are in {str(args.output)!r}; run the same command with "
+            "--overwrite to propagate again")
 
 
 def _kept_embeddings(args: argparse.Namespace, started: float) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 
 from napari_sam.engine.denormals import flush_denormals
 from napari_sam.engine.embeddings import Embedding
@@ -16,12 +17,16 @@ from napari_sam.engine.resize import resize_rgb, scale_xy
 from napari_sam.engine.selection import check_strategy, select_mask
 from napari_sam.models.mask_decoder import DecoderImageContext, DecoderOutputs
 from napari_sam.models.sam import Sam
+from napari_sam.models.sam2.mask_decoder import points_with_box
+from napari_sam.models.sam2.model import Sam2
 
 # Logit given to a low-resolution pixel wholly inside (+) or outside (-) a mask prompt. The
 # decoder learnt mask prompts from its own earlier logits, which inside a confident mask average
 # about +9 (nuclei_s), so +-10 reads as "certainly in / out" without leaving the range it saw.
 # The value matters little: the answers barely change between +-4 and +-20.
 MASK_PROMPT_LOGIT = 10.0
+# SAM 2's predictor clips the low-resolution logits it returns to this range.
+SAM2_LOGIT_CLIP = 32.0
 
 
 @dataclass
@@ -51,7 +56,7 @@ class Predictor:
 
     Parameters
     ----------
-    model : Sam
+    model : Sam or Sam2
         A model from :func:`napari_sam.load_model`.
     enlarge : bool
         Images smaller than the model input are enlarged to it, as Meta's ``SamPredictor``
@@ -66,7 +71,7 @@ class Predictor:
     >>> best = masks[scores.argmax()]  # doctest: +SKIP
     """
 
-    def __init__(self, model: Sam, *, enlarge: bool = True) -> None:
+    def __init__(self, model: Sam | Sam2, *, enlarge: bool = True) -> None:
         self.model = model.eval()
         self.enlarge = enlarge
         self._embedding: Embedding | None = None
@@ -98,16 +103,35 @@ class Predictor:
         Embedding
         """
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, limits=limits)
-        resized = resize_rgb(rgb, self.long_side(rgb.shape[:2]))
         model = self.model
-        x = torch.as_tensor(resized, device=model.device).permute(2, 0, 1)[None].float()
+        if self._square:
+            # SAM 2 was trained on images stretched to its square input, resized in floating
+            # point (torchvision's antialiased bilinear), not padded.
+            x = torch.as_tensor(rgb, device=model.device).permute(2, 0, 1)[None].float()
+            side = model.img_size
+            if rgb.shape[:2] != (side, side):
+                x = F.interpolate(x, (side, side), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            input_size = (side, side)
+        else:
+            resized = resize_rgb(rgb, self.long_side(rgb.shape[:2]))
+            x = torch.as_tensor(resized, device=model.device).permute(2, 0, 1)[None].float()
+            input_size = resized.shape[:2]
         x = model.preprocess(x).to(model.dtype)
-        features = model.image_encoder(x)
-        embedding = Embedding(
-            features=features, original_size=rgb.shape[:2], input_size=resized.shape[:2]
-        )
+        if isinstance(model, Sam2):
+            plane = model.encode_image(x)
+            features, high_res = plane.features, plane.high_res
+        else:
+            features, high_res = model.image_encoder(x), ()
+        embedding = Embedding(features=features, original_size=rgb.shape[:2],
+                              input_size=input_size, high_res=tuple(high_res))
         self.set_embedding(embedding)
         return embedding
+
+    @property
+    def _square(self) -> bool:
+        """Whether images are stretched to the square model input (SAM 2 with ``enlarge``)."""
+        return self.enlarge and isinstance(self.model, Sam2)
 
     def long_side(self, shape: tuple[int, int]) -> int:
         """The longer side an image of ``shape`` gets before padding to the model input."""
@@ -264,6 +288,8 @@ class Predictor:
         low_res, scores = decoder.predict_masks(outputs, multimask), decoder.predict_iou(outputs, multimask)
         masks = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
         masks = masks > self.model.mask_threshold
+        if isinstance(self.model, Sam2):  # as SAM 2's predictor, to feed back as mask_input
+            low_res = low_res.clamp(-SAM2_LOGIT_CLIP, SAM2_LOGIT_CLIP)
         return masks.cpu().numpy(), scores.float().cpu().numpy(), low_res.float().cpu().numpy()
 
     @flush_denormals
@@ -328,6 +354,8 @@ class Predictor:
         if prompts.boxes is not None:
             corners = scale_xy(box_rc_to_xy(prompts.boxes).reshape(-1, 2, 2), original, resized)
             boxes = tensor(corners.reshape(-1, 4), torch.float32)
+        if boxes is not None and isinstance(model, Sam2):  # corners as points, before the clicks
+            points, boxes = points_with_box(*(points or (None, None)), boxes), None
         masks = tensor(prompts.mask_input)
 
         sparse, dense = model.prompt_encoder(points, boxes, masks)
@@ -340,10 +368,13 @@ class Predictor:
         return model.mask_decoder.transform(context, sparse)
 
     def _image_context(self, dense: torch.Tensor) -> DecoderImageContext:
-        prompt_encoder = self.model.prompt_encoder
-        return self.model.mask_decoder.image_context(
-            self._embedding.features, prompt_encoder.get_dense_pe(), dense
-        )
+        model, embedding = self.model, self._embedding
+        pe = model.prompt_encoder.get_dense_pe()
+        if isinstance(model, Sam2):  # a single image is a first plane: "no memory"
+            features = model.condition(embedding.features, [], [], 1)
+            return model.mask_decoder.image_context(features, pe, dense,
+                                                    high_res_features=embedding.high_res)
+        return model.mask_decoder.image_context(embedding.features, pe, dense)
 
 
 def _resize_float(array: np.ndarray, shape: tuple[int, int], resample=Image.BILINEAR) -> np.ndarray:

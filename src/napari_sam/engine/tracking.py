@@ -279,8 +279,8 @@ class PlaneTracker:
         planes = [] if reverse and start == 0 else range(start, stop, step)
         absent_run = {obj_id: 0 for obj_id in self._objects}
         for plane in planes:
-            active = [i for i in self._objects
-                      if self.end_after is None or absent_run[i] < self.end_after]
+            active = [i for i, obj in self._objects.items()
+                      if not self._ended(obj, plane, reverse, absent_run[i])]
             if not active:
                 return
             logits, scores = [], []
@@ -298,6 +298,13 @@ class PlaneTracker:
                 scores.append(score)
             full = self._to_plane(torch.cat(logits))[:, 0]
             yield TrackedPlane(plane, active, full.float().cpu().numpy(), np.array(scores))
+
+    def _ended(self, obj: _Object, plane: int, reverse: bool, absent_run: int) -> bool:
+        """Whether an object has ended: absent on the last ``end_after`` planes, with no
+        prompted plane ahead in this direction."""
+        if self.end_after is None or absent_run < self.end_after:
+            return False
+        return not any((p < plane) if reverse else (p > plane) for p in obj.prompted)
 
     def propagate_both(self, **kwargs) -> Iterator[TrackedPlane]:
         """:meth:`propagate` upwards, then downwards, from the lowest prompted plane (which is

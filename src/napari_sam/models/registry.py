@@ -13,6 +13,11 @@ from napari_sam.models.instance_decoder import InstanceDecoder
 from napari_sam.models.mask_decoder import MaskDecoder
 from napari_sam.models.prompt_encoder import PromptEncoder
 from napari_sam.models.sam import Sam
+from napari_sam.models.sam2.image_encoder import build_hiera_encoder
+from napari_sam.models.sam2.mask_decoder import build_sam2_heads
+from napari_sam.models.sam2.memory_attention import MemoryAttention
+from napari_sam.models.sam2.memory_encoder import MemoryEncoder
+from napari_sam.models.sam2.model import Sam2
 from napari_sam.models.tiny_vit import TinyViT
 from napari_sam.models.transformer import TwoWayTransformer
 
@@ -111,6 +116,18 @@ def build_sam_vit_t() -> Sam:
     return build_sam(TinyViT(img_size=1024), embedding_size=64)
 
 
+def build_sam2_1(size: str, img_size: int = 1024) -> Sam2:
+    """SAM 2.1 with a Hiera image encoder of ``size`` ("tiny", "small", "base_plus", "large").
+
+    ``img_size`` other than 1024 gives the same weights a smaller input (for tests; the official
+    models were trained at 1024).
+    """
+    prompt_encoder, mask_decoder = build_sam2_heads(image_size=img_size)
+    return Sam2(image_encoder=build_hiera_encoder(size, img_size=img_size),
+                memory_attention=MemoryAttention(), memory_encoder=MemoryEncoder(),
+                sam_prompt_encoder=prompt_encoder, sam_mask_decoder=mask_decoder)
+
+
 def build_instance_decoder(
     sam: Sam, *, features: int = 64, transposed: bool = False, image_statistics: bool = True
 ) -> InstanceDecoder:
@@ -175,7 +192,7 @@ class ModelSpec:
     """
 
     name: str
-    build: Callable[[], Sam]
+    build: Callable[[], Sam | Sam2]
     url: str | None
     known_hash: str | None
     description: str
@@ -280,6 +297,25 @@ MODELS: dict[str, ModelSpec] = {
                 ("vit_l", "em_organelles", "organelles in electron microscopy",
                  "humorous-crab/1.2", "810b084b6e51acdbf760a993d8619f2d",
                  "334877640bfdaaabce533e3252a17294"),
+            )
+        ),
+        # Meta's SAM 2.1 (Ravi et al., 2024): Hiera encoders with a memory that follows objects
+        # through a video, here through the planes of a stack. Meta publishes no checksums for
+        # these files: a download is checked by its keys and shapes only.
+        *(
+            ModelSpec(
+                name=f"sam2.1_hiera_{size}",
+                build=partial(build_sam2_1, size),
+                url=f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_{size}.pt",
+                known_hash=None,
+                description=f"Meta's SAM 2.1 Hiera-{label} ({about}): follows objects through "
+                "the planes of a stack",
+            )
+            for size, label, about in (
+                ("tiny", "T", "39M parameters, 156 MB"),
+                ("small", "S", "46M parameters, 184 MB"),
+                ("base_plus", "B+", "81M parameters, 324 MB"),
+                ("large", "L", "224M parameters, 898 MB"),
             )
         ),
     )

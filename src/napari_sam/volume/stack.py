@@ -217,7 +217,7 @@ def segment_stack(
             "time point or channel first, e.g. open_volume(path).data[t]"
         )
     todo = _planes(volume, z)
-    _check_paths(source=volume.path, output=output, cache=cache)
+    check_paths(source=volume.path, output=output, cache=cache)
     job = _job(volume, output, model=model, checkpoint=checkpoint, device=device,
                diameter=diameter, tile=tile, halo=halo, cache=cache, mode=mode,
                options=amg_options, keep_model=serial)
@@ -324,7 +324,7 @@ def _check_parallel(model, workers, scheduler) -> bool:
     return serial
 
 
-def _check_paths(*, source: str | None, output: str | os.PathLike | None,
+def check_paths(*, source: str | None, output: str | os.PathLike | None,
                  cache: str | os.PathLike | None) -> None:
     """Refuse a cache that is, holds or lies in the source or the output, and an output that
     is, holds or lies in the source: each would write into the other."""
@@ -415,7 +415,7 @@ def embed_stack(source, cache: str | os.PathLike, *, model=None,
     """
     volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
     planes = _planes(volume, z)
-    _check_paths(source=volume.path, output=None, cache=cache)
+    check_paths(source=volume.path, output=None, cache=cache)
     job = _job(volume, "", model=model, checkpoint=checkpoint, device=device, diameter=diameter,
                tile=tile, halo=halo, cache=cache, options={}, keep_model=True)
     segmenter = job.segmenter()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from napari_sam.models.mask_decoder import MLP
+from napari_sam.models.transformer import MLP
 from napari_sam.models.sam2.positions import sine_1d, sine_grid
 
 # ImageNet statistics in 0-255 units (SAM 2 normalises 0-1 images with (0.485, 0.456, 0.406)
@@ -207,8 +207,7 @@ class Sam2(nn.Module):
     def encode_image(self, x: torch.Tensor) -> PlaneFeatures:
         """Features of a batch of preprocessed images (see :meth:`preprocess`)."""
         levels = self.image_encoder(x)["backbone_fpn"]
-        decoder = self.sam_mask_decoder
-        return PlaneFeatures(levels[2], (decoder.conv_s0(levels[0]), decoder.conv_s1(levels[1])))
+        return PlaneFeatures(levels[2], self.sam_mask_decoder.project_high_res(levels[0], levels[1]))
 
     @staticmethod
     def _positions(channels: int, grid: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,280 @@
+"""Objects followed through a stack by SAM 2.1's memory, from seeds into a label volume.
+
+Seeds are a labels plane (or a label volume with some planes drawn: each object on each plane
+where it appears is a mask prompt) or points (one object per point, or per id). Each plane is
+embedded once (through the :class:`~napari_sam.engine.embeddings.EmbeddingStore` when a cache
+is given) and the objects are propagated up and down from the planes they were given on
+(:class:`~napari_sam.engine.tracking.PlaneTracker`); every plane is written as soon as it is
+done, so memory stays bounded by a few planes whatever the volume size, and the planes written
+before an error or an interruption stay valid.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_sam.engine.embeddings import EmbeddingStore
+from napari_sam.engine.predictor import Predictor
+from napari_sam.engine.tracking import PlaneTracker
+from napari_sam.models.loading import load_model
+from napari_sam.models.sam2.model import PlaneFeatures, Sam2
+from napari_sam.volume.io import Volume, open_volume, plane_rgb, volume_limits
+from napari_sam.volume.stack import check_paths
+
+#: The model used for propagation when none is named: the smallest SAM 2.1.
+DEFAULT_TRACKING_MODEL = "sam2.1_hiera_tiny"
+
+
+@dataclass
+class Seed:
+    """One object's prompt on one plane: a mask, or clicks ``(row, col)`` on the object."""
+
+    plane: int
+    object_id: int
+    mask: np.ndarray | None = None
+    points: np.ndarray | None = None
+
+
+@dataclass
+class TrackSummary:
+    """What :func:`track_stack` did.
+
+    Attributes
+    ----------
+    objects : int
+        Objects seeded.
+    planes : int
+        Planes written.
+    seconds : float
+    """
+
+    objects: int
+    planes: int
+    seconds: float
+    ids: list[int] = field(default_factory=list)
+
+
+def read_seeds(seeds, volume: Volume, *, plane: int | None = None) -> list[Seed]:
+    """Prompts from a labels plane, a label volume, or points.
+
+    Parameters
+    ----------
+    seeds : array, path or Volume
+        ``(H, W)`` labels of one plane (with ``plane``); labels of the volume's shape, in which
+        every object on every plane where it appears is a mask prompt; ``(N, 3)`` points
+        ``(plane, row, col)``, each its own object; or a file of one of these (tiff, npy, zarr;
+        or csv of points, with napari's columns ``axis-0, axis-1, axis-2`` or ``z, y, x`` and
+        an optional ``id`` column that gives several clicks to one object).
+    volume : Volume
+        The stack the seeds belong to.
+    plane : int, optional
+        The plane of a 2D labels seed.
+
+    Raises
+    ------
+    ValueError
+        Seeds of another shape than the planes or the volume, points outside the volume, a 2D
+        labels seed without ``plane``, or no object at all.
+    """
+    if isinstance(seeds, (str, os.PathLike)) and Path(seeds).suffix.lower() == ".csv":
+        return _point_seeds(*_read_points_csv(Path(seeds)), volume)
+    array = seeds if isinstance(seeds, Volume) else None
+    if array is None and isinstance(seeds, (str, os.PathLike)):
+        array = open_volume(seeds)
+    if array is None:
+        data = np.asarray(seeds)
+        if data.ndim == 2 and data.shape[1] == 3 and data.shape != volume.plane_shape:
+            return _point_seeds(data, None, volume)
+        array = data
+    shape = tuple(array.shape)
+    if shape == tuple(volume.plane_shape):
+        if plane is None:
+            raise ValueError("the seeds are one labels plane: say which plane of the stack it is "
+                             "(plane=..., --plane Z)")
+        found = _label_seeds(np.asarray(array.plane(0) if isinstance(array, Volume) else array),
+                             _check_plane(plane, volume))
+    elif shape == tuple(volume.planes) + tuple(volume.plane_shape):
+        found = []
+        for z in range(volume.n_planes):
+            labels = array.plane(z) if isinstance(array, Volume) else np.asarray(array)[
+                np.unravel_index(z, volume.planes)]
+            found += _label_seeds(np.asarray(labels), z)
+    else:
+        raise ValueError(
+            f"seeds of shape {shape} fit neither a plane {tuple(volume.plane_shape)} nor the "
+            f"volume {tuple(volume.planes) + tuple(volume.plane_shape)}: give labels of one of "
+            "these shapes, or (N, 3) points (plane, row, col)")
+    if not found:
+        raise ValueError("the seeds hold no object (all labels are 0): draw at least one")
+    return found
+
+
+def _label_seeds(labels: np.ndarray, plane: int) -> list[Seed]:
+    if labels.dtype.kind not in "iub":
+        raise ValueError(f"seed labels must be integers, got {labels.dtype}")
+    return [Seed(plane, int(i), mask=labels == i) for i in np.unique(labels) if i > 0]
+
+
+def _read_points_csv(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(N, 3)`` points and optional ids from a csv (napari's points export, or z, y, x)."""
+    with path.open(newline="") as file:
+        rows = list(csv.reader(file))
+    if not rows:
+        raise ValueError(f"{str(path)!r} is empty: give points as plane, row, col")
+    header = [name.strip().lower() for name in rows[0]]
+    for names in (("axis-0", "axis-1", "axis-2"), ("z", "y", "x")):
+        if all(name in header for name in names):
+            columns = [header.index(name) for name in names]
+            break
+    else:
+        raise ValueError(f"{str(path)!r} has no columns axis-0, axis-1, axis-2 (napari) or z, y, "
+                         f"x: its header is {rows[0]}")
+    ids = header.index("id") if "id" in header else None
+    try:
+        points = np.array([[float(row[c]) for c in columns] for row in rows[1:]], float)
+        object_ids = None if ids is None else np.array([int(float(row[ids])) for row in rows[1:]])
+    except (ValueError, IndexError) as error:
+        raise ValueError(f"{str(path)!r} has a row that is not numbers: {error}") from None
+    return points.reshape(-1, 3), object_ids
+
+
+def _point_seeds(points: np.ndarray, ids: np.ndarray | None, volume: Volume) -> list[Seed]:
+    points = np.asarray(points, float).reshape(-1, 3)
+    if len(points) == 0:
+        raise ValueError("the seeds hold no point: give at least one (plane, row, col)")
+    limits = (volume.n_planes, *volume.plane_shape)
+    outside = ~((points >= 0) & (points < np.array(limits) - 0.5)).all(axis=1)
+    if outside.any():
+        raise ValueError(f"seed point {points[outside][0].tolist()} lies outside the volume "
+                         f"(planes, rows, columns) = {limits}")
+    if ids is None:
+        ids = np.arange(1, len(points) + 1)
+    if (ids < 1).any():
+        raise ValueError("seed ids must be positive integers")
+    planes = np.rint(points[:, 0]).astype(int)
+    seeds = []
+    for object_id in dict.fromkeys(ids.tolist()):
+        mine = ids == object_id
+        for z in np.unique(planes[mine]):
+            at = mine & (planes == z)
+            seeds.append(Seed(int(z), int(object_id), points=points[at, 1:]))
+    return seeds
+
+
+def _check_plane(plane, volume: Volume) -> int:
+    if not isinstance(plane, (int, np.integer)) or not 0 <= plane < volume.n_planes:
+        raise ValueError(f"plane {plane!r} is outside the stack (planes 0 to {volume.n_planes - 1})")
+    return int(plane)
+
+
+def plane_features(model: Sam2, volume: Volume, limits, store: EmbeddingStore | None = None
+                   ) -> Callable[[int], PlaneFeatures]:
+    """``features(plane)``: a plane's SAM 2.1 features, from the store when it has them."""
+    predictor = Predictor(model)
+
+    def features(plane: int) -> PlaneFeatures:
+        rgb = plane_rgb(volume, plane, limits)
+        embedding = predictor.set_image(rgb) if store is None else store.embed(predictor, rgb)
+        return PlaneFeatures(embedding.features, tuple(embedding.high_res))
+
+    return features
+
+
+def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None = None,
+                checkpoint=None, device="auto", axes: str | None = None, plane: int | None = None,
+                cache: str | os.PathLike | None = None, overwrite: bool = False,
+                end_after: int | None = 2,
+                progress: Callable[[int, int], None] | None = None) -> TrackSummary:
+    """Follow seeded objects through a stack with SAM 2.1 and write their 3D labels.
+
+    Parameters
+    ----------
+    source : path, array or Volume
+        Anything :func:`napari_sam.volume.open_volume` opens.
+    seeds : array or path
+        See :func:`read_seeds`.
+    output : path
+        A new zarr array (uint32, one chunk per plane) for the labels; ids are the seeds' ids.
+    model, checkpoint, device
+        As :func:`napari_sam.load_model`; a SAM 2.1 model (``"sam2.1_hiera_tiny"`` by default).
+    axes : str, optional
+        Axes of the source, e.g. ``"zyx"``.
+    plane : int, optional
+        The plane of a 2D labels seed.
+    cache : path, optional
+        Embedding cache (zarr group) to read and fill.
+    overwrite : bool
+        Replace an existing output.
+    end_after : int or None
+        See :class:`~napari_sam.engine.tracking.PlaneTracker`.
+    progress : callable, optional
+        ``progress(done, total)`` after each plane written.
+
+    Raises
+    ------
+    ValueError, TypeError, FileExistsError
+        Bad seeds, a SAM model instead of SAM 2.1, an existing output: before anything is
+        written.
+    """
+    started = time.perf_counter()
+    volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
+    if len(volume.planes) != 1:
+        raise ValueError(f"propagation needs a 3D stack, the volume has plane axes "
+                         f"{volume.plane_axes!r}: pick one time point or channel first")
+    check_paths(source=volume.path, output=output, cache=cache)
+    found = read_seeds(seeds, volume, plane=plane)
+    loaded = load_model(model or (None if checkpoint else DEFAULT_TRACKING_MODEL), checkpoint,
+                        device)
+    if not isinstance(loaded, Sam2):
+        raise TypeError(f"propagation through z needs a SAM 2.1 model, {loaded.name!r} is a SAM "
+                        "model: pass --model sam2.1_hiera_tiny (or small, base_plus, large)")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{str(output)!r} exists: pass overwrite=True (--overwrite) or "
+                              "choose another output")
+    store = EmbeddingStore(cache) if cache is not None else None
+    tracker = PlaneTracker(loaded, n_planes=volume.n_planes, plane_shape=volume.plane_shape,
+                           features_for=plane_features(loaded, volume, volume_limits(volume), store),
+                           end_after=end_after)
+    for seed in found:
+        tracker.add_prompt(seed.plane, seed.object_id, mask=seed.mask, points=seed.points)
+    labels = _create_labels(output, volume)
+    written: set[int] = set()
+    for tracked in tracker.propagate_both():
+        labels[tracked.plane] = tracked.labels()
+        written.add(tracked.plane)
+        if progress is not None:
+            progress(len(written), volume.n_planes)
+    if progress is not None and len(written) < volume.n_planes:
+        progress(volume.n_planes, volume.n_planes)  # the objects ended before the last planes
+    return TrackSummary(len(tracker.object_ids), len(written), time.perf_counter() - started,
+                        tracker.object_ids)
+
+
+def _create_labels(path: Path, volume: Volume):
+    """A new label array, made in a hidden sibling and renamed into place, so that no half-made
+    output is ever seen at ``path``."""
+    import zarr
+
+    building = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.incomplete"
+    shape = (volume.n_planes, *volume.plane_shape)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        zarr.create_array(store=str(building), shape=shape, chunks=(1, *volume.plane_shape),
+                          dtype="uint32", fill_value=0)
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.rename(building, path)
+    except OSError as error:
+        shutil.rmtree(building, ignore_errors=True)
+        raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
+    return zarr.open_array(str(path), mode="r+")
