@@ -1,6 +1,10 @@
 """Interactive segmentation: clicks and boxes on the shown slice, a live preview of the mask,
 commit into a labels layer, refine an existing label, propagate an object through z.
 
+Propagation follows the committed object with SAM 2.1's memory when the session's model is a
+SAM 2.1 model (:mod:`napari_sam.plugin.memory`), else by prompting each slice with the previous
+slice's mask (:func:`napari_sam.volume.propagation.propagate`).
+
 Shortcuts (on the prompt, box and preview layers, and on the viewer):
 ``C`` commit, ``M`` next of the 3 masks, ``N`` positive / negative clicks, ``G`` refine the label
 under the cursor.
@@ -15,6 +19,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -45,6 +50,15 @@ from napari_sam.plugin.layers import (
     point_prompts,
     slice_key,
     write_mask,
+)
+from napari_sam.plugin.memory import (
+    MEMORY_TEXT,
+    REPROMPT_TEXT,
+    MemoryStep,
+    MemorySummary,
+    follow,
+    free_pixels,
+    memory_model,
 )
 from napari_sam.plugin.prefetch import SliceEmbedder
 from napari_sam.plugin.session import ImageSource, LayerError, Session
@@ -132,6 +146,8 @@ class InteractiveWidget(QWidget):
         self.cancel = QPushButton("Cancel")
         self.cancel.clicked.connect(lambda: self._flag and self._flag.cancel())
         self.progress = QProgressBar()
+        self.method = QLabel()
+        self.method.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("image", self.image)
@@ -147,6 +163,7 @@ class InteractiveWidget(QWidget):
         layout.addWidget(self.status)
         box = QGroupBox("Propagation")
         propagation = QFormLayout(box)
+        propagation.addRow(self.method)
         propagation.addRow("stop below score", self.min_score)
         propagation.addRow("stop below overlap", self.min_overlap)
         propagation.addRow("stop below contrast", self.min_contrast)
@@ -167,6 +184,13 @@ class InteractiveWidget(QWidget):
             napari_viewer.bind_key(key, _key(action), overwrite=True)
         self._show_polarity(True)
         self.setup_layers()
+        # the model panel may load another model at any time: keep the propagation settings
+        # in step with it
+        self._method_timer = QTimer(self)
+        self._method_timer.setInterval(500)
+        self._method_timer.timeout.connect(self.show_method)
+        self._method_timer.start()
+        self.show_method()
 
     # --- layers -------------------------------------------------------------------------------
 
@@ -359,8 +383,21 @@ class InteractiveWidget(QWidget):
         self.status.setText(f"refining object {value}: add clicks, then C")
         self.request_prediction()
 
+    def show_method(self) -> bool | None:
+        """Say which propagation the session's model gives, and enable the stop settings only
+        where they apply (SAM); returns whether it is SAM 2.1's memory (None: not known until
+        the model loads)."""
+        memory = memory_model(self.session)
+        self.method.setText(MEMORY_TEXT if memory else REPROMPT_TEXT if memory is False
+                            else "the model decides on loading: SAM 2.1 follows objects with "
+                            "its memory, SAM re-prompts each slice")
+        for spin in (self.min_score, self.min_overlap, self.min_contrast):
+            spin.setEnabled(not memory)
+        return memory
+
     def propagate(self):
-        """Carry the last committed object through the neighbouring slices, in a worker.
+        """Carry the last committed object through the neighbouring slices, in a worker: with
+        SAM 2.1's memory when the model is a SAM 2.1 model, else slice by slice.
 
         Returns the worker, or None when there is nothing to propagate.
         """
@@ -376,37 +413,76 @@ class InteractiveWidget(QWidget):
         if not index:
             show_info("napari-sam: the image is 2D: there is nothing to propagate through")
             return None
-        lead = index[:-1]
+        lead, plane = index[:-1], index[-1]
         flag = self._flag = CancelFlag()
         n_planes = source.volume.planes[-1]
+        direction = self.direction.currentText()
+        stops = {"min_score": self.min_score.value(), "min_overlap": self.min_overlap.value(),
+                 "min_contrast": self.min_contrast.value()}
+        session = self.session
+        memory = self.show_method()
 
-        def predictor_for(plane: int) -> SlicePredictor:
-            return SlicePredictor(self.session, source, (*lead, plane))
+        def predictor_for(z: int) -> SlicePredictor:
+            return SlicePredictor(session, source, (*lead, z))
 
         def job():
-            yield from propagate(
-                predictor_for, committed.mask, index[-1], n_planes=n_planes,
-                direction=self.direction.currentText(),
-                min_score=self.min_score.value(), min_overlap=self.min_overlap.value(),
-                min_contrast=self.min_contrast.value(), should_stop=flag)
+            uses_memory = memory
+            if uses_memory is None:  # a checkpoint not loaded yet: load it to know what it is
+                with session.lock:
+                    session.model()
+                    uses_memory = memory_model(session)
+            if uses_memory:
+                return (yield from follow(session, source, index, committed.mask, value,
+                                          direction=direction, should_stop=flag))
+            yield from propagate(predictor_for, committed.mask, plane, n_planes=n_planes,
+                                 direction=direction, should_stop=flag, **stops)
+            return None
 
-        written = []
+        visited, written = [], []
+        summary: list[MemorySummary] = []
 
         def yielded(step) -> None:
+            visited.append(step.plane)
+            self.progress.setValue(len(visited))
+            if isinstance(step, MemoryStep):
+                if step.present:
+                    where = (*lead, step.plane)
+                    write_mask(target, where, free_pixels(target, where, step.mask, value), value)
+                    written.append(step.plane)
+                    found = f"object score {step.score:.2f}"
+                else:
+                    found = "absent"
+                self.status.setText(f"object {value}, SAM 2.1 memory: slice {step.plane} "
+                                    f"({found})")
+                return
             write_mask(target, (*lead, step.plane), step.mask, value)
             written.append(step.plane)
-            self.progress.setValue(len(written))
             self.status.setText(f"object {value}: slice {step.plane} (score {step.score:.2f})")
+
+        def done(result) -> None:
+            if isinstance(result, MemorySummary):
+                summary.append(result)
 
         def finished() -> None:
             self.propagate_button.setEnabled(True)
             self.progress.setValue(self.progress.maximum())
-            self.status.setText(f"object {value} propagated to {len(written)} more slice(s)")
+            stopped = " (cancelled)" if flag() else ""
+            if summary:
+                self.status.setText(
+                    f"object {value} propagated with SAM 2.1 memory to {len(written)} more "
+                    f"slice(s){stopped}: {summary[0].describe(plane)}")
+            else:
+                self.status.setText(f"object {value} propagated to {len(written)} more "
+                                    f"slice(s){stopped}")
 
-        self.progress.setMaximum(max(n_planes - 1, 1))
+        total = {"up": n_planes - 1 - plane, "down": plane}.get(direction, n_planes - 1)
+        self.progress.setMaximum(max(total, 1))
         self.progress.setValue(0)
         self.propagate_button.setEnabled(False)
-        self.worker = run_in_background(job, what="propagation", yielded=yielded,
+        how = ("SAM 2.1 memory" if memory else "SAM, slice by slice" if memory is False
+               else "loading the model")
+        self.status.setText(f"propagating object {value} ({direction}) with {how}…")
+        self.worker = run_in_background(job, what="propagation", yielded=yielded, done=done,
                                         finished=finished)
         return self.worker
 
