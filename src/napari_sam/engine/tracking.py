@@ -188,14 +188,16 @@ class PlaneTracker:
         has_points = points is not None or box is not None
         if has_points == (mask is not None):
             raise ValueError("give points and/or a box, or a mask (one kind of prompt per call)")
-        obj = self._objects.setdefault(int(object_id), _Object())
+        # Everything is checked before the object is recorded: a refused prompt leaves no trace.
+        prompt = self._mask_input(mask) if mask is not None else self._points(points, labels, box)
+        obj = self._objects.get(int(object_id), _Object())
         initial = plane not in obj.visited
         reverse = obj.visited.get(plane, False)
         features = self._features(plane)
         if mask is not None:
-            output = self._mask_output(features, self._mask_input(mask))
+            output = self._output(self.model.mask_as_output(features, prompt))
         else:
-            coords, point_labels = self._points(points, labels, box)
+            coords, point_labels = prompt
             previous = obj.pending.get(plane, (None, None))[1] or obj.prompted.get(plane) \
                 or obj.tracked.get(plane)
             previous_logits = None
@@ -208,6 +210,7 @@ class PlaneTracker:
                                         multimask=multimask)
             output = self._output(decoded)
         obj.pending[plane] = (initial, output)
+        self._objects[int(object_id)] = obj
         return self._to_plane(output.logits)[0, 0].cpu().numpy() > 0
 
     def _points(self, points, labels, box) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,9 +246,6 @@ class PlaneTracker:
                                    antialias=True)
             tensor = (tensor >= 0.5).float()
         return tensor
-
-    def _mask_output(self, features: PlaneFeatures, mask: torch.Tensor) -> _Output:
-        return self._output(self.model.mask_as_output(features, mask))
 
     # -- propagation -----------------------------------------------------------------------
 
@@ -301,10 +301,10 @@ class PlaneTracker:
 
     def _ended(self, obj: _Object, plane: int, reverse: bool, absent_run: int) -> bool:
         """Whether an object has ended: absent on the last ``end_after`` planes, with no
-        prompted plane ahead in this direction."""
+        prompted plane here or ahead in this direction."""
         if self.end_after is None or absent_run < self.end_after:
             return False
-        return not any((p < plane) if reverse else (p > plane) for p in obj.prompted)
+        return not any((p <= plane) if reverse else (p >= plane) for p in obj.prompted)
 
     def propagate_both(self, **kwargs) -> Iterator[TrackedPlane]:
         """:meth:`propagate` upwards, then downwards, from the lowest prompted plane (which is

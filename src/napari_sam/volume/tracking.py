@@ -170,6 +170,17 @@ def _point_seeds(points: np.ndarray, ids: np.ndarray | None, volume: Volume) -> 
     return seeds
 
 
+def _check_unique(seeds: list[Seed]) -> None:
+    """Refuse two prompts for one object on one plane: which one should count?"""
+    seen = set()
+    for seed in seeds:
+        key = (seed.plane, seed.object_id)
+        if key in seen:
+            raise ValueError(f"object {seed.object_id} is given twice on plane {seed.plane}: give "
+                             "each object one prompt per plane (several clicks go in one seed)")
+        seen.add(key)
+
+
 def _check_plane(plane, volume: Volume) -> int:
     if not isinstance(plane, (int, np.integer)) or not 0 <= plane < volume.n_planes:
         raise ValueError(f"plane {plane!r} is outside the stack (planes 0 to {volume.n_planes - 1})")
@@ -200,12 +211,14 @@ def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None =
     ----------
     source : path, array or Volume
         Anything :func:`napari_sam.volume.open_volume` opens.
-    seeds : array or path
-        See :func:`read_seeds`.
+    seeds : array, path or list of Seed
+        See :func:`read_seeds`; or the prompts themselves.
     output : path
         A new zarr array (uint32, one chunk per plane) for the labels; ids are the seeds' ids.
-    model, checkpoint, device
-        As :func:`napari_sam.load_model`; a SAM 2.1 model (``"sam2.1_hiera_tiny"`` by default).
+    model : str or Sam2, optional
+        A registry name or a loaded SAM 2.1 model; ``"sam2.1_hiera_tiny"`` by default.
+    checkpoint, device
+        As :func:`napari_sam.load_model`.
     axes : str, optional
         Axes of the source, e.g. ``"zyx"``.
     plane : int, optional
@@ -231,12 +244,19 @@ def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None =
         raise ValueError(f"propagation needs a 3D stack, the volume has plane axes "
                          f"{volume.plane_axes!r}: pick one time point or channel first")
     check_paths(source=volume.path, output=output, cache=cache)
-    found = read_seeds(seeds, volume, plane=plane)
-    loaded = load_model(model or (None if checkpoint else DEFAULT_TRACKING_MODEL), checkpoint,
-                        device)
+    if isinstance(seeds, list) and all(isinstance(seed, Seed) for seed in seeds):
+        found = seeds
+    else:
+        found = read_seeds(seeds, volume, plane=plane)
+    if model is None or isinstance(model, str):
+        loaded = load_model(model or (None if checkpoint else DEFAULT_TRACKING_MODEL), checkpoint,
+                            device)
+    else:
+        loaded = model
     if not isinstance(loaded, Sam2):
         raise TypeError(f"propagation through z needs a SAM 2.1 model, {loaded.name!r} is a SAM "
                         "model: pass --model sam2.1_hiera_tiny (or small, base_plus, large)")
+    _check_unique(found)
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{str(output)!r} exists: pass overwrite=True (--overwrite) or "
