@@ -193,3 +193,30 @@ def test_propagate_command_from_points(tmp_path, capsys):
     code = main(["propagate", str(tmp_path / "stack.tif"), str(tmp_path / "seeds.csv"), "-o",
                  str(tmp_path / "labels.zarr"), "--checkpoint", str(checkpoint)])
     assert code == 2 and "exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_key_planes_segmented_then_followed_through_z(model, tmp_path):
+    from napari_sam.volume.tracking import segment_and_track
+
+    stack = disc_stack()
+    summary = segment_and_track(stack, tmp_path / "labels.zarr", model=model, key_planes=[3, 1],
+                                key_model="nuclei_s", device="cpu")
+    labels = np.asarray(open_volume(tmp_path / "labels.zarr").data)
+    disc = stack[3] > 1000
+    assert summary.objects >= 1 and summary.ids == list(range(1, summary.objects + 1))
+    # The key plane's object is its own mask prompt there: it is written as it was found.
+    assert (labels[1][stack[1] > 1000] == 1).mean() > 0.5
+    assert labels[3][disc].max() >= 1 and set(np.unique(labels)) <= {0, *summary.ids}
+
+
+def test_segment_stack_propagate_refuses_options_of_other_modes(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "stack.tif", disc_stack(), metadata={"axes": "ZYX"})
+    code = main(["segment-stack", str(tmp_path / "stack.tif"), str(tmp_path / "out.zarr"),
+                 "--mode", "propagate", "--resume", "--points-per-side", "8"])
+    assert code == 2
+    assert "--resume, --points-per-side: not options of --mode propagate" in capsys.readouterr().err
+    code = main(["segment-stack", str(tmp_path / "stack.tif"), str(tmp_path / "out.zarr"),
+                 "--key-planes", "1,2"])
+    assert code == 2 and "options of --mode propagate" in capsys.readouterr().err
+    assert not (tmp_path / "out.zarr").exists()

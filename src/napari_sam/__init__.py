@@ -13,6 +13,7 @@ from napari_sam.engine.embeddings import Embedding
 from napari_sam.engine.predictor import Predictor
 from napari_sam.engine.segmenter import Segmenter, segment, segment_all
 from napari_sam.engine.selection import select_mask
+from napari_sam.engine.tracking import PlaneTracker
 from napari_sam.models.loading import load_decoder, load_model, resolve_device
 from napari_sam.models.registry import MODELS
 
@@ -20,6 +21,7 @@ __all__ = [
     "MODELS",
     "AutomaticMaskGenerator",
     "Embedding",
+    "PlaneTracker",
     "Predictor",
     "Segmenter",
     "load_decoder",

@@ -173,7 +173,15 @@ def _parser() -> argparse.ArgumentParser:
     parallel = stack.add_mutually_exclusive_group()
     parallel.add_argument("--workers", type=int, help="segment planes in N local processes (dask)")
     parallel.add_argument("--scheduler", help="address of a dask.distributed scheduler")
-    _mode_option(stack)
+    _mode_option(stack, ("propagate",), more="; propagate: segment --key-planes with "
+                 "--key-model, then follow their objects through z with the SAM 2.1 --model "
+                 "(one id per object through z, no linking)")
+    stack.add_argument("--key-planes", type=_ints, metavar="Z,Z,...",
+                       help="with --mode propagate: planes to segment (default: 4 spread "
+                       "through the stack)")
+    stack.add_argument("--key-model", choices=list(MODELS),
+                       help="with --mode propagate: the model that segments the key planes "
+                       "(default: the shipped one)")
     stack.add_argument("--sampler", choices=SAMPLERS, help="default: what suits the model")
     stack.add_argument("--points-per-side", type=int)
     stack.add_argument("--pred-iou-thresh", type=float)
@@ -262,13 +270,13 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
 
 
-def _mode_option(parser: argparse.ArgumentParser) -> None:
+def _mode_option(parser: argparse.ArgumentParser, extra: tuple[str, ...] = (), more: str = "") -> None:
     parser.add_argument(
-        "--mode", choices=MODES,
+        "--mode", choices=MODES + extra,
         help="amg: prompts sampled over the image and SAM's decoder (the options below); ais: "
         "the model's instance decoder, one pass; apg: prompts from the instance decoder's maps "
         "(ais and apg need a model with an instance decoder; default: amg with the options "
-        "below, else what suits the model)")
+        f"below, else what suits the model){more}")
 
 
 def _amg_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
@@ -358,6 +366,10 @@ def _embed(args: argparse.Namespace) -> int:
 def _segment_stack(args: argparse.Namespace) -> int:
     from napari_sam.volume.stack import segment_stack
 
+    if args.mode == "propagate":
+        return _segment_and_track(args)
+    if args.key_planes is not None or args.key_model is not None:
+        raise ValueError("--key-planes, --key-model: options of --mode propagate")
     options = _amg_options(args, ("sampler", "points_per_side", "pred_iou_thresh",
                                   "stability_score_thresh"))
     summary = segment_stack(
@@ -371,6 +383,33 @@ def _segment_stack(args: argparse.Namespace) -> int:
     print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "
           f"{summary.objects} objects in them{linked}; {summary.scale} ({summary.seconds:.0f} s)")
     return 0
+
+
+def _segment_and_track(args: argparse.Namespace) -> int:
+    from napari_sam.volume.tracking import segment_and_track
+
+    unused = [flag for flag, value in (
+        ("--resume", args.resume), ("--no-link", args.no_link), ("--workers", args.workers),
+        ("--scheduler", args.scheduler), ("--voxel-size", args.voxel_size),
+        ("--min-planes", args.min_planes), ("--z", args.z), ("--sampler", args.sampler),
+        ("--points-per-side", args.points_per_side), ("--pred-iou-thresh", args.pred_iou_thresh),
+        ("--stability-score-thresh", args.stability_score_thresh)) if value]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not options of --mode propagate; leave them out")
+    summary = segment_and_track(
+        args.source, args.output, model=args.model, checkpoint=args.checkpoint,
+        device=args.device, axes=args.axes, key_planes=args.key_planes, key_model=args.key_model,
+        cache=args.cache, progress=_progress("key planes"))
+    print(f"{args.output}: {summary.objects} objects found on the key planes and followed "
+          f"through {summary.planes} planes ({summary.seconds:.0f} s)")
+    return 0
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected plane numbers like 5,20,35, got {text!r}") from None
 
 
 def _propagate(args: argparse.Namespace) -> int:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,14 +250,7 @@ def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None =
         found = seeds
     else:
         found = read_seeds(seeds, volume, plane=plane)
-    if model is None or isinstance(model, str):
-        loaded = load_model(model or (None if checkpoint else DEFAULT_TRACKING_MODEL), checkpoint,
-                            device)
-    else:
-        loaded = model
-    if not isinstance(loaded, Sam2):
-        raise TypeError(f"propagation through z needs a SAM 2.1 model, {loaded.name!r} is a SAM "
-                        "model: pass --model sam2.1_hiera_tiny (or small, base_plus, large)")
+    loaded = _tracking_model(model, checkpoint, device)
     _check_unique(found)
     output = Path(output)
     if output.exists() and not overwrite:
@@ -298,3 +293,103 @@ def _create_labels(path: Path, volume: Volume):
         shutil.rmtree(building, ignore_errors=True)
         raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
     return zarr.open_array(str(path), mode="r+")
+
+
+def default_key_planes(n_planes: int, count: int = 4) -> list[int]:
+    """``count`` planes spread evenly through the stack, away from its ends."""
+    step = max(1, n_planes // count)
+    return list(range(step // 2, n_planes, step))[:count]
+
+
+def segment_and_track(source, output: str | os.PathLike, *, model: str | None = None,
+                      checkpoint=None, device="auto", axes: str | None = None,
+                      key_planes: list[int] | None = None, key_model=None,
+                      cache: str | os.PathLike | None = None, overwrite: bool = False,
+                      end_after: int | None = 2,
+                      progress: Callable[[int, int], None] | None = None) -> TrackSummary:
+    """Segment a few key planes automatically, then follow their objects through the stack.
+
+    Each key plane is segmented by the one path (:class:`~napari_sam.Segmenter`, the shipped
+    model with its automatic mode by default); its objects not already found by propagation from
+    an earlier key plane (less than half of them labelled) get new ids and are followed up and
+    down with SAM 2.1's memory. An object keeps one id through z without any linking; where
+    objects meet, the one found first keeps the pixels.
+
+    Parameters
+    ----------
+    source, output, model, checkpoint, device, axes, cache, overwrite, end_after, progress
+        As :func:`track_stack`.
+    key_planes : list of int, optional
+        The planes segmented automatically; by default 4 spread through the stack
+        (:func:`default_key_planes`).
+    key_model : str or Sam, optional
+        The model that segments the key planes (registry name or loaded); the shipped one by
+        default.
+    """
+    from napari_sam.engine.segmenter import Segmenter
+
+    started = time.perf_counter()
+    volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
+    if len(volume.planes) != 1:
+        raise ValueError(f"propagation needs a 3D stack, the volume has plane axes "
+                         f"{volume.plane_axes!r}: pick one time point or channel first")
+    check_paths(source=volume.path, output=output, cache=cache)
+    key_planes = default_key_planes(volume.n_planes) if key_planes is None else list(key_planes)
+    for plane in key_planes:
+        _check_plane(plane, volume)
+    tracking = _tracking_model(model, checkpoint, device)
+    if key_model is None or isinstance(key_model, str):
+        key_model = load_model(key_model, device=device)
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{str(output)!r} exists: pass overwrite=True (--overwrite) or "
+                              "choose another output")
+    limits = volume_limits(volume)
+    segmenter = Segmenter(key_model)
+    with _store(cache) as store:
+        features_for = plane_features(tracking, volume, limits, store)
+        labels = _create_labels(output, volume)
+        ids: list[int] = []
+        for done, key in enumerate(sorted(key_planes)):
+            segmenter.set_image(plane_rgb(volume, key, limits))
+            found, written = segmenter.segment_all(), np.asarray(labels[key])
+            tracker = PlaneTracker(tracking, n_planes=volume.n_planes,
+                                   plane_shape=volume.plane_shape, features_for=features_for,
+                                   end_after=end_after)
+            for index in np.unique(found[found > 0]):
+                mask = found == index
+                if (written[mask] > 0).mean() < 0.5:  # not found from an earlier key plane
+                    ids.append(len(ids) + 1)
+                    tracker.add_prompt(key, ids[-1], mask=mask)
+            if tracker.object_ids:
+                for tracked in tracker.propagate_both():
+                    plane = np.asarray(labels[tracked.plane])
+                    new = tracked.labels()
+                    free = (plane == 0) & (new > 0)
+                    plane[free] = new[free]
+                    labels[tracked.plane] = plane
+            if progress is not None:
+                progress(done + 1, len(key_planes))
+    return TrackSummary(len(ids), volume.n_planes, time.perf_counter() - started, ids)
+
+
+def _tracking_model(model, checkpoint, device) -> Sam2:
+    """The SAM 2.1 model that follows objects: loaded, or refused if it is a SAM."""
+    if model is None or isinstance(model, str):
+        model = load_model(model or (None if checkpoint else DEFAULT_TRACKING_MODEL), checkpoint,
+                           device)
+    if not isinstance(model, Sam2):
+        raise TypeError(f"propagation through z needs a SAM 2.1 model, {model.name!r} is a SAM "
+                        "model: pass --model sam2.1_hiera_tiny (or small, base_plus, large)")
+    return model
+
+
+@contextmanager
+def _store(cache):
+    """The embedding store of ``cache``, or one in a temporary folder: every key plane's
+    propagation walks the same planes, which are then embedded once."""
+    if cache is not None:
+        yield EmbeddingStore(cache)
+        return
+    with tempfile.TemporaryDirectory(prefix="napari-sam-planes-") as folder:
+        yield EmbeddingStore(Path(folder) / "embeddings.zarr")
