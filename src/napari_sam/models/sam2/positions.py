@@ -57,7 +57,9 @@ def sine_grid(channels: int, height: int, width: int, device=None,
     if channels % 2:
         raise ValueError(f"channels must be even, got {channels}")
     device = torch.device("cpu") if device is None else torch.device(device)
-    return _grid(channels, height, width, float(temperature), device)[None]
+    # Made outside inference mode, so that the cached tensor serves autograd later too.
+    with torch.inference_mode(False):
+        return _grid(channels, height, width, float(temperature), device)[None]
 
 
 def sine_1d(positions: torch.Tensor, channels: int, temperature: float = 10000.0) -> torch.Tensor:
