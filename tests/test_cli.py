@@ -55,7 +55,8 @@ def test_models_lists_the_registry(capsys):
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == ["nuclei_s", "vit_b", "vit_l", "vit_h", "vit_t", "vit_t_lm", "vit_b_lm",
                      "vit_l_lm", "vit_t_em_organelles", "vit_b_em_organelles",
-                     "vit_l_em_organelles"]
+                     "vit_l_em_organelles", "sam2.1_hiera_tiny", "sam2.1_hiera_small",
+                     "sam2.1_hiera_base_plus", "sam2.1_hiera_large"]
 
 
 # --------------------------------------------------------------------------- #
