@@ -21,6 +21,7 @@ from napari_sam.models.registry import MODELS
 from napari_sam.models.sam import Sam
 
 KNOWN = "nuclei_s, vit_b, vit_l, vit_h, vit_t"
+ARCHITECTURES = KNOWN + ", sam2.1_hiera_tiny, sam2.1_hiera_small, sam2.1_hiera_base_plus, sam2.1_hiera_large"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,7 +86,9 @@ def test_identify_recognises_full_size_shapes():
         fake = {k: torch.empty(shape, device="meta") for k, shape in weights.expected_shapes(name).items()}
         assert weights.identify(fake) == name
     # micro-sam's models are fine-tuned Meta and MobileSAM models: their weights name those
-    assert weights.architectures() == ["nuclei_s", "vit_b", "vit_l", "vit_h", "vit_t"]
+    assert weights.architectures() == ["nuclei_s", "vit_b", "vit_l", "vit_h", "vit_t",
+                                       "sam2.1_hiera_tiny", "sam2.1_hiera_small",
+                                       "sam2.1_hiera_base_plus", "sam2.1_hiera_large"]
     assert weights.expected_shapes("vit_b_lm") == weights.expected_shapes("vit_b")
     assert weights.expected_shapes("vit_b")["image_encoder.patch_embed.proj.weight"] == (768, 3, 16, 16)
     assert weights.expected_shapes("vit_h")["image_encoder.pos_embed"] == (1, 64, 64, 1280)
@@ -113,7 +116,7 @@ def test_damaged_checkpoint_without_a_name(tmp_path, vit_t_checkpoint):
     del state["mask_decoder.iou_token.weight"]
     path = tmp_path / "damaged.pt"
     torch.save(state, path)
-    with pytest.raises(ValueError, match=rf"matches none of the known architectures \({KNOWN}\)"):
+    with pytest.raises(ValueError, match=rf"matches none of the known architectures \({ARCHITECTURES}\)"):
         load_model(checkpoint=path, device="cpu")
 
 
@@ -170,7 +173,7 @@ def test_checkpoint_cannot_run_code(tmp_path):
 def test_unknown_architecture(tmp_path):
     path = tmp_path / "foo.pt"
     torch.save({"foo": torch.zeros(3)}, path)
-    with pytest.raises(ValueError, match=rf"matches none of the known architectures \({KNOWN}\)"):
+    with pytest.raises(ValueError, match=rf"matches none of the known architectures \({ARCHITECTURES}\)"):
         load_model(checkpoint=path, device="cpu")
 
 

@@ -184,6 +184,7 @@ def check_propagation(ref, ours, size):
             assert ((logits[k] > 0) == (logits_r[k] > 0)).mean() >= MASK_AGREEMENT, key
 
 
+@pytest.mark.slow  # a minute: the image predictor's test above is the fast check of the parts
 def test_propagation_equals_sam2(models_256):
     check_propagation(*models_256, 256)
 
