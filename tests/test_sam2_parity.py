@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("sam2")
 pytest.importorskip("hydra")
 
-from napari_sam.engine.predictor import Predictor  # noqa: E402
-from napari_sam.engine.tracking import PlaneTracker  # noqa: E402
-from napari_sam.models.registry import build_sam2_1  # noqa: E402
+from napari_sam.engine.predictor import Predictor
+from napari_sam.engine.tracking import PlaneTracker
+from napari_sam.models.registry import build_sam2_1
 
 TOL = 1e-4
 MASK_AGREEMENT = 0.999
@@ -134,8 +134,8 @@ def check_propagation(ref, ours, size):
     for plane in stack:  # sam2's frames: stretched to the input, 0-1, ImageNet-normalised
         x = torch.as_tensor(np.repeat(plane[..., None], 3, -1)).permute(2, 0, 1)[None].float()
         x = torch.nn.functional.interpolate(x, (size, size), mode="bilinear", antialias=True)
-        frames.append(((x[0] / 255 - torch.tensor([0.485, 0.456, 0.406])[:, None, None])
-                       / torch.tensor([0.229, 0.224, 0.225])[:, None, None]))
+        frames.append((x[0] / 255 - torch.tensor([0.485, 0.456, 0.406])[:, None, None])
+                       / torch.tensor([0.229, 0.224, 0.225])[:, None, None])
     frames = torch.stack(frames)
     original = video.load_video_frames
     video.load_video_frames = lambda **kwargs: (frames, h, w)

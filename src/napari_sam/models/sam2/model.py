@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from napari_sam.models.transformer import MLP
 from napari_sam.models.sam2.positions import sine_1d, sine_grid
+from napari_sam.models.transformer import MLP
 
 # ImageNet statistics in 0-255 units (SAM 2 normalises 0-1 images with (0.485, 0.456, 0.406)
 # and (0.229, 0.224, 0.225)).
