@@ -241,21 +241,13 @@ def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None =
         written.
     """
     started = time.perf_counter()
-    volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
-    if len(volume.planes) != 1:
-        raise ValueError(f"propagation needs a 3D stack, the volume has plane axes "
-                         f"{volume.plane_axes!r}: pick one time point or channel first")
-    check_paths(source=volume.path, output=output, cache=cache)
+    volume, output = _stack_and_output(source, axes, output, cache, overwrite)
     if isinstance(seeds, list) and all(isinstance(seed, Seed) for seed in seeds):
         found = seeds
     else:
         found = read_seeds(seeds, volume, plane=plane)
     loaded = _tracking_model(model, checkpoint, device)
     _check_unique(found)
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{str(output)!r} exists: pass overwrite=True (--overwrite) or "
-                              "choose another output")
     store = EmbeddingStore(cache) if cache is not None else None
     tracker = PlaneTracker(loaded, n_planes=volume.n_planes, plane_shape=volume.plane_shape,
                            features_for=plane_features(loaded, volume, volume_limits(volume), store),
@@ -329,21 +321,13 @@ def segment_and_track(source, output: str | os.PathLike, *, model: str | None = 
     from napari_sam.engine.segmenter import Segmenter
 
     started = time.perf_counter()
-    volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
-    if len(volume.planes) != 1:
-        raise ValueError(f"propagation needs a 3D stack, the volume has plane axes "
-                         f"{volume.plane_axes!r}: pick one time point or channel first")
-    check_paths(source=volume.path, output=output, cache=cache)
+    volume, output = _stack_and_output(source, axes, output, cache, overwrite)
     key_planes = default_key_planes(volume.n_planes) if key_planes is None else list(key_planes)
     for plane in key_planes:
         _check_plane(plane, volume)
     tracking = _tracking_model(model, checkpoint, device)
     if key_model is None or isinstance(key_model, str):
         key_model = load_model(key_model, device=device)
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{str(output)!r} exists: pass overwrite=True (--overwrite) or "
-                              "choose another output")
     limits = volume_limits(volume)
     segmenter = Segmenter(key_model)
     with _store(cache) as store:
@@ -371,6 +355,20 @@ def segment_and_track(source, output: str | os.PathLike, *, model: str | None = 
             if progress is not None:
                 progress(done + 1, len(key_planes))
     return TrackSummary(len(ids), volume.n_planes, time.perf_counter() - started, ids)
+
+
+def _stack_and_output(source, axes, output, cache, overwrite: bool) -> tuple[Volume, Path]:
+    """The 3D stack to follow objects through, and an output path that may be written."""
+    volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
+    if len(volume.planes) != 1:
+        raise ValueError(f"propagation needs a 3D stack, the volume has plane axes "
+                         f"{volume.plane_axes!r}: pick one time point or channel first")
+    check_paths(source=volume.path, output=output, cache=cache)
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{str(output)!r} exists: pass overwrite=True (--overwrite) or "
+                              "choose another output")
+    return volume, output
 
 
 def _tracking_model(model, checkpoint, device) -> Sam2:
