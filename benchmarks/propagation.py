@@ -50,6 +50,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict
+from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # sam2's propagation progress bar
 
@@ -59,17 +60,13 @@ import torch
 from napari_sam.engine.tracking import PlaneTracker, fill_holes
 from napari_sam.models.sam2.model import PlaneFeatures
 
+# The same random weights on both sides as in the parity tests (tests/sam2_reference.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from sam2_reference import reference_model
+
 # sam2 normalises 0-1 images with these (ours: the same in 0-255 units).
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-OVERRIDES = [
-    # The post-processing of sam2's video predictor, without hole filling (see the docstring).
-    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
-    "++model.binarize_mask_from_pts_for_mem_enc=true",
-    "++model.fill_hole_area=0",
-]
 #: Submodules timed by forward hooks, under the same names on both sides.
 MODULES = {
     "memory attention": "memory_attention",
@@ -82,41 +79,6 @@ MODULES = {
 
 
 # -- models and inputs ---------------------------------------------------------------------------
-
-def build_pair(size: int):
-    """sam2's video predictor and our Sam2 at input ``size``, with the same random weights.
-
-    As in the parity tests: the parameters sam2 initialises to zero are drawn at random, and the
-    object-score head is biased so that objects are present.
-    """
-    import sam2.sam2_video_predictor as svp  # noqa: F401  (registers the module for patching)
-    from sam2.build_sam import build_sam2_video_predictor
-
-    from napari_sam.models.registry import build_sam2_1
-
-    torch.manual_seed(0)
-    ref = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu",
-                                     apply_postprocessing=False,
-                                     hydra_overrides_extra=[f"++model.image_size={size}", *OVERRIDES])
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "pos_embed" in name or "gamma" in name or name in (
-                    "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial",
-                    "maskmem_tpos_enc"):
-                p.normal_(0, 0.1)
-        ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(2.0)
-    ref.eval()
-    # sam2 keeps memories in bfloat16; with object pointers in the memory torch.cat promotes them
-    # to float32, without them its CPU path fails on the dtype mismatch: cast as the promotion
-    # would (a no-op once pointers are in the memory, i.e. on every tracked plane here).
-    attend = ref.memory_attention.forward
-    ref.memory_attention.forward = (
-        lambda curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0:
-        attend(curr, memory.float(), curr_pos, memory_pos, num_obj_ptr_tokens))
-    ours = build_sam2_1("tiny", img_size=size)
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    return ref, ours.eval()
-
 
 def synthetic_planes(n: int, size: int, seed: int = 0) -> np.ndarray:
     """``(n, size, size)`` uint8: two bright blobs changing size through z, on noise."""
@@ -341,7 +303,7 @@ class PeakRSS:
 
 def memory_child(side: str, n_planes: int, size: int, features: str) -> None:
     """Print the RSS growth of one propagation of 1 object over ``n_planes`` (JSON)."""
-    ref, ours = build_pair(size)
+    ref, ours = reference_model(size)
     planes = synthetic_planes(4, size, seed=1)  # cycled: content does not change memory
     x = normalise(planes)
     with torch.inference_mode():
@@ -516,7 +478,7 @@ def main() -> None:
               flush=True)
         print("\n".join(memory_table(args, measure_memory(args))))
         return
-    ref, ours = build_pair(args.size)
+    ref, ours = reference_model(args.size)
     frames = normalise(synthetic_planes(args.planes, args.size))
     if args.profile:
         with torch.inference_mode():

@@ -18,13 +18,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_sam.models.sam import (  # SAM 2's too (in 0-1 units there)
+    PIXEL_MEAN,
+    PIXEL_STD,
+)
 from napari_sam.models.sam2.positions import sine_1d, sine_grid
 from napari_sam.models.transformer import MLP
-
-# ImageNet statistics in 0-255 units (SAM 2 normalises 0-1 images with (0.485, 0.456, 0.406)
-# and (0.229, 0.224, 0.225)).
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 #: Memory slots: the prompted planes plus the 6 planes before the current one.
 MEMORY_SLOTS = 7
