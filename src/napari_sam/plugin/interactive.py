@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from napari_sam.engine.geometry import bounding_box
 from napari_sam.engine.selection import STRATEGIES, select_mask
 from napari_sam.plugin.background import CancelFlag, run_in_background
+from napari_sam.plugin.disk_labels import DiskLabels
 from napari_sam.plugin.layer_choice import LayerChoice
 from napari_sam.plugin.layers import (
     NEGATIVE_COLOUR,
@@ -45,6 +46,7 @@ from napari_sam.plugin.layers import (
     check_target,
     current_slice,
     describe,
+    kept_on_disk,
     new_labels_layer,
     next_label,
     point_prompts,
@@ -66,6 +68,7 @@ from napari_sam.volume.propagation import propagate
 
 PROMPTS, BOXES, PREVIEW = "SAM prompts", "SAM box", "SAM preview"
 NEW_LABELS = "new labels layer"
+LABELS = "SAM labels"  # the name of the labels layer made for the chosen image
 
 
 @dataclass
@@ -226,7 +229,20 @@ class InteractiveWidget(QWidget):
         else:
             for layer in (self.points, self.boxes, self.preview):
                 layer.scale, layer.translate = image.scale, image.translate
+        self.open_saved_labels(image)
         self.viewer.layers.selection.active = self.points
+
+    def open_saved_labels(self, image) -> None:
+        """Show and choose the labels an earlier session kept on disk for ``image``, when the
+        target is a new layer."""
+        if self.target.layer() is not None:
+            return
+        try:
+            source = self.session.source(image)
+            if kept_on_disk(image, source, LABELS):
+                self.target.choose(new_labels_layer(self.viewer, image, source, LABELS))
+        except LayerError as error:
+            self.status.setText(str(error))
 
     def source(self):
         """The chosen image as an :class:`ImageSource` and its shown slice.
@@ -245,7 +261,7 @@ class InteractiveWidget(QWidget):
         """The chosen labels layer, checked against the image; a new one if so chosen."""
         layer = self.target.layer()
         if layer is None:
-            layer = new_labels_layer(self.viewer, self.image.layer(), source, "SAM labels")
+            layer = new_labels_layer(self.viewer, self.image.layer(), source, LABELS)
             self.target.choose(layer)
             self.viewer.layers.selection.active = self.points
         check_target(layer, source)
@@ -356,14 +372,17 @@ class InteractiveWidget(QWidget):
             return None
         target = checked[2]
         mask = answer.masks[answer.choice]
-        refined = (self.refining.label if self.refining and self.refining.index == answer.index
+        refined = (self.refining if self.refining and self.refining.index == answer.index
                    else None)
-        value = refined or next_label(target)
-        write_mask(target, answer.index, mask, value, replace=refined)
+        value = refined.label if refined else next_label(target)
+        write_mask(target, answer.index, mask, value,
+                   clear=refined.mask if refined else None)
         self.committed = SliceObject(value, answer.index, mask)
         self.clear()
+        where = (f" on disk in {target.data.path}" if isinstance(target.data, DiskLabels)
+                 else "")
         self.status.setText(
-            f"object {value} written into {target.name!r} ({describe(answer.index)})")
+            f"object {value} written into {target.name!r}{where} ({describe(answer.index)})")
         return value
 
     def refine_under_cursor(self) -> None:

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_sam.engine.geometry import bounding_box
+from napari_sam.plugin.disk_labels import (
+    BUDGET_VARIABLE,
+    DiskLabels,
+    in_memory_limit,
+    labels_location,
+    largest_label,
+)
 from napari_sam.plugin.session import ImageSource, LayerError
 
 POSITIVE_COLOUR = "#39ff14"
 NEGATIVE_COLOUR = "#ff2d95"
 PREVIEW_COLOUR = "#ffd700"
-IN_MEMORY_LIMIT = 512 * 2**20  # bytes of a new labels layer kept as numpy; larger ones are zarr
 
 
 def current_slice(viewer, layer, source: ImageSource) -> tuple[int, ...]:
@@ -79,18 +86,36 @@ def check_target(labels_layer, source: ImageSource) -> None:
         )
 
 
-def new_labels_layer(viewer, image, source: ImageSource, name: str):
-    """Add an empty uint32 labels layer over ``image``: numpy when it is small, else a zarr
-    array in memory with one chunk per slice, where only slices with labels take memory."""
+def kept_on_disk(image, source: ImageSource, name: str) -> bool:
+    """Whether labels ``name`` of ``image`` are too large for memory and were saved on disk by
+    an earlier session (:func:`new_labels_layer` reopens them)."""
     shape = source.volume.planes + source.volume.plane_shape
-    if np.prod(shape) * 4 <= IN_MEMORY_LIMIT:
-        data = np.zeros(shape, np.uint32)
-    else:
-        import zarr
+    return (int(np.prod(shape)) * 4 > in_memory_limit()
+            and DiskLabels.exists(labels_location(image, source), name))
 
-        data = zarr.create_array(store={}, shape=shape, dtype="uint32",
-                                 chunks=(1,) * len(source.volume.planes) + shape[-2:])
-    return viewer.add_labels(data, name=name, scale=image.scale, translate=image.translate)
+
+def new_labels_layer(viewer, image, source: ImageSource, name: str):
+    """Add a uint32 labels layer over ``image``: an empty numpy array when it fits the budget
+    (:func:`~napari_sam.plugin.disk_labels.in_memory_limit`), else the on-disk labels ``name``
+    of the image, made empty or reopened with the work of earlier sessions.
+
+    Raises
+    ------
+    LayerError
+        The budget setting is not a number, or labels on disk do not fit the image.
+    """
+    from napari.utils.notifications import show_info
+
+    shape = source.volume.planes + source.volume.plane_shape
+    frame = dict(name=name, scale=image.scale, translate=image.translate)
+    size = int(np.prod(shape)) * 4
+    if size <= in_memory_limit():
+        return viewer.add_labels(np.zeros(shape, np.uint32), **frame)
+    what = getattr(image.source, "path", None) or f"layer {image.name!r}"
+    data, existed = DiskLabels.open(labels_location(image, source), name, shape, image=str(what))
+    show_info(f"napari-sam: labels {name!r} ({size / 2**20:.0f} MB, above {BUDGET_VARIABLE}) "
+              f"{'reopened from' if existed else 'kept on disk in'} {data.path}")
+    return viewer.add_labels(data, metadata={"napari-sam labels": str(data.path)}, **frame)
 
 
 def next_label(labels_layer) -> int:
@@ -98,30 +123,40 @@ def next_label(labels_layer) -> int:
     data = labels_layer.data
     if isinstance(data, np.ndarray):
         return int(data.max(initial=0)) + 1
-    import dask.array as da
+    if isinstance(data, DiskLabels):
+        return data.max_label + 1
+    return largest_label(data) + 1
 
-    return int(da.from_array(data, chunks=getattr(data, "chunks", "auto")).max().compute()) + 1
 
-
-def write_mask(labels_layer, index, mask: np.ndarray, value: int, *, replace: int | None = None):
+def write_mask(labels_layer, index, mask: np.ndarray, value: int, *,
+               clear: np.ndarray | None = None) -> None:
     """Paint ``value`` where ``mask`` is true in slice ``index`` of a labels layer.
 
     Other objects under the mask are painted over, unless the layer's "preserve labels" option
-    is on. With ``replace``, the old pixels of id ``replace`` are cleared first (a refined
-    object). A numpy-backed layer records the change in its undo history (Ctrl+Z); a lazy one
-    (zarr) is written slice by slice.
+    is on. With ``clear``, the pixels of ``clear`` that still hold ``value`` are set to 0 first
+    (the old extent of a refined object). Only the box around ``mask`` and ``clear`` is read
+    and only the changed pixels are written, through the layer's ``data_setitem``: the change
+    is one step of napari's undo (Ctrl+Z), and an on-disk layer rewrites only the chunks it
+    touches.
+
+    Parameters
+    ----------
+    index : tuple of int
+        The slice.
+    mask, clear : (H, W) bool array
+        Pixels of the whole slice.
     """
-    data = labels_layer.data
-    plane = np.asarray(data[slice_key(index)])
-    new = plane.copy()
-    if replace is not None:
-        new[plane == replace] = 0
-    paint = mask & (new == 0) if labels_layer.preserve_labels else mask
-    new[paint] = value
-    changed = np.nonzero(new != plane)
-    if isinstance(data, np.ndarray):
-        coords = tuple(np.full(len(changed[0]), i) for i in index) + changed
-        labels_layer.data_setitem(coords, new[changed])
-    else:
-        data[slice_key(index)] = new
-        labels_layer.refresh()
+    region = mask if clear is None else mask | clear
+    if not region.any():
+        return
+    top, left, bottom, right = bounding_box(region)
+    window = (slice(top, bottom + 1), slice(left, right + 1))
+    old = np.asarray(labels_layer.data[(*index, *window)])
+    new = old.copy()
+    if clear is not None:
+        new[clear[window] & (old == value)] = 0
+    inside = mask[window]
+    new[inside & (new == 0) if labels_layer.preserve_labels else inside] = value
+    rows, cols = np.nonzero(new != old)
+    coords = (*(np.full(rows.size, i) for i in index), rows + top, cols + left)
+    labels_layer.data_setitem(coords, new[rows, cols])

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_sam.engine.geometry import bounding_box
 from napari_sam.engine.tracking import PlaneTracker
 from napari_sam.models.registry import MODELS, build_sam2_1
 from napari_sam.models.sam2.model import Sam2
-from napari_sam.plugin.layers import slice_key
 from napari_sam.plugin.session import ImageSource, Session
 from napari_sam.volume.tracking import plane_features
 
@@ -191,6 +191,13 @@ def follow(session: Session, source: ImageSource, index: tuple[int, ...], mask: 
 
 def free_pixels(labels_layer, index: tuple[int, ...], mask: np.ndarray, value: int) -> np.ndarray:
     """The part of ``mask`` that may take ``value`` on slice ``index`` of a labels layer: where
-    the labels are 0 or already ``value`` (other objects are never painted over)."""
-    plane = np.asarray(labels_layer.data[slice_key(index)])
-    return mask & ((plane == 0) | (plane == value))
+    the labels are 0 or already ``value`` (other objects are never painted over). Only the box
+    around ``mask`` is read."""
+    if not mask.any():
+        return mask
+    top, left, bottom, right = bounding_box(mask)
+    window = (slice(top, bottom + 1), slice(left, right + 1))
+    labels = np.asarray(labels_layer.data[(*index, *window)])
+    free = np.zeros_like(mask)
+    free[window] = mask[window] & ((labels == 0) | (labels == value))
+    return free
