@@ -7,7 +7,9 @@ finds the work. No Qt here.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ import platformdirs
 import zarr
 
 from napari_sam.plugin.session import ImageSource, LayerError
+from napari_sam.volume import ome_zarr
+from napari_sam.volume.ome_zarr import read_image_pyramid
 
 BUDGET_VARIABLE = "NAPARI_SAM_LABELS_IN_MEMORY_MB"
 FOLDER_VARIABLE = "NAPARI_SAM_LABELS_DIR"
@@ -47,87 +51,102 @@ def in_memory_limit() -> int:
     return int(megabytes * 2**20)
 
 
-def labels_location(image_layer, source: ImageSource) -> Path:
-    """The zarr group that holds the on-disk labels of an image layer.
+def labels_location(image_layer, source: ImageSource, name: str) -> Path:
+    """Where the on-disk labels ``name`` of an image layer are kept.
 
-    Beside the image's file, ``<file>.napari-sam-labels.zarr``, when napari read the layer from
-    a file in a writable folder; else ``<folder>/<fingerprint>.zarr``, where the folder is
-    ``NAPARI_SAM_LABELS_DIR`` or ``labels`` in the user cache dir, and the fingerprint is the
-    image's content (:meth:`~napari_sam.volume.io.Volume.fingerprint`), so that the same data
-    finds its labels wherever it comes from.
+    - An OME-Zarr image read by napari: its label image ``<image>/labels/<name>`` (or a
+      standalone one beside a read-only image), see
+      :func:`~napari_sam.volume.ome_zarr.labels_location`.
+    - Another file in a writable folder: ``<file>.napari-sam-labels.zarr/<name>``.
+    - Else (an array, a read-only folder): ``<folder>/<fingerprint>.zarr/<name>``, where the
+      folder is ``NAPARI_SAM_LABELS_DIR`` or ``labels`` in the user cache dir and the
+      fingerprint is the image's content (:meth:`~napari_sam.volume.io.Volume.fingerprint`),
+      so that the same data finds its labels wherever it comes from.
+
+    ``name`` is used lower case, with a dash for anything but letters and digits.
     """
+    key = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "labels"
     file = getattr(image_layer.source, "path", None)
+    if file is not None and read_image_pyramid(file) is not None:
+        return ome_zarr.labels_location(file, key)
     if file is not None and os.access(Path(file).parent, os.W_OK):
-        return Path(f"{file}{SUFFIX}")
+        return Path(f"{file}{SUFFIX}") / key
     folder = os.environ.get(FOLDER_VARIABLE) or Path(
         platformdirs.user_cache_dir("napari-sam")) / "labels"
-    return Path(folder) / f"{source.volume.fingerprint()}.zarr"
+    return Path(folder) / f"{source.volume.fingerprint()}.zarr" / key
+
+
+def open_labels(image_layer, source: ImageSource, name: str) -> tuple[DiskLabels, bool]:
+    """The on-disk labels ``name`` of an image layer (:func:`labels_location`), made empty
+    when missing; for an OME-Zarr image, an OME-Zarr label image with the image's levels.
+
+    Returns
+    -------
+    DiskLabels, bool
+        The labels and whether they existed before.
+
+    Raises
+    ------
+    LayerError
+        Labels there do not fit the image (shape, type), or are not a label image.
+    """
+    location = labels_location(image_layer, source, name)
+    shape = source.volume.planes + source.volume.plane_shape  # the image's planes, then (Y, X)
+    chunks = (1,) * (len(shape) - 2) + tuple(min(TILE, n) for n in shape[-2:])
+    file = getattr(image_layer.source, "path", None)
+    pyramid = None if file is None else read_image_pyramid(file)
+    existed = location.exists()
+    try:
+        if pyramid is not None:
+            group = (ome_zarr.open_labels(location, mode="r+") if existed else
+                     ome_zarr.create_labels(location, shape=shape, chunks=chunks,
+                                            pyramid=pyramid.without_channel()))
+            paths = ome_zarr.level_paths(group)
+            array = group[paths[0]]
+            levels = group if len(paths) > 1 else None
+        elif existed:
+            array, levels = zarr.open_array(location, mode="r+"), None
+        else:
+            root = zarr.open_group(location.parent, mode="a")
+            root.attrs[_ATTRS] = {"image": str(file or f"layer {image_layer.name!r}")}
+            array = root.create_array(location.name, shape=shape, dtype="uint32", chunks=chunks,
+                                      fill_value=0)
+            levels = None
+    except (ValueError, TypeError, zarr.errors.NodeTypeValidationError) as error:
+        raise LayerError(f"{location} holds no labels napari-sam can use ({error}): move or "
+                         "delete it and try again") from error
+    if tuple(array.shape) != shape or np.dtype(array.dtype).kind not in "ui":
+        raise LayerError(
+            f"the labels in {location} have shape {tuple(array.shape)} and type {array.dtype}, "
+            f"the image needs {shape} integers: move or delete that folder and try again")
+    return DiskLabels(array, location, levels=levels), existed
 
 
 class DiskLabels:
-    """A uint32 label volume in a zarr array, as the data of a napari labels layer.
+    """A label volume in a zarr array, as the data of a napari labels layer.
 
     Reads and writes go to the array's chunks (napari reads the shown slice, a brush stroke or
     a mask writes the tiles it touches). Every write first raises the largest id recorded in
     the array's attributes when it brings a larger one, so that :attr:`max_label` is right
-    (or higher, after an undo) without reading the volume, even after a crash.
+    (or higher, after an undo) without reading the volume, even after a crash. With
+    ``levels``, the lower levels of an OME-Zarr label image follow each written plane.
 
     Parameters
     ----------
     array : zarr.Array
         Unsigned integer labels, opened for writing.
     path : path
-        Where the array is stored, for people.
+        Where they are stored, for people.
+    levels : zarr.Group, optional
+        The OME-Zarr label image whose level 0 is ``array``
+        (:func:`~napari_sam.volume.ome_zarr.write_levels`).
     """
 
-    def __init__(self, array: zarr.Array, path: str | os.PathLike) -> None:
-        self.array, self.path = array, Path(path)
+    def __init__(self, array: zarr.Array, path: str | os.PathLike, *,
+                 levels: zarr.Group | None = None) -> None:
+        self.array, self.path, self.levels = array, Path(path), levels
         recorded = array.attrs.get(_ATTRS, {}).get("max_label")
         self._max = int(recorded) if recorded is not None else largest_label(array)
-
-    @classmethod
-    def open(cls, group: str | os.PathLike, name: str, shape: tuple[int, ...],
-             image: str) -> tuple[DiskLabels, bool]:
-        """The labels ``name`` in the zarr group at ``group``, made empty if missing.
-
-        Parameters
-        ----------
-        shape : tuple of int
-            The image's planes and ``(Y, X)``; chunks are one plane deep and :data:`TILE`
-            pixels wide.
-        image : str
-            What the labels are of (a path or a layer name), recorded in the group.
-
-        Returns
-        -------
-        DiskLabels, bool
-            The labels and whether they existed before.
-
-        Raises
-        ------
-        LayerError
-            Labels of that name exist with another shape, or are not integers.
-        """
-        root = zarr.open_group(group, mode="a")
-        key = name.replace("/", "_")
-        if key in root:
-            array = root[key]
-            if tuple(array.shape) != tuple(shape) or np.dtype(array.dtype).kind not in "ui":
-                raise LayerError(
-                    f"the labels {key!r} in {group} have shape {tuple(array.shape)} and type "
-                    f"{array.dtype}, the image needs {tuple(shape)} integers: move or delete "
-                    f"that folder (or set {FOLDER_VARIABLE}) and try again")
-            return cls(array, Path(group) / key), True
-        root.attrs[_ATTRS] = {"image": image}
-        chunks = (1,) * (len(shape) - 2) + tuple(min(TILE, n) for n in shape[-2:])
-        array = root.create_array(key, shape=shape, dtype="uint32", chunks=chunks, fill_value=0,
-                                  attributes={_ATTRS: {"max_label": 0}})
-        return cls(array, Path(group) / key), False
-
-    @staticmethod
-    def exists(group: str | os.PathLike, name: str) -> bool:
-        """Whether the zarr group at ``group`` holds labels ``name``."""
-        return (Path(group) / name.replace("/", "_") / "zarr.json").is_file()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -163,6 +182,20 @@ class DiskLabels:
             self.array.attrs[_ATTRS] = {"max_label": largest}
             self._max = largest
         self.array[key] = value
+        if self.levels is not None:
+            for plane in self._planes(key):
+                ome_zarr.write_levels(self.levels, plane)
+
+    def _planes(self, key) -> list[tuple[int, ...]]:
+        """The planes (indices of the axes before y and x) that a key of ``[]`` reaches: a
+        tuple of slices and ints, or of coordinate arrays (napari's two ways of writing)."""
+        key = key if isinstance(key, tuple) else (key,)
+        lead = [*key, *(slice(None),) * self.ndim][: self.ndim - 2]
+        if all(isinstance(k, (slice, int, np.integer)) for k in lead):
+            ranges = [np.arange(n)[k].reshape(-1) for k, n in zip(lead, self.shape)]
+            return list(itertools.product(*(r.tolist() for r in ranges)))
+        coords = np.stack([np.ravel(c) for c in np.broadcast_arrays(*lead)], axis=-1)
+        return [tuple(row) for row in np.unique(coords, axis=0).tolist()]
 
     def __repr__(self) -> str:
         return f"DiskLabels('{self.path}', shape={self.shape}, chunks={self.chunks})"

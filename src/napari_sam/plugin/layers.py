@@ -13,6 +13,7 @@ from napari_sam.plugin.disk_labels import (
     in_memory_limit,
     labels_location,
     largest_label,
+    open_labels,
 )
 from napari_sam.plugin.session import ImageSource, LayerError
 
@@ -78,7 +79,7 @@ def slice_key(index: tuple[int, ...]) -> tuple:
 
 def check_target(labels_layer, source: ImageSource) -> None:
     """Raise a :class:`LayerError` if ``labels_layer`` cannot hold labels of ``source``."""
-    expected = source.volume.planes + source.volume.plane_shape
+    expected = labels_shape(source)
     if tuple(labels_layer.data.shape) != expected:
         raise LayerError(
             f"labels layer {labels_layer.name!r} has shape {tuple(labels_layer.data.shape)}, the "
@@ -86,18 +87,28 @@ def check_target(labels_layer, source: ImageSource) -> None:
         )
 
 
+def labels_shape(source: ImageSource) -> tuple[int, ...]:
+    """The shape of the labels of ``source``: its planes, then ``(Y, X)``."""
+    return source.volume.planes + source.volume.plane_shape
+
+
+def goes_to_disk(source: ImageSource) -> bool:
+    """Whether uint32 labels of ``source`` exceed the in-memory budget
+    (:func:`~napari_sam.plugin.disk_labels.in_memory_limit`)."""
+    return int(np.prod(labels_shape(source))) * 4 > in_memory_limit()
+
+
 def kept_on_disk(image, source: ImageSource, name: str) -> bool:
-    """Whether labels ``name`` of ``image`` are too large for memory and were saved on disk by
-    an earlier session (:func:`new_labels_layer` reopens them)."""
-    shape = source.volume.planes + source.volume.plane_shape
-    return (int(np.prod(shape)) * 4 > in_memory_limit()
-            and DiskLabels.exists(labels_location(image, source), name))
+    """Whether labels ``name`` of ``image`` go to disk and an earlier session saved them there
+    (:func:`new_labels_layer` reopens them)."""
+    return goes_to_disk(source) and labels_location(image, source, name).exists()
 
 
 def new_labels_layer(viewer, image, source: ImageSource, name: str):
-    """Add a uint32 labels layer over ``image``: an empty numpy array when it fits the budget
-    (:func:`~napari_sam.plugin.disk_labels.in_memory_limit`), else the on-disk labels ``name``
-    of the image, made empty or reopened with the work of earlier sessions.
+    """Add a uint32 labels layer over ``image``: an empty numpy array within the in-memory
+    budget, else the on-disk labels ``name`` of the image
+    (:func:`~napari_sam.plugin.disk_labels.open_labels`), made empty or reopened with the work
+    of earlier sessions.
 
     Raises
     ------
@@ -106,14 +117,11 @@ def new_labels_layer(viewer, image, source: ImageSource, name: str):
     """
     from napari.utils.notifications import show_info
 
-    shape = source.volume.planes + source.volume.plane_shape
     frame = dict(name=name, scale=image.scale, translate=image.translate)
-    size = int(np.prod(shape)) * 4
-    if size <= in_memory_limit():
-        return viewer.add_labels(np.zeros(shape, np.uint32), **frame)
-    what = getattr(image.source, "path", None) or f"layer {image.name!r}"
-    data, existed = DiskLabels.open(labels_location(image, source), name, shape, image=str(what))
-    show_info(f"napari-sam: labels {name!r} ({size / 2**20:.0f} MB, above {BUDGET_VARIABLE}) "
+    if not goes_to_disk(source):
+        return viewer.add_labels(np.zeros(labels_shape(source), np.uint32), **frame)
+    data, existed = open_labels(image, source, name)
+    show_info(f"napari-sam: labels {name!r} are larger than {BUDGET_VARIABLE}: "
               f"{'reopened from' if existed else 'kept on disk in'} {data.path}")
     return viewer.add_labels(data, metadata={"napari-sam labels": str(data.path)}, **frame)
 
