@@ -206,9 +206,9 @@ def test_bad_input_is_refused_with_the_fix():
 
 def test_command_line_takes_the_voxel_size_and_the_minimum_extent(tmp_path, capsys):
     import tifffile
-    import zarr
 
     from napari_sam.cli import main
+    from napari_sam.volume.io import open_zarr_array
 
     rng = np.random.default_rng(0)
     image = rng.normal(40, 8, (4, 64, 64))
@@ -226,7 +226,7 @@ def test_command_line_takes_the_voxel_size_and_the_minimum_extent(tmp_path, caps
 
     # a 14 px object spans 14 / 3 planes: at least 2 by default, so the one-plane disc goes
     assert "1 objects in 3D" in objects_3d("file.zarr")
-    labels = zarr.open_array(str(tmp_path / "file.zarr"), mode="r")[:]
+    labels = open_zarr_array(tmp_path / "file.zarr")[:]
     assert not labels[1][disc(7, centre=(44, 44), shape=(64, 64))].any()
     assert len(np.unique(labels[:, 20, 20])) == 1 and labels[0, 20, 20] > 0
     assert "2 objects in 3D" in objects_3d("one.zarr", "--min-planes", "1")

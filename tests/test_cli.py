@@ -287,9 +287,9 @@ def test_auto_refuses_an_image_format_for_labels(image_file, tmp_path, tiny_load
 # --------------------------------------------------------------------------- #
 @pytest.mark.slow
 def test_segment_stack_and_embed_on_a_tiff_volume(tmp_path, capsys):
-    import zarr
-
     from test_stack import sphere_volume
+
+    from napari_sam.volume.io import open_zarr_array
 
     image, truth = sphere_volume()
     source = tmp_path / "volume.tif"
@@ -302,7 +302,7 @@ def test_segment_stack_and_embed_on_a_tiff_volume(tmp_path, capsys):
     assert main(["segment-stack", str(source), out, "--cache", cache, "--sampler", "boxes", *tiles]) == 0
     report = capsys.readouterr().out
     assert "4 planes segmented" in report and f"{truth.max()} objects in 3D" in report
-    labels = zarr.open_array(out, mode="r")
+    labels = open_zarr_array(out)
     assert labels.shape == image.shape and labels.dtype == np.uint32
     assert main(["segment-stack", str(source), out, "--sampler", "boxes", *tiles]) == 2
     assert "--resume" in capsys.readouterr().err

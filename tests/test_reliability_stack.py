@@ -23,7 +23,7 @@ import zarr
 
 from napari_sam.engine.embeddings import model_fingerprint
 from napari_sam.models.loading import load_model
-from napari_sam.volume.io import guess_axes, open_volume
+from napari_sam.volume.io import guess_axes, open_volume, open_zarr_array
 from napari_sam.volume.stack import RECORD, embed_stack, segment_stack
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -69,12 +69,12 @@ def test_resume_from_another_source_of_the_same_shape_is_refused_naming_both(
     np.save(b, small_stack(dtype=dtype, seed=1))
     out = tmp_path / "out.zarr"
     segment_stack(a, out, z=slice(0, 1), **FAST)
-    before = zarr.open_array(str(out))[:]
+    before = open_zarr_array(str(out))[:]
     with pytest.raises(FileExistsError, match="source differs") as error:
         segment_stack(b, out, resume=True, **FAST)
     assert "A.npy" in str(error.value) and "B.npy" in str(error.value)
     assert "limits" not in str(error.value)
-    np.testing.assert_array_equal(zarr.open_array(str(out))[:], before)
+    np.testing.assert_array_equal(open_zarr_array(str(out))[:], before)
 
 
 def test_run_record_identifies_the_source_by_path_shape_type_and_content(one_thread, tmp_path):
@@ -361,8 +361,8 @@ def test_a_loaded_model_is_used_as_it_is_and_recorded_by_its_weights(one_thread,
     stack._loaded_model.cache_clear()
     given = segment_stack(image, tmp_path / "given.zarr", model=model, link=False, **FAST)
     assert given.objects == by_name.objects
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "given.zarr"))[:],
-                                  zarr.open_array(str(tmp_path / "by_name.zarr"))[:])
+    np.testing.assert_array_equal(open_zarr_array(str(tmp_path / "given.zarr"))[:],
+                                  open_zarr_array(str(tmp_path / "by_name.zarr"))[:])
     record = run_record(tmp_path / "given.zarr")
     assert record["model"] == model.name and record["checkpoint"] is None
     assert record["weights"] == model_fingerprint(model)
@@ -376,11 +376,11 @@ def test_second_run_into_a_deleted_and_recreated_output_in_one_process(one_threa
     out = tmp_path / "out.zarr"
     image = small_stack(planes=2)
     first = segment_stack(image, out, link=False, **FAST)
-    labels = zarr.open_array(str(out))[:]
+    labels = open_zarr_array(str(out))[:]
     shutil.rmtree(out)
     second = segment_stack(image, out, link=False, **FAST)
     assert second.segmented == 2 and second.objects == first.objects
-    np.testing.assert_array_equal(zarr.open_array(str(out))[:], labels)
+    np.testing.assert_array_equal(open_zarr_array(str(out))[:], labels)
 
 
 def test_checkpoint_rewritten_at_the_same_path_is_reloaded(one_thread, tmp_path):

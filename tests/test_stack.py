@@ -20,6 +20,7 @@ import zarr
 
 from napari_sam.engine.mask_ops import paint_labels
 from napari_sam.engine.tiling import segment_tiles, tile_layout
+from napari_sam.volume.io import open_zarr_array
 from napari_sam.volume.stack import RECORD, segment_stack
 
 # The spheres (radius 6-8) are given a diameter of 15 px: the shipped model (30 px) sees the
@@ -122,7 +123,7 @@ def test_objects_on_seams_come_out_once_and_whole(one_thread, volume):
 def test_stack_objects_are_whole_and_keep_their_id_through_z(one_thread, volume, tmp_path):
     image, truth = volume
     summary = segment_stack(image, tmp_path / "labels.zarr", **SETTINGS)
-    labels = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")[:]
+    labels = open_zarr_array(str(tmp_path / "labels.zarr"), mode="r")[:]
     assert labels.dtype == np.uint32 and labels.shape == image.shape
     assert summary.planes == summary.segmented == 4 and summary.linked
     assert_objects_whole_and_linked(labels, truth)
@@ -138,8 +139,8 @@ def test_plane_range_and_resume_skip_finished_planes(one_thread, volume, tmp_pat
     assert again.skipped == 2 and again.segmented == 2
     whole = segment_stack(image, tmp_path / "whole.zarr", link=False, **SETTINGS)
     assert whole.segmented == 4
-    np.testing.assert_array_equal(zarr.open_array(str(out))[:],
-                                  zarr.open_array(str(tmp_path / "whole.zarr"))[:])
+    np.testing.assert_array_equal(open_zarr_array(str(out))[:],
+                                  open_zarr_array(str(tmp_path / "whole.zarr"))[:])
 
 
 def test_killed_run_resumes_to_the_labels_of_an_uninterrupted_run(one_thread, volume, tmp_path):
@@ -168,8 +169,8 @@ def test_killed_run_resumes_to_the_labels_of_an_uninterrupted_run(one_thread, vo
     assert resumed.skipped == finished
     expected = segment_stack(source, tmp_path / "uninterrupted.zarr", **SETTINGS)
     assert expected.segmented == 4
-    np.testing.assert_array_equal(zarr.open_array(str(out))[:],
-                                  zarr.open_array(str(tmp_path / "uninterrupted.zarr"))[:])
+    np.testing.assert_array_equal(open_zarr_array(str(out))[:],
+                                  open_zarr_array(str(tmp_path / "uninterrupted.zarr"))[:])
 
 
 def test_assembly_stopped_midway_and_planes_added_later_resume_to_the_same_labels(
@@ -209,8 +210,8 @@ def test_assembly_stopped_midway_and_planes_added_later_resume_to_the_same_label
     monkeypatch.setattr(stack, "assemble_objects", assemble)
     resumed = segment_stack(image, out, resume=True, **SETTINGS)
     assert resumed.skipped == 4 and resumed.objects_3d == expected.objects_3d
-    np.testing.assert_array_equal(zarr.open_array(str(out))[:],
-                                  zarr.open_array(str(tmp_path / "uninterrupted.zarr"))[:])
+    np.testing.assert_array_equal(open_zarr_array(str(out))[:],
+                                  open_zarr_array(str(tmp_path / "uninterrupted.zarr"))[:])
 
 
 @pytest.mark.slow
@@ -225,12 +226,12 @@ def test_dask_cluster_equals_serial_run(one_thread, volume, tmp_path):
         parallel = segment_stack(source, tmp_path / "dask.zarr", scheduler=cluster.scheduler_address,
                                  **SETTINGS)
     assert parallel.objects == serial.objects
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "dask.zarr"))[:],
-                                  zarr.open_array(str(tmp_path / "serial.zarr"))[:])
+    np.testing.assert_array_equal(open_zarr_array(str(tmp_path / "dask.zarr"))[:],
+                                  open_zarr_array(str(tmp_path / "serial.zarr"))[:])
     local = segment_stack(source, tmp_path / "local.zarr", workers=2, **SETTINGS)  # no cluster
     assert local.objects == serial.objects
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "local.zarr"))[:],
-                                  zarr.open_array(str(tmp_path / "serial.zarr"))[:])
+    np.testing.assert_array_equal(open_zarr_array(str(tmp_path / "local.zarr"))[:],
+                                  open_zarr_array(str(tmp_path / "serial.zarr"))[:])
 
 
 def test_second_run_with_a_cache_computes_no_embedding(one_thread, volume, tmp_path, monkeypatch):
@@ -258,14 +259,14 @@ def test_existing_output_is_refused_and_left_untouched(one_thread, volume, tmp_p
     image, _ = volume
     out = tmp_path / "labels.zarr"
     segment_stack(image[:2], out, link=False, **SETTINGS)
-    before = zarr.open_array(str(out))[:]
+    before = open_zarr_array(str(out))[:]
     with pytest.raises(FileExistsError, match="resume"):
         segment_stack(image[:2], out, **SETTINGS)
     with pytest.raises(FileExistsError, match="shape"):
         segment_stack(image[:3], out, resume=True, **SETTINGS)
     with pytest.raises(FileExistsError, match="settings"):
         segment_stack(image[:2], out, resume=True, sampler="grid", tile=80, halo=24)
-    np.testing.assert_array_equal(zarr.open_array(str(out))[:], before)
+    np.testing.assert_array_equal(open_zarr_array(str(out))[:], before)
 
 
 def test_bad_sources_and_outputs_are_refused(tmp_path, volume):

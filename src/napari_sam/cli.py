@@ -14,6 +14,7 @@ import numpy as np
 from napari_sam import image_files
 from napari_sam.engine.amg import SAMPLERS
 from napari_sam.models.registry import MODELS, MODES
+from napari_sam.volume.stack import FORMATS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,14 +153,20 @@ def _parser() -> argparse.ArgumentParser:
 
     stack = commands.add_parser(
         "segment-stack",
-        help="segment every plane of a volume automatically into a zarr label volume",
+        help="segment every plane of a volume automatically into OME-Zarr labels",
         description="Automatic segmentation of every plane (tiled if large), written plane by "
-        "plane into a uint32 zarr array; a killed run continues with --resume. The planes' "
-        "objects are then assembled into 3D objects: one id through z, out-of-focus light and "
-        "pieces in too few planes dropped.",
+        "plane into uint32 OME-Zarr labels (or a zarr array); a killed run continues with "
+        "--resume. The planes' objects are then assembled into 3D objects: one id through z, "
+        "out-of-focus light and pieces in too few planes dropped. The labels of an OME-Zarr "
+        "image go into its labels group by default, with its levels.",
     )
     stack.add_argument("source", help="zarr store, OME-zarr, tiff/OME-tiff or .npy volume")
-    stack.add_argument("output", type=Path, help="output zarr array (labels)")
+    stack.add_argument("output", type=Path, nargs="?",
+                       help="where to write the labels (default for an OME-Zarr image: its "
+                       "labels/napari-sam)")
+    stack.add_argument("--format", choices=FORMATS, dest="output_format",
+                       help="ome-zarr: an OME-Zarr label image with levels and each object's "
+                       "area and plane (default); zarr: a plain zarr array")
     _stack_options(stack)
     stack.add_argument("--cache", type=Path, help="embedding cache to reuse and fill")
     stack.add_argument("--resume", action="store_true", help="continue an earlier run into OUTPUT")
@@ -364,10 +371,16 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _segment_stack(args: argparse.Namespace) -> int:
-    from napari_sam.volume.stack import segment_stack
+    from napari_sam.volume.io import open_volume
+    from napari_sam.volume.stack import default_output, segment_stack
 
     if args.mode == "propagate":
         return _segment_and_track(args)
+    args.output_format = args.output_format or "ome-zarr"
+    if args.output is None and args.output_format == "ome-zarr":
+        args.output = default_output(open_volume(args.source, axes=args.axes))
+    elif args.output is None:
+        raise ValueError("--format zarr: give the OUTPUT array to write")
     if args.key_planes is not None or args.key_model is not None:
         raise ValueError("--key-planes, --key-model: options of --mode propagate")
     options = _amg_options(args, ("sampler", "points_per_side", "pred_iou_thresh",
@@ -377,7 +390,8 @@ def _segment_stack(args: argparse.Namespace) -> int:
         axes=args.axes, z=args.z, diameter=args.diameter, tile=args.tile, halo=args.halo,
         cache=args.cache, resume=args.resume, link=not args.no_link, voxel_size=args.voxel_size,
         min_planes=args.min_planes, workers=args.workers, scheduler=args.scheduler,
-        progress=_progress("segment"), mode=args.mode, **options,
+        progress=_progress("segment"), mode=args.mode, output_format=args.output_format,
+        **options,
     )
     linked = f", {summary.objects_3d} objects in 3D" if summary.linked else ""
     print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "
@@ -393,9 +407,12 @@ def _segment_and_track(args: argparse.Namespace) -> int:
         ("--scheduler", args.scheduler), ("--voxel-size", args.voxel_size),
         ("--min-planes", args.min_planes), ("--z", args.z), ("--sampler", args.sampler),
         ("--points-per-side", args.points_per_side), ("--pred-iou-thresh", args.pred_iou_thresh),
-        ("--stability-score-thresh", args.stability_score_thresh)) if value]
+        ("--stability-score-thresh", args.stability_score_thresh),
+        ("--format", args.output_format)) if value]
     if unused:
         raise ValueError(f"{', '.join(unused)}: not options of --mode propagate; leave them out")
+    if args.output is None:
+        raise ValueError("--mode propagate writes a zarr array: give the OUTPUT to write")
     summary = segment_and_track(
         args.source, args.output, model=args.model, checkpoint=args.checkpoint,
         device=args.device, axes=args.axes, key_planes=args.key_planes, key_model=args.key_model,
@@ -588,6 +605,8 @@ def _kept_nothing(args: argparse.Namespace, started: float) -> str:
 def _kept_planes(args: argparse.Namespace, started: float) -> str:
     from napari_sam.volume.stack import RECORD
 
+    if args.output is None:
+        return "nothing was written"
     done = args.output / RECORD / "done"
     if not done.is_dir():
         return "nothing was written" if not args.output.exists() else (

@@ -1,9 +1,11 @@
-"""Automatic segmentation of the shown slice, or of the whole stack into a zarr label volume
-(tiled, resumable, linked in 3D) that napari reads lazily, in a worker with progress and cancel.
+"""Automatic segmentation of the shown slice, or of the whole stack into an OME-Zarr label image
+or a zarr array (tiled, resumable, linked in 3D) that napari reads lazily, in a worker with
+progress and cancel.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,9 @@ from napari_sam.plugin.layers import (
 )
 from napari_sam.plugin.model_widget import path_row
 from napari_sam.plugin.session import LayerError, Session
-from napari_sam.volume.stack import segment_stack
+from napari_sam.volume.io import open_zarr_array
+from napari_sam.volume.ome_zarr import level_paths, open_labels
+from napari_sam.volume.stack import FORMATS, default_output, segment_stack
 
 SLICE_LAYER = "SAM automatic"
 
@@ -77,6 +81,11 @@ class AutomaticWidget(QWidget):
         self.stability = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05,
                                         value=defaults.get("stability_score_thresh", 0.95))
         self.min_area = QSpinBox(minimum=0, maximum=10**6, value=0)
+        self.output_format = QComboBox()
+        self.output_format.addItems(FORMATS)
+        self.output_format.setToolTip("ome-zarr: an OME-Zarr label image with a pyramid and each "
+                                      "object's area and plane (in an OME-Zarr image's labels by "
+                                      "default); zarr: a plain zarr array")
         self.output = QLineEdit()
         self.output.setPlaceholderText("a new .zarr folder for the stack's labels")
         self.resume = QCheckBox("resume a run with the same settings")
@@ -103,6 +112,7 @@ class AutomaticWidget(QWidget):
         form.addRow("min predicted IoU", self.iou)
         form.addRow("min stability", self.stability)
         form.addRow("min region area (px)", self.min_area)
+        form.addRow("stack format", self.output_format)
         form.addRow("stack output", path_row(self.output, self._choose_output))
         form.addRow(self.resume)
         form.addRow(self.link)
@@ -201,6 +211,8 @@ class AutomaticWidget(QWidget):
         self._flag = flag
         resume = self.resume.isChecked() and Path(output).exists()
         link, options = self.link.isChecked(), self.options()
+        output_format = self.output_format.currentText()
+        volume = _with_file(source.volume, image)
 
         def progress(done: int, total: int) -> None:
             self.stack_progress.emit(done, total)
@@ -209,7 +221,7 @@ class AutomaticWidget(QWidget):
         def job():
             try:  # the session's model: one copy in memory, and the weights prompts use
                 return segment_stack(
-                    source.volume, output, model=session.model(),
+                    volume, output, model=session.model(), output_format=output_format,
                     diameter=settings.diameter, tile=settings.tile, halo=settings.halo,
                     cache=settings.cache, resume=resume, link=link, progress=progress, **options)
             except Cancelled:
@@ -238,25 +250,44 @@ class AutomaticWidget(QWidget):
         self._show_stack(self._stack_image, self.output.text().strip())
 
     def _show_stack(self, image, output: str) -> None:
-        """Show (or refresh) the zarr output as a labels layer; napari reads it lazily."""
-        import zarr
-
+        """Show (or refresh) the output as a labels layer, all levels of an OME-Zarr label
+        image; napari reads it lazily."""
         if not Path(output).exists():
             return
-        name = f"{Path(output).stem} ({image.name})"
-        data = zarr.open_array(output, mode="r")
+        name = f"{Path(output).name.removesuffix('.zarr').removesuffix('.ome')} ({image.name})"
+        if self.output_format.currentText() == "ome-zarr":
+            group = open_labels(output)
+            data = [group[path] for path in level_paths(group)]
+            data = data if len(data) > 1 else data[0]
+        else:
+            data = open_zarr_array(output)
         if name in self.viewer.layers:
             self.viewer.layers[name].data = data
         else:
             self.viewer.add_labels(data, name=name, scale=image.scale, translate=image.translate)
 
     def _default_output(self, *_) -> None:
+        """The labels group of the image's OME-Zarr file, else a folder in ~/napari-sam."""
         image = self.image.layer()
-        if image is not None and not self.output.text():
-            self.output.setText(str(Path.home() / "napari-sam" / f"{image.name}-labels.zarr"))
+        if image is None or self.output.text():
+            return
+        try:
+            output = default_output(_with_file(self.session.source(image).volume, image))
+        except (ValueError, LayerError):
+            output = Path.home() / "napari-sam" / f"{image.name}-labels.ome.zarr"
+        self.output.setText(str(output))
 
     def _choose_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Labels output (.zarr folder)", "",
                                               "Zarr (*.zarr)")
         if path:
             self.output.setText(path if path.endswith(".zarr") else path + ".zarr")
+
+
+def _with_file(volume, image):
+    """``volume`` of the layer ``image`` with the path of the OME-Zarr image it was read from,
+    so that the stack's labels take that image's levels (none for other files)."""
+    path = image.source.path
+    if path is None or not Path(path).is_dir():
+        return volume
+    return replace(volume, path=str(path))

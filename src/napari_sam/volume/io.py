@@ -546,16 +546,22 @@ def _ngff_sizes(image: dict, ndim: int) -> list[float | None] | None:
 
 
 def open_zarr_array(path: str | os.PathLike, mode: str = "r") -> zarr.Array:
-    """``zarr.open_array(path, mode=mode)``, or an error that names a damaged metadata file.
+    """``zarr.open_array(path, mode=mode)``, or level 0 of an OME-Zarr image or label image;
+    an error that names a damaged metadata file.
 
     Raises
     ------
     ValueError
-        The metadata is not valid JSON or not zarr metadata, or ``path`` holds a group.
+        The metadata is not valid JSON or not zarr metadata, or ``path`` holds a group without
+        OME-Zarr ``multiscales``.
     """
     node = _open_zarr(Path(path), mode)
-    if not isinstance(node, zarr.Array):
-        raise ValueError(f"{path} is a zarr group, not an array")
+    if isinstance(node, zarr.Group):
+        attrs = node.attrs.asdict()
+        multiscales = attrs.get("ome", attrs).get("multiscales")  # NGFF 0.5 nests under "ome"
+        if not multiscales:
+            raise ValueError(f"{path} is a zarr group, not an array")
+        node = node[str(multiscales[0]["datasets"][0]["path"])]
     return node
 
 

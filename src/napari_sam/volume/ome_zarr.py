@@ -156,7 +156,7 @@ def create_labels(
     Parameters
     ----------
     path : path
-        The new group; it must not exist.
+        The new group; it must not exist (or be an empty folder).
     shape, chunks : tuple of int
         Level 0's shape and chunks; give 1 along the plane axes, so that planes are written
         apart. Lower levels take the same chunks, cut to their shape.
@@ -192,14 +192,14 @@ def create_labels(
         ``path`` exists.
     """
     path = Path(path).expanduser()
-    if path.exists():
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise FileExistsError(f"{str(path)!r} exists: choose another path for the labels")
     version = version or (pyramid.version if pyramid is not None else "0.5")
     if version not in VERSIONS:
         raise ValueError(f"OME-NGFF version {version!r} is not supported: give one of {VERSIONS}")
     levels = _levels(tuple(shape), pyramid, axes, voxel_size)
     fmt = _ZARR_FORMAT[version]
-    group = zarr.open_group(path, mode="w-", zarr_format=fmt)
+    group = zarr.open_group(path, mode="a", zarr_format=fmt)
     names = [str(a["name"]) for a in levels.axes]
     for level, level_shape in zip(levels.paths, levels.shapes):
         options = ({"dimension_names": names} if fmt == 3
@@ -334,7 +334,7 @@ def label_colour(value: int) -> list[int]:
     hue, saturation, brightness = digest[0] / 256, 0.55 + digest[1] / 640, 0.75 + digest[2] / 1100
     rgb = np.clip(np.abs(((hue * 6 + np.array([0.0, 4.0, 2.0])) % 6) - 3) - 1, 0, 1)
     rgb = brightness * (1 - saturation + saturation * rgb)
-    return [int(round(c * 255)) for c in rgb] + [255]
+    return [round(float(c) * 255) for c in rgb] + [255]
 
 
 def _levels(shape: tuple[int, ...], pyramid: ImagePyramid | None, axes: str | None,

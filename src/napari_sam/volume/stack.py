@@ -45,10 +45,28 @@ from napari_sam.engine.segmenter import AUTO, Segmenter
 from napari_sam.models.loading import load_model
 from napari_sam.models.registry import MODELS, automatic_mode
 from napari_sam.volume.assembly import assemble_objects
-from napari_sam.volume.io import Volume, open_volume, open_zarr_array, plane_rgb, volume_limits
+from napari_sam.volume.io import (
+    Volume,
+    open_volume,
+    open_zarr_array,
+    plane_rgb,
+    volume_limits,
+)
+from napari_sam.volume.ome_zarr import (
+    ImagePyramid,
+    create_labels,
+    labels_location,
+    open_labels,
+    read_image_pyramid,
+    register_labels,
+    write_levels,
+    write_properties,
+)
 
-RECORD = ".napari_sam"  # folder inside the output array: run settings and one marker per plane
+RECORD = ".napari_sam"  # folder inside the output: run settings and one marker per plane
 FRAGMENTS = "fragments"  # in RECORD: the planes' own labels (zarr), which assembly reads
+FORMATS = ("ome-zarr", "zarr")  # an OME-Zarr label image, or a plain zarr array
+LABELS_NAME = "napari-sam"  # the labels' name in an OME-Zarr image's labels group
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,7 @@ class StackJob:
     cache: str | None
     stride: int
     mode: str = "amg"  # automatic mode (Segmenter.segment_all)
+    output_format: str = "zarr"  # one of FORMATS
     options: dict[str, Any] = field(default_factory=dict)
     loaded: Any = field(default=None, compare=False, repr=False)  # the model, in serial runs
     decoder: Any = field(default=None, compare=False, repr=False)  # "ais", "apg": read once
@@ -112,11 +131,12 @@ class StackSummary:
     linked: bool  # the fragments were assembled into 3D objects
     objects_3d: int | None = None  # objects in the whole volume after assembly
     scale: str = ""  # the object diameter used, for a user (Segmenter.describe_scale)
+    output: str = ""  # where the labels are
 
 
 def segment_stack(
     source,
-    output: str | os.PathLike,
+    output: str | os.PathLike | None = None,
     *,
     model=None,
     checkpoint: str | os.PathLike | None = None,
@@ -135,17 +155,21 @@ def segment_stack(
     scheduler: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     mode: str | None = None,
+    output_format: str = "ome-zarr",
     **amg_options,
 ) -> StackSummary:
-    """Segment every plane of a stack automatically into a uint32 zarr label volume.
+    """Segment every plane of a stack automatically into an OME-Zarr label image (or a zarr
+    array) of uint32 labels.
 
     Parameters
     ----------
     source : path, array or Volume
         Anything :func:`napari_sam.volume.open_volume` opens.
-    output : path
-        The zarr array to write: same plane axes and plane size as ``source``, one chunk per
-        plane. It must not exist unless ``resume`` is given, nor lie inside the source.
+    output : path, optional
+        Where to write the labels: same plane axes and plane size as ``source``, one chunk per
+        plane. It must not exist unless ``resume`` is given, nor lie inside the source, but
+        for the ``labels`` group of an OME-Zarr source. By default, for an OME-Zarr source,
+        its labels ``napari-sam`` (:func:`default_output`).
     model : str or Sam, optional
         A registry name as in :func:`napari_sam.load_model`, or a model loaded already (serial
         runs only: workers load their own).
@@ -187,6 +211,13 @@ def segment_stack(
         Automatic mode (:meth:`~napari_sam.Segmenter.segment_all`); by default "amg" when
         generator settings are given, else the one that suits the model. "ais" and "apg" need
         a model with an instance decoder.
+    output_format : {"ome-zarr", "zarr"}
+        ``"ome-zarr"``: an OME-Zarr label image (NGFF 0.5; 0.4 when the source is 0.4), with
+        the levels of an OME-Zarr source (without channels) or, for other sources, levels
+        halving y and x down to about 512 pixels, and each object's area (voxels) and plane
+        (its largest cross-section) in its ``image-label`` properties. The labels are level 0
+        (:func:`~napari_sam.volume.io.open_zarr_array` and
+        :func:`~napari_sam.volume.open_volume` open it). ``"zarr"``: a plain zarr array.
     **amg_options
         With ``mode="amg"``: settings of :class:`~napari_sam.AutomaticMaskGenerator`
         (``sampler``, ``points_per_side``, thresholds...) on top of those that suit the model.
@@ -208,6 +239,9 @@ def segment_stack(
     """
     start = time.perf_counter()
     serial = _check_parallel(model, workers, scheduler)
+    if output_format not in FORMATS:
+        raise ValueError(f"output_format {output_format!r} is not one of {FORMATS}: "
+                         "'ome-zarr' for an OME-Zarr label image, 'zarr' for a plain array")
     volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
     if voxel_size is not None:
         volume = replace(volume, voxel_size=voxel_size)
@@ -217,10 +251,14 @@ def segment_stack(
             "time point or channel first, e.g. open_volume(path).data[t]"
         )
     todo = _planes(volume, z)
+    if output is None:
+        if output_format != "ome-zarr":
+            raise ValueError("give an output for a plain zarr array")
+        output = default_output(volume)
     check_paths(source=volume.path, output=output, cache=cache)
     job = _job(volume, output, model=model, checkpoint=checkpoint, device=device,
                diameter=diameter, tile=tile, halo=halo, cache=cache, mode=mode,
-               options=amg_options, keep_model=serial)
+               options=amg_options, keep_model=serial, output_format=output_format)
     job.check(todo[0])
     record = _record(job)
     if Path(job.output).exists():
@@ -239,14 +277,89 @@ def segment_stack(
         fragments = open_zarr_array(Path(job.output) / RECORD / FRAGMENTS)
         objects_3d = assemble_objects(fragments, volume, out=labels, diameter=job.diameter,
                                       min_planes=min_planes).objects
+    if job.output_format == "ome-zarr":
+        _finish_labels(job.output, levels=linked)
     return StackSummary(planes=len(todo), segmented=len(remaining),
                         skipped=len(todo) - len(remaining), objects=objects,
                         seconds=time.perf_counter() - start, linked=linked, objects_3d=objects_3d,
-                        scale=_describe_scale(job))
+                        scale=_describe_scale(job), output=job.output)
+
+
+def default_output(source, name: str = LABELS_NAME) -> Path:
+    """Where :func:`segment_stack` writes the labels of ``source`` when no output is given:
+    the labels ``name`` of an OME-Zarr image (:func:`~napari_sam.volume.ome_zarr.labels_location`).
+
+    Raises
+    ------
+    ValueError
+        ``source`` is not an OME-Zarr image whose levels the labels can share.
+    """
+    volume = source if isinstance(source, Volume) else open_volume(source)
+    if _source_pyramid(volume) is None:
+        raise ValueError(f"give an output for the labels of {volume.source}: only the labels "
+                         "of an OME-Zarr image (one plane axis) go into the image by default")
+    return labels_location(volume.path, name)
+
+
+def _source_pyramid(volume: Volume) -> ImagePyramid | None:
+    """The levels of the OME-Zarr image ``volume`` is level 0 of, when labels of its planes
+    (without channels) fit them; else None."""
+    pyramid = read_image_pyramid(volume.path) if volume.path else None
+    if pyramid is None:
+        return None
+    levels = pyramid.without_channel()
+    fits = (levels.shapes[0] == (*volume.planes, *volume.plane_shape)
+            and levels.axis_names == volume.plane_axes + "yx")
+    return pyramid if fits else None
+
+
+def _finish_labels(output: str, *, levels: bool) -> None:
+    """The OME-Zarr labels' lower levels (when ``levels``: the planes were rewritten since
+    they were segmented) and their objects' properties, from level 0: made again whole by a
+    resume."""
+    group = open_labels(output, mode="r+")
+    if levels:
+        write_levels(group)
+    write_properties(group, object_properties(open_zarr_array(output)))
+
+
+def object_properties(labels) -> list[dict]:
+    """Each object's ``"label-value"``, ``"area"`` (voxels) and, with planes, the ``"plane"``
+    of its largest cross-section (the first of equal ones), read plane by plane.
+
+    Parameters
+    ----------
+    labels : (..., Y, X) integer array
+        Label planes along the leading axes (zarr, numpy, ...).
+    """
+    planes = tuple(labels.shape[:-2])
+    found = []
+    for index in np.ndindex(planes):
+        plane = np.asarray(labels[index])
+        ids, counts = np.unique(plane[plane > 0], return_counts=True)
+        found.append((ids, counts, np.full(ids.size, np.ravel_multi_index(index, planes)
+                                           if planes else 0)))
+    ids, counts, where = (np.concatenate(parts) for parts in zip(*found))
+    values, inverse = np.unique(ids, return_inverse=True)
+    area = np.bincount(inverse, weights=counts, minlength=values.size).astype(np.int64)
+    # the largest cross-section of each object: the last of its planes sorted by area
+    order = np.lexsort((-where, counts, inverse))
+    best = where[order[np.r_[np.flatnonzero(np.diff(inverse[order])), inverse.size - 1]]] \
+        if inverse.size else where
+    properties = []
+    for value, size, plane in zip(values.tolist(), area.tolist(), best.tolist()):
+        entry = {"label-value": value, "area": size}
+        if len(planes) == 1:
+            entry["plane"] = plane
+        elif planes:
+            entry["plane"] = [int(i) for i in np.unravel_index(plane, planes)]
+        properties.append(entry)
+    return properties
 
 
 def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, halo, cache,
-         options, keep_model: bool, mode: str | None = None) -> StackJob:
+         options, keep_model: bool, mode: str | None = None,
+         output_format: str = "zarr") -> StackJob:
     """The settings of a run over ``volume``: the model loaded (kept in the job when
     ``keep_model``), the source's limits, fingerprint and diameter resolved once."""
     loaded, checkpoint = _model(model, checkpoint, device)
@@ -272,7 +385,7 @@ def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, h
                     estimated=estimated, tile=tile, halo=halo,
                     cache=None if cache is None else str(cache),
                     stride=2**32 // (volume.n_planes + 1), mode=mode, decoder=decoder,
-                    options=dict(options),
+                    options=dict(options), output_format=output_format,
                     loaded=loaded if keep_model else None)
 
 
@@ -327,11 +440,15 @@ def _check_parallel(model, workers, scheduler) -> bool:
 def check_paths(*, source: str | None, output: str | os.PathLike | None,
                  cache: str | os.PathLike | None) -> None:
     """Refuse a cache that is, holds or lies in the source or the output, and an output that
-    is, holds or lies in the source: each would write into the other."""
+    is, holds or lies in the source: each would write into the other. The ``labels`` group of
+    an OME-Zarr source is where its labels belong: an output there is allowed."""
     def overlap(inner, outer) -> str | None:
         if inner is None or outer is None:
             return None
         a, b = Path(inner).expanduser().resolve(), Path(outer).expanduser().resolve()
+        if (inner is output and outer is source and b / "labels" in a.parents
+                and read_image_pyramid(b) is not None):
+            return None
         return ("the same path as" if a == b else "inside" if b in a.parents
                 else "a folder holding" if a in b.parents else None)
 
@@ -390,6 +507,8 @@ def segment_one(job: StackJob, plane: int) -> int:
             output[plane] = labels
         else:
             output[...] = labels
+    if job.output_format == "ome-zarr":
+        write_levels(open_labels(job.output, mode="r+"), plane if job.volume.planes else ())
     (Path(job.output) / RECORD / "done" / str(plane)).touch()
     return count
 
@@ -456,18 +575,23 @@ def _record(job: StackJob) -> dict:
         "limits": job.limits, "diameter": job.diameter, "estimated": job.estimated,
         "tile": job.tile, "halo": job.halo, "stride": job.stride, "mode": job.mode,
         "options": job.options, "layout": FRAGMENTS,  # runs before 3D assembly lack it
+        "format": job.output_format,
     }
     return json.loads(json.dumps(record, default=str))
 
 
 def _open_output(job: StackJob, record: dict):
-    """The output array: the existing one (checked by :func:`_check_resumable`), or a new one
-    made whole in a hidden sibling folder and renamed into place, so that no half-made output
-    is ever seen at ``job.output``."""
+    """The output's level 0 (the array itself for a plain zarr output): the existing one
+    (checked by :func:`_check_resumable`), or a new one made whole in a hidden sibling folder
+    and renamed into place, so that no half-made output is ever seen at ``job.output``. An
+    OME-Zarr output inside an image's ``labels`` group is listed there once in place."""
     import zarr
 
     path = Path(job.output)
+    ome = job.output_format == "ome-zarr"
     if path.exists():
+        if ome:
+            register_labels(path)  # a run killed just after the rename did not list it
         return open_zarr_array(path, mode="r+")
     building = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.incomplete"
     try:
@@ -475,20 +599,38 @@ def _open_output(job: StackJob, record: dict):
         building.mkdir()
     except OSError as error:
         raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
+    shape = tuple(record["shape"])
+    chunks = (1,) * len(job.volume.planes) + tuple(job.volume.plane_shape)
     try:
-        for store in (building, building / RECORD / FRAGMENTS):
-            zarr.create_array(store=str(store), shape=tuple(record["shape"]),
-                              chunks=(1,) * len(job.volume.planes) + tuple(job.volume.plane_shape),
-                              dtype="uint32", fill_value=0)
+        if ome:
+            _create_labels(building, job.volume, shape, chunks, name=path.name)
+        stores = (building / RECORD / FRAGMENTS,) if ome else (building, building / RECORD / FRAGMENTS)
+        for store in stores:
+            zarr.create_array(store=str(store), shape=shape, chunks=chunks, dtype="uint32",
+                              fill_value=0)
         (building / RECORD / "done").mkdir(parents=True)
         _write_json(building / RECORD / "run.json", record)
         os.rename(building, path)  # fails if another run created the output meanwhile
+        if ome:
+            register_labels(path)
     except BaseException as error:
         shutil.rmtree(building, ignore_errors=True)
         if isinstance(error, OSError):
             raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
         raise
     return open_zarr_array(path, mode="r+")
+
+
+def _create_labels(path: Path, volume: Volume, shape, chunks, *, name: str) -> None:
+    """An empty OME-Zarr label image for ``volume``'s planes at ``path``: with the levels of
+    the OME-Zarr image ``volume`` comes from, else its own, scaled by its voxel size."""
+    axes = volume.plane_axes + "yx"
+    size = None
+    if volume.voxel_size is not None:
+        by_axis = dict(zip([a for a in volume.axes if a in "zyx"], volume.voxel_size))
+        size = [by_axis[a] for a in axes if a in "zyx"]
+    create_labels(path, shape=shape, chunks=chunks, pyramid=_source_pyramid(volume), axes=axes,
+                  voxel_size=size, name=name, register=False)
 
 
 def _check_resumable(path: Path, record: dict, resume: bool) -> None:
@@ -526,8 +668,9 @@ def _check_resumable(path: Path, record: dict, resume: bool) -> None:
             "resume with the source it was written from, or choose another output"
         )
     # Paths may have moved (the fingerprints decide), and the cache and device do not change
-    # the labels. Runs recorded before automatic modes existed were "amg" runs.
-    before = {"mode": "amg", **before}
+    # the labels. Runs recorded before automatic modes existed were "amg" runs, and those
+    # before OME-Zarr output wrote plain arrays.
+    before = {"mode": "amg", "format": "zarr", **before}
     changed = sorted(k for k in record if k not in ("source", "checkpoint", "cache", "device")
                      and before.get(k) != record[k])
     if changed:
