@@ -56,6 +56,7 @@ from napari_sam.volume.ome_zarr import (
     ImagePyramid,
     create_labels,
     labels_location,
+    level_paths,
     open_labels,
     read_image_pyramid,
     register_labels,
@@ -65,6 +66,7 @@ from napari_sam.volume.ome_zarr import (
 
 RECORD = ".napari_sam"  # folder inside the output: run settings and one marker per plane
 FRAGMENTS = "fragments"  # in RECORD: the planes' own labels (zarr), which assembly reads
+OBJECTS = "objects"  # in RECORD of an OME-Zarr output: the assembled labels, before renumbering
 FORMATS = ("ome-zarr", "zarr")  # an OME-Zarr label image, or a plain zarr array
 LABELS_NAME = "napari-sam"  # the labels' name in an OME-Zarr image's labels group
 
@@ -214,8 +216,9 @@ def segment_stack(
     output_format : {"ome-zarr", "zarr"}
         ``"ome-zarr"``: an OME-Zarr label image (NGFF 0.5; 0.4 when the source is 0.4), with
         the levels of an OME-Zarr source (without channels) or, for other sources, levels
-        halving y and x down to about 512 pixels, and each object's area (voxels) and plane
-        (its largest cross-section) in its ``image-label`` properties. The labels are level 0
+        halving y and x down to about 512 pixels; object ids 1, 2, ... (in the order of the
+        planes' ids), each object's area (voxels) and plane (its largest cross-section) in
+        its ``image-label`` properties, and a colour per id. The labels are level 0
         (:func:`~napari_sam.volume.io.open_zarr_array` and
         :func:`~napari_sam.volume.open_volume` open it). ``"zarr"``: a plain zarr array.
     **amg_options
@@ -272,13 +275,15 @@ def segment_stack(
         objects = _run(job, remaining, workers, client, progress, len(todo) - len(remaining),
                        len(todo))
     linked = link and bool(volume.planes) and volume.n_planes > 1
+    ome = job.output_format == "ome-zarr"
     objects_3d = None
     if linked:
         fragments = open_zarr_array(Path(job.output) / RECORD / FRAGMENTS)
-        objects_3d = assemble_objects(fragments, volume, out=labels, diameter=job.diameter,
+        out = open_zarr_array(Path(job.output) / RECORD / OBJECTS, mode="r+") if ome else labels
+        objects_3d = assemble_objects(fragments, volume, out=out, diameter=job.diameter,
                                       min_planes=min_planes).objects
-    if job.output_format == "ome-zarr":
-        _finish_labels(job.output, levels=linked)
+    if ome:
+        _finish_labels(job.output, Path(job.output) / RECORD / (OBJECTS if linked else FRAGMENTS))
     return StackSummary(planes=len(todo), segmented=len(remaining),
                         skipped=len(todo) - len(remaining), objects=objects,
                         seconds=time.perf_counter() - start, linked=linked, objects_3d=objects_3d,
@@ -313,14 +318,25 @@ def _source_pyramid(volume: Volume) -> ImagePyramid | None:
     return pyramid if fits else None
 
 
-def _finish_labels(output: str, *, levels: bool) -> None:
-    """The OME-Zarr labels' lower levels (when ``levels``: the planes were rewritten since
-    they were segmented) and their objects' properties, from level 0: made again whole by a
-    resume."""
+def _finish_labels(output: str, found: Path) -> None:
+    """Write the OME-Zarr labels from the run record's labels ``found``, ids numbered 1, 2, ...
+    in their order there, each plane with its lower levels; then the objects' properties.
+    Everything is made from the record, so a resume makes it again whole.
+
+    Small ids keep the labels' colours usable: napari without numba maps colours of ids up to
+    2**16 only, and the planes' ids start at multiples of 2**32 / planes.
+    """
     group = open_labels(output, mode="r+")
-    if levels:
-        write_levels(group)
-    write_properties(group, object_properties(open_zarr_array(output)))
+    level0 = group[level_paths(group)[0]]
+    found = open_zarr_array(found)
+    planes = tuple(found.shape[:-2])
+    ids = np.unique(np.concatenate([np.unique(found[index]) for index in np.ndindex(planes)]))
+    ids = ids[ids > 0]
+    for index in np.ndindex(planes):
+        plane = np.asarray(found[index])
+        level0[index] = np.where(plane > 0, np.searchsorted(ids, plane) + 1, 0).astype(np.uint32)
+        write_levels(group, index)
+    write_properties(group, object_properties(level0))
 
 
 def object_properties(labels) -> list[dict]:
@@ -604,7 +620,8 @@ def _open_output(job: StackJob, record: dict):
     try:
         if ome:
             _create_labels(building, job.volume, shape, chunks, name=path.name)
-        stores = (building / RECORD / FRAGMENTS,) if ome else (building, building / RECORD / FRAGMENTS)
+        stores = [building / RECORD / name for name in (FRAGMENTS, OBJECTS)] if ome else \
+            [building, building / RECORD / FRAGMENTS]
         for store in stores:
             zarr.create_array(store=str(store), shape=shape, chunks=chunks, dtype="uint32",
                               fill_value=0)
