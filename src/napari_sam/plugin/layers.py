@@ -4,6 +4,8 @@ translation, so their data coordinates are the image's pixel coordinates."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from napari_sam.engine.geometry import bounding_box
@@ -143,9 +145,9 @@ def write_mask(labels_layer, index, mask: np.ndarray, value: int, *,
     Other objects under the mask are painted over, unless the layer's "preserve labels" option
     is on. With ``clear``, the pixels of ``clear`` that still hold ``value`` are set to 0 first
     (the old extent of a refined object). Only the box around ``mask`` and ``clear`` is read
-    and only the changed pixels are written, through the layer's ``data_setitem``: the change
-    is one step of napari's undo (Ctrl+Z), and an on-disk layer rewrites only the chunks it
-    touches.
+    and only the changed pixels are written, through the layer's ``data_setitem`` one chunk at
+    a time: the change is one step of napari's undo (Ctrl+Z), and an on-disk layer rewrites
+    only the chunks it touches.
 
     Parameters
     ----------
@@ -157,14 +159,36 @@ def write_mask(labels_layer, index, mask: np.ndarray, value: int, *,
     region = mask if clear is None else mask | clear
     if not region.any():
         return
-    top, left, bottom, right = bounding_box(region)
-    window = (slice(top, bottom + 1), slice(left, right + 1))
-    old = np.asarray(labels_layer.data[(*index, *window)])
-    new = old.copy()
-    if clear is not None:
-        new[clear[window] & (old == value)] = 0
-    inside = mask[window]
-    new[inside & (new == 0) if labels_layer.preserve_labels else inside] = value
-    rows, cols = np.nonzero(new != old)
-    coords = (*(np.full(rows.size, i) for i in index), rows + top, cols + left)
-    labels_layer.data_setitem(coords, new[rows, cols])
+    with labels_layer.block_history():  # one undo step
+        for rows, cols in _windows(bounding_box(region), getattr(labels_layer.data, "chunks", None)):
+            old = np.asarray(labels_layer.data[(*index, rows, cols)])
+            new = old.copy()
+            if clear is not None:
+                new[clear[rows, cols] & (old == value)] = 0
+            inside = mask[rows, cols]
+            new[inside & (new == 0) if labels_layer.preserve_labels else inside] = value
+            changed = np.nonzero(new != old)
+            if changed[0].size:
+                # int32 coordinates: napari's undo history keeps them (20 bytes a pixel, not 32)
+                coords = (*(np.full(changed[0].size, i, np.int32) for i in index),
+                          (changed[0] + rows.start).astype(np.int32),
+                          (changed[1] + cols.start).astype(np.int32))
+                labels_layer.data_setitem(coords, new[changed])
+
+
+def _windows(box, chunks) -> Iterator[tuple[slice, slice]]:
+    """The ``(rows, cols)`` slices of a box ``(min_row, min_col, max_row, max_col)`` (maxima
+    inclusive) cut along the chunk grid of a plane, or the whole box without ``chunks``."""
+    top, left, bottom, right = box
+    if chunks is None:
+        yield slice(top, bottom + 1), slice(left, right + 1)
+        return
+    for rows in _cut(top, bottom, chunks[-2]):
+        for cols in _cut(left, right, chunks[-1]):
+            yield rows, cols
+
+
+def _cut(first: int, last: int, step: int) -> list[slice]:
+    """``first`` to ``last`` (inclusive) cut at the multiples of ``step``."""
+    bounds = [first, *range((first // step + 1) * step, last + 1, step), last + 1]
+    return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
