@@ -196,6 +196,18 @@ class Session:
                 self._model_key = wanted
             return self._model
 
+    def use_checkpoint(self, path) -> None:
+        """Make a checkpoint file (e.g. one just fine-tuned) the session's model, loaded now;
+        the previous settings stay when it does not load (the error is raised)."""
+        with self.lock:
+            previous = self.settings
+            self.configure(checkpoint=str(path))
+            try:
+                self.model()
+            except Exception:
+                self.configure(**previous.__dict__)
+                raise
+
     def source(self, layer) -> ImageSource:
         """The layer as an :class:`ImageSource`, made once per layer data (its intensity limits
         come from a sample of the whole volume, so that every slice is normalised alike)."""

@@ -10,6 +10,9 @@ from napari_sam.engine.geometry import bounding_box, centre_point, iou, label_io
 from napari_sam.engine.predictor import Predictor
 from napari_sam.models.sam import Sam
 
+# The mIoU scores of :func:`prompt_miou`.
+SCORES = ("point", "point_oracle", "box")
+
 
 def prompt_miou(
     model: Sam,
@@ -40,7 +43,7 @@ def prompt_miou(
         ``point_oracle`` (the best of the three masks), ``box`` (single mask), ``objects``.
     """
     predictor = Predictor(model)
-    ious: dict[str, list[float]] = {"point": [], "point_oracle": [], "box": []}
+    ious: dict[str, list[float]] = {score: [] for score in SCORES}
     was_training = model.training
     model.eval()
     try:

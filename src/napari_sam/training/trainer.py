@@ -24,7 +24,7 @@ from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.models.loading import resolve_device
 from napari_sam.models.sam import Sam
 from napari_sam.training.data import LabelledSlices
-from napari_sam.training.evaluation import prompt_miou
+from napari_sam.training.evaluation import SCORES, prompt_miou
 from napari_sam.training.losses import matched_sam_loss, sam_loss
 from napari_sam.training.prompts import (
     PromptBatch,
@@ -49,6 +49,8 @@ class TrainingHistory:
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     validation: list[dict] = field(default_factory=list)
+    best: dict | None = None  # the validation of the weights kept (with ``keep_best``)
+    stopped: bool = False  # ``should_stop`` ended the run early
 
 
 def train(
@@ -67,6 +69,9 @@ def train(
     mixed_precision: bool = True,
     metadata: dict | None = None,
     log: Callable[[str], None] | None = print,
+    keep_best: str | None = None,
+    report: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainingHistory:
     """Fine-tune ``model`` with prompts simulated from ground-truth labels.
 
@@ -92,8 +97,8 @@ def train(
     output : path, optional
         Folder for ``model.pt``, ``model.json`` and ``training_state.pt``.
     validation : list of (image, labels), optional
-        Held-out examples; :func:`~napari_sam.training.evaluation.prompt_miou` every
-        ``validate_every`` steps and at the end.
+        Held-out examples; :func:`~napari_sam.training.evaluation.prompt_miou` before the first
+        step (unless resumed), every ``validate_every`` steps and at the end.
     validate_every, checkpoint_every : int
         Intervals in steps.
     resume : bool
@@ -109,6 +114,19 @@ def train(
         is recorded there too.
     log : callable, optional
         Receives one line per logged step.
+    keep_best : str, optional
+        A score of :func:`~napari_sam.training.evaluation.prompt_miou` (``"point"``, ``"box"``,
+        ``"point_oracle"``); needs ``validation`` and ``output``. ``model.pt`` then holds the
+        weights with the highest such validation score so far, the model as given included
+        (written before the first step), instead of the latest weights; ``training_state.pt``
+        keeps the latest ones for ``resume``.
+    report : callable, optional
+        Called after every step with ``{"step", "steps", "loss"}`` (``loss`` NaN for a step
+        without any object) and after every validation with ``{"step", "steps", "validation",
+        "best"}`` (``best``: this validation's weights are the ones kept).
+    should_stop : callable, optional
+        Checked after every step: when it returns true, the run ends there (``history.stopped``)
+        after writing the checkpoint a run ending at that step would write.
 
     Returns
     -------
@@ -119,10 +137,17 @@ def train(
     ValueError
         ``steps`` below 1, a recipe that does not fit the model, training labels or validation
         examples without any labelled object (nothing would be learnt, and the scores would be
-        NaN).
+        NaN), ``keep_best`` without validation or output, or not a score.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if keep_best is not None:
+        if keep_best not in SCORES:
+            raise ValueError(f"keep_best must be one of {', '.join(map(repr, SCORES))}, "
+                             f"got {keep_best!r}")
+        if not validation or output is None:
+            raise ValueError("keep_best needs validation examples and an output folder: the "
+                             "best weights are chosen by validation and written there")
     radii = _erosion_radii(model, recipe)
     if isinstance(data, LabelledSlices):
         data.check_labelled()
@@ -146,9 +171,28 @@ def train(
     start = 0
     state_file = output / "training_state.pt" if output is not None else None
     if resume and state_file is not None and state_file.is_file():
-        start = _restore(state_file, model, optimizer, schedule, rng)
+        start, history.best = _restore(state_file, model, optimizer, schedule, rng)
         if log:
             log(f"resumed at step {start}")
+    metadata = {"recipe": asdict(recipe), **({"best_by": keep_best} if keep_best else {}),
+                **(metadata or {})}
+
+    def validate(done: int) -> None:
+        scores = prompt_miou(model, validation)
+        history.validation.append({"step": done, **scores})
+        best = keep_best is not None and (
+            history.best is None or scores[keep_best] > history.best[keep_best])
+        if best:
+            history.best = history.validation[-1]
+            save_checkpoint(model, output, step=done, history=history, metadata=metadata)
+        if log:
+            log(f"validation at step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        if report:
+            report({"step": done, "steps": steps, "validation": scores, "best": best})
+        _training_mode(model, recipe)
+
+    if validation and start == 0:
+        validate(0)
 
     autocast = _autocast(device, mixed_precision)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast.fast_dtype == torch.float16 and device.type == "cuda")
@@ -171,21 +215,25 @@ def train(
         schedule.step()
 
         done = step + 1
-        if log and (done % 10 == 0 or done == steps):
+        history.stopped = should_stop is not None and done < steps and should_stop()
+        last = done == steps or history.stopped
+        if report:
+            report({"step": done, "steps": steps,
+                    "loss": float(loss.detach()) if loss is not None else float("nan")})
+        if log and (done % 10 == 0 or last):
             rate = (time.perf_counter() - tic) / (done - start)
             log(f"step {done}/{steps} loss {np.mean(history.losses[-10:]):.4f} "
                 f"miou {parts.get('miou', float('nan')):.3f} lr {schedule.get_last_lr()[0]:.2e} "
                 f"({rate:.2f} s/step)")
-        if validation and (done % validate_every == 0 or done == steps):
-            scores = prompt_miou(model, validation)
-            history.validation.append({"step": done, **scores})
-            if log:
-                log(f"validation at step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-            _training_mode(model, recipe)
-        if output is not None and (done % checkpoint_every == 0 or done == steps):
-            save_checkpoint(model, output, step=done, history=history,
-                            metadata={"recipe": asdict(recipe), **(metadata or {})})
-            _save_state(state_file, optimizer, schedule, rng, done)
+        if validation and (done % validate_every == 0 or last):
+            validate(done)
+        if output is not None and (done % checkpoint_every == 0 or last):
+            if keep_best is None:
+                save_checkpoint(model, output, step=done, history=history, metadata=metadata)
+            _save_state(state_file, optimizer, schedule, rng, done,
+                        model=model if keep_best is not None else None, best=history.best)
+        if history.stopped:
+            break
     return history
 
 
@@ -207,6 +255,7 @@ def save_checkpoint(
         "normalisation": "as inference: uint8 used as is; other types scaled between volume-wide "
                          "limits (napari_sam.volume.io.volume_limits)",
         "validation": history.validation[-1] if history.validation else None,
+        "validation_history": history.validation,
         **(metadata or {}),
     }
     write_atomically(folder / "model.json", lambda p: p.write_text(json.dumps(record, indent=2)))
@@ -347,26 +396,35 @@ def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, enabled=False)
 
 
-def _save_state(path: Path, optimizer, schedule, rng: np.random.Generator, step: int) -> None:
+def _save_state(path: Path, optimizer, schedule, rng: np.random.Generator, step: int, *,
+                model: Sam | None = None, best: dict | None = None) -> None:
+    """What a resumed run needs; the latest weights too when ``model.pt`` holds the best ones."""
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "numpy_rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
+        "best": json.dumps(best),
     }
+    if model is not None:
+        state["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     write_atomically(path, lambda p: torch.save(state, p))
 
 
-def _restore(path: Path, model: Sam, optimizer, schedule, rng: np.random.Generator) -> int:
+def _restore(path: Path, model: Sam, optimizer, schedule,
+             rng: np.random.Generator) -> tuple[int, dict | None]:
+    """Restore a run from its state; returns its step and its best validation (or None)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    weights = torch.load(path.parent / "model.pt", map_location=model.device, weights_only=True)
+    weights = state.get("model")
+    if weights is None:
+        weights = torch.load(path.parent / "model.pt", map_location=model.device, weights_only=True)
     model.load_state_dict(weights)
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     rng.bit_generator.state = state["numpy_rng"]
     torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
+    return int(state["step"]), json.loads(state.get("best", "null"))
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
