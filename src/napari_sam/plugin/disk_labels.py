@@ -103,6 +103,8 @@ def open_labels(image_layer, source: ImageSource, name: str) -> tuple[DiskLabels
                                             pyramid=pyramid.without_channel()))
             paths = ome_zarr.level_paths(group)
             array = group[paths[0]]
+            if not existed:
+                array.attrs[_ATTRS] = {"max_label": 0}
             levels = group if len(paths) > 1 else None
         elif existed:
             array, levels = zarr.open_array(location, mode="r+"), None
@@ -110,7 +112,7 @@ def open_labels(image_layer, source: ImageSource, name: str) -> tuple[DiskLabels
             root = zarr.open_group(location.parent, mode="a")
             root.attrs[_ATTRS] = {"image": str(file or f"layer {image_layer.name!r}")}
             array = root.create_array(location.name, shape=shape, dtype="uint32", chunks=chunks,
-                                      fill_value=0)
+                                      fill_value=0, attributes={_ATTRS: {"max_label": 0}})
             levels = None
     except (ValueError, TypeError, zarr.errors.NodeTypeValidationError) as error:
         raise LayerError(f"{location} holds no labels napari-sam can use ({error}): move or "
@@ -129,7 +131,8 @@ class DiskLabels:
     a mask writes the tiles it touches). Every write first raises the largest id recorded in
     the array's attributes when it brings a larger one, so that :attr:`max_label` is right
     (or higher, after an undo) without reading the volume, even after a crash. With
-    ``levels``, the lower levels of an OME-Zarr label image follow each written plane.
+    ``levels``, :meth:`write_levels` brings the lower levels of an OME-Zarr label image in step
+    with the planes written.
 
     Parameters
     ----------
@@ -145,8 +148,12 @@ class DiskLabels:
     def __init__(self, array: zarr.Array, path: str | os.PathLike, *,
                  levels: zarr.Group | None = None) -> None:
         self.array, self.path, self.levels = array, Path(path), levels
+        self._stale: set[tuple[int, ...]] = set()  # planes whose lower levels are not written
         recorded = array.attrs.get(_ATTRS, {}).get("max_label")
-        self._max = int(recorded) if recorded is not None else largest_label(array)
+        if recorded is None:  # labels made by another program: read them once
+            recorded = largest_label(array)
+            array.attrs[_ATTRS] = {"max_label": recorded}
+        self._max = int(recorded)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -183,8 +190,13 @@ class DiskLabels:
             self._max = largest
         self.array[key] = value
         if self.levels is not None:
-            for plane in self._planes(key):
-                ome_zarr.write_levels(self.levels, plane)
+            self._stale.update(self._planes(key))
+
+    def write_levels(self) -> None:
+        """Bring the lower levels of an OME-Zarr label image in step with the planes written
+        since the last call (a napari labels layer calls it after each edit and undo)."""
+        while self._stale:
+            ome_zarr.write_levels(self.levels, self._stale.pop())
 
     def _planes(self, key) -> list[tuple[int, ...]]:
         """The planes (indices of the axes before y and x) that a key of ``[]`` reaches: a

@@ -125,7 +125,11 @@ def new_labels_layer(viewer, image, source: ImageSource, name: str):
     data, existed = open_labels(image, source, name)
     show_info(f"napari-sam: labels {name!r} are larger than {BUDGET_VARIABLE}: "
               f"{'reopened from' if existed else 'kept on disk in'} {data.path}")
-    return viewer.add_labels(data, metadata={"napari-sam labels": str(data.path)}, **frame)
+    layer = viewer.add_labels(data, metadata={"napari-sam labels": str(data.path)}, **frame)
+    if data.levels is not None:  # after each edit (paint) and undo / redo (set_data)
+        for event in (layer.events.paint, layer.events.set_data):
+            event.connect(lambda _event: data.write_levels())
+    return layer
 
 
 def next_label(labels_layer) -> int:
