@@ -76,7 +76,7 @@ def labels_location(image_layer, source: ImageSource, name: str) -> Path:
     return Path(folder) / f"{source.volume.fingerprint()}.zarr" / key
 
 
-def open_labels(image_layer, source: ImageSource, name: str) -> tuple[DiskLabels, bool]:
+def open_disk_labels(image_layer, source: ImageSource, name: str) -> tuple[DiskLabels, bool]:
     """The on-disk labels ``name`` of an image layer (:func:`labels_location`), made empty
     when missing; for an OME-Zarr image, an OME-Zarr label image with the image's levels.
 
@@ -88,7 +88,8 @@ def open_labels(image_layer, source: ImageSource, name: str) -> tuple[DiskLabels
     Raises
     ------
     LayerError
-        Labels there do not fit the image (shape, type), or are not a label image.
+        Labels there do not fit the image (shape, type), are not a label image, or cannot be
+        written.
     """
     location = labels_location(image_layer, source, name)
     shape = source.volume.planes + source.volume.plane_shape  # the image's planes, then (Y, X)
@@ -114,9 +115,9 @@ def open_labels(image_layer, source: ImageSource, name: str) -> tuple[DiskLabels
             array = root.create_array(location.name, shape=shape, dtype="uint32", chunks=chunks,
                                       fill_value=0, attributes={_ATTRS: {"max_label": 0}})
             levels = None
-    except (ValueError, TypeError, zarr.errors.NodeTypeValidationError) as error:
-        raise LayerError(f"{location} holds no labels napari-sam can use ({error}): move or "
-                         "delete it and try again") from error
+    except (ValueError, TypeError, OSError) as error:  # zarr's errors are ValueErrors
+        raise LayerError(f"cannot keep labels in {location} ({error}): move or delete what is "
+                         f"there, or set {FOLDER_VARIABLE} to a writable folder") from error
     if tuple(array.shape) != shape or np.dtype(array.dtype).kind not in "ui":
         raise LayerError(
             f"the labels in {location} have shape {tuple(array.shape)} and type {array.dtype}, "

@@ -15,7 +15,7 @@ from napari_sam.plugin.disk_labels import (
     in_memory_limit,
     labels_location,
     largest_label,
-    open_labels,
+    open_disk_labels,
 )
 from napari_sam.plugin.session import ImageSource, LayerError
 
@@ -108,9 +108,8 @@ def kept_on_disk(image, source: ImageSource, name: str) -> bool:
 
 def new_labels_layer(viewer, image, source: ImageSource, name: str):
     """Add a uint32 labels layer over ``image``: an empty numpy array within the in-memory
-    budget, else the on-disk labels ``name`` of the image
-    (:func:`~napari_sam.plugin.disk_labels.open_labels`), made empty or reopened with the work
-    of earlier sessions.
+    budget, else the on-disk labels ``name`` of the image, made empty or reopened with the work
+    of earlier sessions (:func:`~napari_sam.plugin.disk_labels.open_disk_labels`).
 
     Raises
     ------
@@ -122,7 +121,7 @@ def new_labels_layer(viewer, image, source: ImageSource, name: str):
     frame = dict(name=name, scale=image.scale, translate=image.translate)
     if not goes_to_disk(source):
         return viewer.add_labels(np.zeros(labels_shape(source), np.uint32), **frame)
-    data, existed = open_labels(image, source, name)
+    data, existed = open_disk_labels(image, source, name)
     show_info(f"napari-sam: labels {name!r} are larger than {BUDGET_VARIABLE}: "
               f"{'reopened from' if existed else 'kept on disk in'} {data.path}")
     layer = viewer.add_labels(data, metadata={"napari-sam labels": str(data.path)}, **frame)
@@ -163,8 +162,10 @@ def write_mask(labels_layer, index, mask: np.ndarray, value: int, *,
     region = mask if clear is None else mask | clear
     if not region.any():
         return
+    chunks = getattr(labels_layer.data, "chunks", None)  # zarr's; dask's are not one size
+    chunks = chunks[-2:] if chunks and all(isinstance(c, int) for c in chunks) else None
     with labels_layer.block_history():  # one undo step
-        for rows, cols in _windows(bounding_box(region), getattr(labels_layer.data, "chunks", None)):
+        for rows, cols in _windows(bounding_box(region), chunks):
             old = np.asarray(labels_layer.data[(*index, rows, cols)])
             new = old.copy()
             if clear is not None:
@@ -182,13 +183,13 @@ def write_mask(labels_layer, index, mask: np.ndarray, value: int, *,
 
 def _windows(box, chunks) -> Iterator[tuple[slice, slice]]:
     """The ``(rows, cols)`` slices of a box ``(min_row, min_col, max_row, max_col)`` (maxima
-    inclusive) cut along the chunk grid of a plane, or the whole box without ``chunks``."""
+    inclusive) cut along a plane's grid of ``(rows, cols)`` chunks, or whole without them."""
     top, left, bottom, right = box
     if chunks is None:
         yield slice(top, bottom + 1), slice(left, right + 1)
         return
-    for rows in _cut(top, bottom, chunks[-2]):
-        for cols in _cut(left, right, chunks[-1]):
+    for rows in _cut(top, bottom, chunks[0]):
+        for cols in _cut(left, right, chunks[1]):
             yield rows, cols
 
 
