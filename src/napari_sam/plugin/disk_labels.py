@@ -193,9 +193,14 @@ class DiskLabels:
         if self.levels is not None:
             self._stale.update(self._planes(key))
 
+    @property
+    def levels_behind(self) -> bool:
+        """Whether planes were written since the lower levels were."""
+        return bool(self._stale)
+
     def write_levels(self) -> None:
         """Bring the lower levels of an OME-Zarr label image in step with the planes written
-        since the last call (a napari labels layer calls it after each edit and undo)."""
+        since the last call (planes written meanwhile included); safe in another thread."""
         while self._stale:
             ome_zarr.write_levels(self.levels, self._stale.pop())
 

@@ -125,10 +125,32 @@ def new_labels_layer(viewer, image, source: ImageSource, name: str):
     show_info(f"napari-sam: labels {name!r} are larger than {BUDGET_VARIABLE}: "
               f"{'reopened from' if existed else 'kept on disk in'} {data.path}")
     layer = viewer.add_labels(data, metadata={"napari-sam labels": str(data.path)}, **frame)
-    if data.levels is not None:  # after each edit (paint) and undo / redo (set_data)
-        for event in (layer.events.paint, layer.events.set_data):
-            event.connect(lambda _event: data.write_levels())
+    if data.levels is not None:
+        _follow_levels(layer, data)
     return layer
+
+
+def _follow_levels(layer, data: DiskLabels) -> None:
+    """Write the lower levels of an OME-Zarr label image in the background after each edit
+    (napari's paint event) and undo or redo (set_data), one job at a time: rewriting a 4096 x
+    4096 plane's levels takes seconds, too long to wait for after a click."""
+    from napari_sam.plugin.background import run_in_background
+
+    running = []
+
+    def start(_event=None) -> None:
+        if running or not data.levels_behind:
+            return
+
+        def finished() -> None:
+            running.clear()
+            start()  # planes edited while the job ran
+
+        running.append(run_in_background(data.write_levels, what="writing the lower levels of "
+                                         f"{data.path}", finished=finished))
+
+    layer.events.paint.connect(start)
+    layer.events.set_data.connect(start)
 
 
 def next_label(labels_layer) -> int:
