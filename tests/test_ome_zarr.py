@@ -171,6 +171,37 @@ def test_killed_run_into_an_ome_zarr_resumes_to_the_same_labels_and_levels(run, 
     assert ome(source / "labels")["labels"] == ["napari-sam"]
 
 
+def test_run_killed_while_writing_the_levels_resumes_to_the_same_labels_and_levels(
+        run, one_thread, tmp_path, monkeypatch):
+    from napari_sam.volume import stack
+
+    path, _, image, _ = run
+    source = ome_image(tmp_path / "again.ome.zarr", image)
+    write_levels_of_plane = stack.write_levels
+    calls = []
+
+    class Killed(Exception):
+        pass
+
+    def killed_in_the_final_pass(group, plane=None):
+        calls.append(plane)
+        if len(calls) == 4 + 2:  # 4 planes segmented, then 2 planes of the final pass
+            raise Killed
+        write_levels_of_plane(group, plane)
+
+    monkeypatch.setattr(stack, "write_levels", killed_in_the_final_pass)
+    with pytest.raises(Killed):
+        segment_stack(source, **SETTINGS)
+    monkeypatch.setattr(stack, "write_levels", write_levels_of_plane)
+    out = source / "labels" / "napari-sam"
+    assert "properties" not in ome(out)["image-label"]  # written last
+    resumed = segment_stack(source, resume=True, **SETTINGS)
+    assert resumed.skipped == 4
+    for got, expected in zip(levels(out), levels(path / "labels" / "napari-sam"), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert ome(out)["image-label"] == ome(path / "labels" / "napari-sam")["image-label"]
+
+
 def test_ngff_04_image_gets_04_labels_on_zarr_2(one_thread, tmp_path):
     image, _ = sphere_volume()
     source = ome_image(tmp_path / "old.ome.zarr", image, version="0.4")

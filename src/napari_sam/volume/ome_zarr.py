@@ -23,7 +23,9 @@ import zarr
 __all__ = [
     "ImagePyramid",
     "create_labels",
+    "label_colour",
     "labels_location",
+    "level_paths",
     "open_labels",
     "read_image_pyramid",
     "register_labels",

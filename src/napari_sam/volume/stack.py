@@ -462,16 +462,17 @@ def check_paths(*, source: str | None, output: str | os.PathLike | None,
         if inner is None or outer is None:
             return None
         a, b = Path(inner).expanduser().resolve(), Path(outer).expanduser().resolve()
-        if (inner is output and outer is source and b / "labels" in a.parents
-                and read_image_pyramid(b) is not None):
-            return None
         return ("the same path as" if a == b else "inside" if b in a.parents
                 else "a folder holding" if a in b.parents else None)
 
+    in_labels = (overlap(output, source) == "inside" and read_image_pyramid(source) is not None
+                 and Path(source).expanduser().resolve() / "labels"
+                 in Path(output).expanduser().resolve().parents)
     for what, path, other, name, fix in (
         ("the cache", cache, source, "the source", "a cache folder of its own"),
         ("the cache", cache, output, "the output", "a cache folder of its own"),
-        ("the output", output, source, "the source", "an output outside the source"),
+        ("the output", None if in_labels else output, source, "the source",
+         "an output outside the source"),
     ):
         relation = overlap(path, other)
         if relation is not None:
