@@ -154,8 +154,12 @@ def test_a_commit_writes_only_the_tiles_under_the_object(make_napari_viewer):
     commit(widget, viewer, 1, disc((2048, 2048), (700, 1300), 50))  # within tile (1, 2)
     path = viewer.layers[LABELS].data.path
     assert stored_chunks(path) == {"1/1/2"}
+    first = (path / "c" / "1/1/2").stat().st_ino  # chunks are replaced whole when written
+    commit(widget, viewer, 1, disc((2048, 2048), (1024, 300), 30))  # across tiles (1|2, 0)
     commit(widget, viewer, 0, disc((2048, 2048), (1024, 1024), 30))  # across 4 tiles
-    assert stored_chunks(path) == {"1/1/2", "0/1/1", "0/1/2", "0/2/1", "0/2/2"}
+    assert stored_chunks(path) == {"1/1/2", "1/1/0", "1/2/0",
+                                   "0/1/1", "0/1/2", "0/2/1", "0/2/2"}
+    assert (path / "c" / "1/1/2").stat().st_ino == first, "the first object's tile is untouched"
 
 
 def test_refine_replaces_the_object_on_disk(make_napari_viewer, qtbot):
