@@ -16,6 +16,7 @@ import zarr
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from napari.utils.key_bindings import KeyBinding  # noqa: E402
 from napari.utils.notifications import Notification, notification_manager  # noqa: E402
 
 from napari_sam.plugin import interactive  # noqa: E402
@@ -117,7 +118,8 @@ def test_edits_on_disk_keep_memory_bounded_and_a_new_viewer_finds_them(
         ids = {z: commit(widget, viewer, z, mask) for z, mask in objects.items()}
         labels = viewer.layers[LABELS]
         commit(widget, viewer, 20, moved)
-        labels.undo()  # Ctrl+Z: the last commit goes
+        assert viewer.layers.selection.active is widget.points
+        widget.points.keymap[KeyBinding.from_str("Control-Z")](widget.points)  # Ctrl+Z
         viewer.dims.set_current_step(0, 12)
         widget.committed = interactive.SliceObject(ids[12], (12,), objects[12])
         widget.propagate()

@@ -7,7 +7,7 @@ slice's mask (:func:`napari_sam.volume.propagation.propagate`).
 
 Shortcuts (on the prompt, box and preview layers, and on the viewer):
 ``C`` commit, ``M`` next of the 3 masks, ``N`` positive / negative clicks, ``G`` refine the label
-under the cursor.
+under the cursor, ``Ctrl+Z`` undo the last change of the labels layer.
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ class InteractiveWidget(QWidget):
         buttons = {
             "Next mask (M)": self.next_mask, "Commit (C)": self.commit, "Clear": self.clear,
             "Refine label under cursor (G)": self.refine_under_cursor,
+            "Undo in the labels (Ctrl+Z)": self.undo,
         }
         self.min_score = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.5)
         self.min_overlap = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.3)
@@ -182,7 +183,7 @@ class InteractiveWidget(QWidget):
         self.image.currentIndexChanged.connect(self.setup_layers)
         napari_viewer.dims.events.current_step.connect(self.request_prediction)
         self.shortcuts = {"c": self.commit, "m": self.next_mask, "n": self.toggle_polarity,
-                          "g": self.refine_under_cursor}
+                          "g": self.refine_under_cursor, "Control-z": self.undo}
         for key, action in self.shortcuts.items():
             napari_viewer.bind_key(key, _key(action), overwrite=True)
         self._show_polarity(True)
@@ -384,6 +385,17 @@ class InteractiveWidget(QWidget):
         self.status.setText(
             f"object {value} written into {target.name!r}{where} ({describe(answer.index)})")
         return value
+
+    def undo(self) -> None:
+        """Undo the last change of the chosen labels layer (a commit, one slice of a
+        propagation, a brush stroke), as napari's Ctrl+Z does when the labels layer is the
+        active one; on disk, only the chunks that change are written."""
+        layer = self.target.layer()
+        if layer is None:
+            show_info("napari-sam: no labels layer chosen: nothing to undo")
+            return
+        layer.undo()
+        self.status.setText(f"undone in {layer.name!r}")
 
     def refine_under_cursor(self) -> None:
         """Take the label under the mouse as a mask prompt; commit then replaces it."""
