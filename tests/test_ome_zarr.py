@@ -77,7 +77,7 @@ def run(tmp_path_factory, one_thread):
     """An OME-Zarr 0.5 image of spheres, segmented into its labels without an output given."""
     image, truth = sphere_volume()
     path = ome_image(tmp_path_factory.mktemp("ome") / "spheres.ome.zarr", image)
-    return path, segment_stack(str(path), **SETTINGS), image, truth
+    return path, segment_stack(str(path), predicted_iou=True, **SETTINGS), image, truth
 
 
 def test_labels_of_an_ome_zarr_image_go_into_its_labels_group_read_by_ome_zarr(run):
@@ -120,7 +120,7 @@ def test_label_metadata_follows_the_ngff_spec(run):
     assert labels.ome_attributes.labels == ["napari-sam"]
 
 
-def test_each_object_has_its_area_plane_and_a_stable_colour(run):
+def test_each_object_has_its_area_plane_predicted_iou_and_a_stable_colour(run):
     path, _, _, _ = run
     labels = open_zarr_array(path / "labels" / "napari-sam")[:]
     image_label = ome(path / "labels" / "napari-sam")["image-label"]
@@ -129,8 +129,10 @@ def test_each_object_has_its_area_plane_and_a_stable_colour(run):
     assert sorted(properties) == ids.tolist()
     for value, count in zip(ids.tolist(), counts.tolist()):
         per_plane = (labels == value).sum(axis=(1, 2))
-        assert properties[value] == {"label-value": value, "area": count,
-                                     "plane": int(per_plane.argmax())}
+        entry = properties[value]
+        assert entry["area"] == count and entry["plane"] == int(per_plane.argmax())
+        # the spheres are clear objects: SAM is confident of each
+        assert 0.7 < entry["predicted_iou"] <= 1.05, entry
     assert image_label["colors"] == [{"label-value": v, "rgba": label_colour(v)} for v in ids]
     assert len({tuple(label_colour(v)) for v in ids}) == len(ids)
 
@@ -160,10 +162,10 @@ def test_killed_run_into_an_ome_zarr_resumes_to_the_same_labels_and_levels(run, 
             raise Killed
 
     with pytest.raises(Killed):
-        segment_stack(source, progress=kill_after_two, **SETTINGS)
+        segment_stack(source, progress=kill_after_two, predicted_iou=True, **SETTINGS)
     out = source / "labels" / "napari-sam"
     assert len(list((out / RECORD / "done").iterdir())) == 2
-    resumed = segment_stack(source, resume=True, **SETTINGS)
+    resumed = segment_stack(source, resume=True, predicted_iou=True, **SETTINGS)
     assert resumed.skipped == 2 and resumed.segmented == 2
     for got, expected in zip(levels(out), levels(path / "labels" / "napari-sam"), strict=True):
         np.testing.assert_array_equal(got, expected)
@@ -191,11 +193,11 @@ def test_run_killed_while_writing_the_levels_resumes_to_the_same_labels_and_leve
 
     monkeypatch.setattr(stack, "write_levels", killed_in_the_final_pass)
     with pytest.raises(Killed):
-        segment_stack(source, **SETTINGS)
+        segment_stack(source, predicted_iou=True, **SETTINGS)
     monkeypatch.setattr(stack, "write_levels", write_levels_of_plane)
     out = source / "labels" / "napari-sam"
     assert "properties" not in ome(out)["image-label"]  # written last
-    resumed = segment_stack(source, resume=True, **SETTINGS)
+    resumed = segment_stack(source, resume=True, predicted_iou=True, **SETTINGS)
     assert resumed.skipped == 4
     for got, expected in zip(levels(out), levels(path / "labels" / "napari-sam"), strict=True):
         np.testing.assert_array_equal(got, expected)
@@ -253,7 +255,10 @@ def test_stack_from_an_array_writes_a_standalone_label_image(one_thread, tmp_pat
     node = next(iter(Reader(parse_url(summary.output))()))
     assert any(isinstance(s, Multiscales) for s in node.specs)
     assert any(isinstance(s, Label) for s in node.specs)
-    assert "source" not in ome(tmp_path / "labels.ome.zarr")["image-label"]
+    image_label = ome(tmp_path / "labels.ome.zarr")["image-label"]
+    assert "source" not in image_label
+    assert image_label["properties"] and all(set(p) == {"label-value", "area", "plane"}
+                                             for p in image_label["properties"])
     assert open_volume(summary.output).voxel_size == (3.0, 0.5, 0.5)
 
 
@@ -263,6 +268,9 @@ def test_missing_output_or_unknown_format_is_refused_before_anything_is_written(
         segment_stack(image, **SETTINGS)
     with pytest.raises(ValueError, match="give an output"):
         segment_stack(image, output_format="zarr", **SETTINGS)
+    with pytest.raises(ValueError, match="predicted_iou is a property of OME-Zarr labels"):
+        segment_stack(image, tmp_path / "x.zarr", output_format="zarr", predicted_iou=True,
+                      **SETTINGS)
     with pytest.raises(ValueError, match="'ome-zarr' for an OME-Zarr label image"):
         segment_stack(image, tmp_path / "x.zarr", output_format="tiff", **SETTINGS)
     source = ome_image(tmp_path / "image.ome.zarr", image)

@@ -167,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--format", choices=FORMATS, dest="output_format",
                        help="ome-zarr: an OME-Zarr label image with levels and each object's "
                        "area and plane (default); zarr: a plain zarr array")
+    stack.add_argument("--predicted-iou", action="store_true",
+                       help="with --format ome-zarr: give each object SAM's predicted IoU "
+                       "(one decoder pass per object and plane: slower)")
     _stack_options(stack)
     stack.add_argument("--cache", type=Path, help="embedding cache to reuse and fill")
     stack.add_argument("--resume", action="store_true", help="continue an earlier run into OUTPUT")
@@ -391,7 +394,7 @@ def _segment_stack(args: argparse.Namespace) -> int:
         cache=args.cache, resume=args.resume, link=not args.no_link, voxel_size=args.voxel_size,
         min_planes=args.min_planes, workers=args.workers, scheduler=args.scheduler,
         progress=_progress("segment"), mode=args.mode, output_format=args.output_format,
-        **options,
+        predicted_iou=args.predicted_iou, **options,
     )
     linked = f", {summary.objects_3d} objects in 3D" if summary.linked else ""
     print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "
@@ -408,7 +411,7 @@ def _segment_and_track(args: argparse.Namespace) -> int:
         ("--min-planes", args.min_planes), ("--z", args.z), ("--sampler", args.sampler),
         ("--points-per-side", args.points_per_side), ("--pred-iou-thresh", args.pred_iou_thresh),
         ("--stability-score-thresh", args.stability_score_thresh),
-        ("--format", args.output_format)) if value]
+        ("--format", args.output_format), ("--predicted-iou", args.predicted_iou)) if value]
     if unused:
         raise ValueError(f"{', '.join(unused)}: not options of --mode propagate; leave them out")
     if args.output is None:

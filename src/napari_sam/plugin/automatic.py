@@ -86,6 +86,11 @@ class AutomaticWidget(QWidget):
         self.output_format.setToolTip("ome-zarr: an OME-Zarr label image with a pyramid and each "
                                       "object's area and plane (in an OME-Zarr image's labels by "
                                       "default); zarr: a plain zarr array")
+        self.predicted_iou = QCheckBox("each object's predicted IoU (slower)")
+        self.predicted_iou.setToolTip("ome-zarr: SAM's predicted IoU of each object in its "
+                                      "properties (one decoder pass per object and slice)")
+        self.output_format.currentTextChanged.connect(
+            lambda text: self.predicted_iou.setEnabled(text == "ome-zarr"))
         self.output = QLineEdit()
         self.output.setPlaceholderText("a new .zarr folder for the stack's labels")
         self.resume = QCheckBox("resume a run with the same settings")
@@ -113,6 +118,7 @@ class AutomaticWidget(QWidget):
         form.addRow("min stability", self.stability)
         form.addRow("min region area (px)", self.min_area)
         form.addRow("stack format", self.output_format)
+        form.addRow(self.predicted_iou)
         form.addRow("stack output", path_row(self.output, self._choose_output))
         form.addRow(self.resume)
         form.addRow(self.link)
@@ -212,6 +218,7 @@ class AutomaticWidget(QWidget):
         resume = self.resume.isChecked() and Path(output).exists()
         link, options = self.link.isChecked(), self.options()
         output_format = self.output_format.currentText()
+        predicted_iou = self.predicted_iou.isEnabled() and self.predicted_iou.isChecked()
         volume = _with_file(source.volume, image)
 
         def progress(done: int, total: int) -> None:
@@ -222,6 +229,7 @@ class AutomaticWidget(QWidget):
             try:  # the session's model: one copy in memory, and the weights prompts use
                 return segment_stack(
                     volume, output, model=session.model(), output_format=output_format,
+                    predicted_iou=predicted_iou,
                     diameter=settings.diameter, tile=settings.tile, halo=settings.halo,
                     cache=settings.cache, resume=resume, link=link, progress=progress, **options)
             except Cancelled:

@@ -40,6 +40,7 @@ import numpy as np
 
 from napari_sam.engine.amg import AutomaticMaskGenerator
 from napari_sam.engine.embeddings import EmbeddingStore, model_fingerprint
+from napari_sam.engine.geometry import iou
 from napari_sam.engine.scale import check_diameter, estimate_diameter, object_diameters
 from napari_sam.engine.segmenter import AUTO, Segmenter
 from napari_sam.models.loading import load_model
@@ -67,6 +68,7 @@ from napari_sam.volume.ome_zarr import (
 RECORD = ".napari_sam"  # folder inside the output: run settings and one marker per plane
 FRAGMENTS = "fragments"  # in RECORD: the planes' own labels (zarr), which assembly reads
 OBJECTS = "objects"  # in RECORD of an OME-Zarr output: the assembled labels, before renumbering
+SCORES = "scores"  # in RECORD of an OME-Zarr output: each plane's fragments' predicted IoUs
 FORMATS = ("ome-zarr", "zarr")  # an OME-Zarr label image, or a plain zarr array
 LABELS_NAME = "napari-sam"  # the labels' name in an OME-Zarr image's labels group
 
@@ -91,6 +93,7 @@ class StackJob:
     stride: int
     mode: str = "amg"  # automatic mode (Segmenter.segment_all)
     output_format: str = "zarr"  # one of FORMATS
+    predicted_iou: bool = False  # score each fragment (OME-Zarr output only)
     options: dict[str, Any] = field(default_factory=dict)
     loaded: Any = field(default=None, compare=False, repr=False)  # the model, in serial runs
     decoder: Any = field(default=None, compare=False, repr=False)  # "ais", "apg": read once
@@ -158,6 +161,7 @@ def segment_stack(
     progress: Callable[[int, int], None] | None = None,
     mode: str | None = None,
     output_format: str = "ome-zarr",
+    predicted_iou: bool = False,
     **amg_options,
 ) -> StackSummary:
     """Segment every plane of a stack automatically into an OME-Zarr label image (or a zarr
@@ -221,6 +225,11 @@ def segment_stack(
         its ``image-label`` properties, and a colour per id. The labels are level 0
         (:func:`~napari_sam.volume.io.open_zarr_array` and
         :func:`~napari_sam.volume.open_volume` open it). ``"zarr"``: a plain zarr array.
+    predicted_iou : bool
+        With ``"ome-zarr"``: also give each object SAM's predicted IoU, the mean over its
+        fragments (weighted by area) of the score of the fragment's box prompt
+        (:func:`fragment_scores`). One decoder pass per fragment: it can double the time of
+        a plane.
     **amg_options
         With ``mode="amg"``: settings of :class:`~napari_sam.AutomaticMaskGenerator`
         (``sampler``, ``points_per_side``, thresholds...) on top of those that suit the model.
@@ -258,10 +267,14 @@ def segment_stack(
         if output_format != "ome-zarr":
             raise ValueError("give an output for a plain zarr array")
         output = default_output(volume)
+    if predicted_iou and output_format != "ome-zarr":
+        raise ValueError("predicted_iou is a property of OME-Zarr labels: leave it out, or "
+                         "write output_format='ome-zarr'")
     check_paths(source=volume.path, output=output, cache=cache)
     job = _job(volume, output, model=model, checkpoint=checkpoint, device=device,
                diameter=diameter, tile=tile, halo=halo, cache=cache, mode=mode,
-               options=amg_options, keep_model=serial, output_format=output_format)
+               options=amg_options, keep_model=serial, output_format=output_format,
+               predicted_iou=predicted_iou)
     job.check(todo[0])
     record = _record(job)
     if Path(job.output).exists():
@@ -320,8 +333,9 @@ def _source_pyramid(volume: Volume) -> ImagePyramid | None:
 
 def _finish_labels(output: str, found: Path) -> None:
     """Write the OME-Zarr labels from the run record's labels ``found``, ids numbered 1, 2, ...
-    in their order there, each plane with its lower levels; then the objects' properties.
-    Everything is made from the record, so a resume makes it again whole.
+    in their order there, each plane with its lower levels; then the objects' properties, with
+    each object's predicted IoU: the mean of its fragments' scores weighted by the pixels they
+    share with it. Everything is made from the record, so a resume makes it again whole.
 
     Small ids keep the labels' colours usable: napari without numba maps colours of ids up to
     2**16 only, and the planes' ids start at multiples of 2**32 / planes.
@@ -332,11 +346,41 @@ def _finish_labels(output: str, found: Path) -> None:
     planes = tuple(found.shape[:-2])
     ids = np.unique(np.concatenate([np.unique(found[index]) for index in np.ndindex(planes)]))
     ids = ids[ids > 0]
-    for index in np.ndindex(planes):
+    fragments = open_zarr_array(Path(output) / RECORD / FRAGMENTS)
+    weighted, weights = np.zeros(ids.size + 1), np.zeros(ids.size + 1)
+    for number, index in enumerate(np.ndindex(planes)):
         plane = np.asarray(found[index])
-        level0[index] = np.where(plane > 0, np.searchsorted(ids, plane) + 1, 0).astype(np.uint32)
+        labels = np.where(plane > 0, np.searchsorted(ids, plane) + 1, 0).astype(np.uint32)
+        level0[index] = labels
         write_levels(group, index)
-    write_properties(group, object_properties(level0))
+        scores = Path(output) / RECORD / SCORES / f"{number}.json"
+        if scores.is_file():
+            _add_scores(json.loads(scores.read_text()), np.asarray(fragments[index]), labels,
+                        weighted, weights)
+    properties = object_properties(level0)
+    for entry in properties:
+        value = entry["label-value"]
+        if weights[value] > 0:
+            entry["predicted_iou"] = round(weighted[value] / weights[value], 4)
+    write_properties(group, properties)
+
+
+def _add_scores(scores: dict, fragments: np.ndarray, labels: np.ndarray, weighted: np.ndarray,
+                weights: np.ndarray) -> None:
+    """Add each fragment's predicted IoU, times the pixels it shares with an object of
+    ``labels``, to that object's ``weighted`` sum, and the pixels to its ``weights``."""
+    ids = np.asarray(scores["ids"], np.uint64)
+    if ids.size == 0:
+        return
+    both = (fragments > 0) & (labels > 0)
+    pairs = (fragments[both].astype(np.uint64) << np.uint64(32)) | labels[both]
+    pairs, shared = np.unique(pairs, return_counts=True)
+    fragment, label = (pairs >> np.uint64(32)), (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    position = np.searchsorted(ids, fragment).clip(0, ids.size - 1)
+    known = ids[position] == fragment
+    score = np.asarray(scores["predicted_iou"], float)
+    np.add.at(weighted, label[known], shared[known] * score[position[known]])
+    np.add.at(weights, label[known], shared[known])
 
 
 def object_properties(labels) -> list[dict]:
@@ -375,7 +419,7 @@ def object_properties(labels) -> list[dict]:
 
 def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, halo, cache,
          options, keep_model: bool, mode: str | None = None,
-         output_format: str = "zarr") -> StackJob:
+         output_format: str = "zarr", predicted_iou: bool = False) -> StackJob:
     """The settings of a run over ``volume``: the model loaded (kept in the job when
     ``keep_model``), the source's limits, fingerprint and diameter resolved once."""
     loaded, checkpoint = _model(model, checkpoint, device)
@@ -402,6 +446,7 @@ def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, h
                     cache=None if cache is None else str(cache),
                     stride=2**32 // (volume.n_planes + 1), mode=mode, decoder=decoder,
                     options=dict(options), output_format=output_format,
+                    predicted_iou=predicted_iou,
                     loaded=loaded if keep_model else None)
 
 
@@ -516,6 +561,7 @@ def segment_one(job: StackJob, plane: int) -> int:
     if count >= job.stride:
         raise ValueError(f"plane {plane} has {count} objects, more than the {job.stride - 1} "
                          "ids a plane can use in this volume")
+    scores = fragment_scores(segmenter, labels) if job.predicted_iou else None
     labels[labels > 0] += np.uint32(plane * job.stride)
     # opened anew (the folder may be new too); the fragments first, which assembly reads
     for path in (Path(job.output) / RECORD / FRAGMENTS, Path(job.output)):
@@ -526,8 +572,27 @@ def segment_one(job: StackJob, plane: int) -> int:
             output[...] = labels
     if job.output_format == "ome-zarr":
         write_levels(open_labels(job.output, mode="r+"), plane if job.volume.planes else ())
+    if scores is not None:
+        first = plane * job.stride + 1
+        _write_json(Path(job.output) / RECORD / SCORES / f"{plane}.json",
+                    {"ids": list(range(first, first + count)), "predicted_iou": scores})
     (Path(job.output) / RECORD / "done" / str(plane)).touch()
     return count
+
+
+def fragment_scores(segmenter: Segmenter, labels: np.ndarray) -> list[float]:
+    """SAM's predicted IoU of each object of ``labels`` (ids 1..n of the segmenter's plane),
+    prompted by its bounding box: the score of the answer that overlaps the object most. The
+    automatic modes do not keep one (``"ais"`` has none), so every mode is scored alike."""
+    from scipy import ndimage
+
+    scores = []
+    for index, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
+        masks, predicted, _ = segmenter.predict(
+            box=(rows.start, cols.start, rows.stop - 1, cols.stop - 1), multimask=True)
+        overlap = iou(masks, labels == index)
+        scores.append(round(float(predicted[int(np.argmax(overlap))]), 4))
+    return scores
 
 
 def embed_stack(source, cache: str | os.PathLike, *, model=None,
@@ -592,7 +657,7 @@ def _record(job: StackJob) -> dict:
         "limits": job.limits, "diameter": job.diameter, "estimated": job.estimated,
         "tile": job.tile, "halo": job.halo, "stride": job.stride, "mode": job.mode,
         "options": job.options, "layout": FRAGMENTS,  # runs before 3D assembly lack it
-        "format": job.output_format,
+        "format": job.output_format, "predicted_iou": job.predicted_iou,
     }
     return json.loads(json.dumps(record, default=str))
 
@@ -627,6 +692,8 @@ def _open_output(job: StackJob, record: dict):
             zarr.create_array(store=str(store), shape=shape, chunks=chunks, dtype="uint32",
                               fill_value=0)
         (building / RECORD / "done").mkdir(parents=True)
+        if ome:
+            (building / RECORD / SCORES).mkdir()
         _write_json(building / RECORD / "run.json", record)
         os.rename(building, path)  # fails if another run created the output meanwhile
         if ome:
@@ -688,7 +755,7 @@ def _check_resumable(path: Path, record: dict, resume: bool) -> None:
     # Paths may have moved (the fingerprints decide), and the cache and device do not change
     # the labels. Runs recorded before automatic modes existed were "amg" runs, and those
     # before OME-Zarr output wrote plain arrays.
-    before = {"mode": "amg", "format": "zarr", **before}
+    before = {"mode": "amg", "format": "zarr", "predicted_iou": False, **before}
     changed = sorted(k for k in record if k not in ("source", "checkpoint", "cache", "device")
                      and before.get(k) != record[k])
     if changed:
