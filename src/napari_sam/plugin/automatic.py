@@ -279,10 +279,11 @@ class AutomaticWidget(QWidget):
         image = self.image.layer()
         if image is None or self.output.text():
             return
-        try:
-            output = default_output(_with_file(self.session.source(image).volume, image))
-        except (ValueError, LayerError):
-            output = Path.home() / "napari-sam" / f"{image.name}-labels.ome.zarr"
+        try:  # metadata only
+            output = default_output(image.source.path) if image.source.path else None
+        except (ValueError, OSError):
+            output = None
+        output = output or Path.home() / "napari-sam" / f"{image.name}-labels.ome.zarr"
         self.output.setText(str(output))
 
     def _choose_output(self) -> None:

@@ -99,8 +99,8 @@ def read_image_pyramid(path: str | os.PathLike) -> ImagePyramid | None:
     Returns
     -------
     ImagePyramid or None
-        None for anything else: a plain zarr array or group, a file, a missing path, or a label
-        image (``image-label`` metadata).
+        None for anything else: a plain zarr array or group, a file, a missing path, a label
+        image (``image-label`` metadata), or an image with a level missing.
     """
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -119,7 +119,10 @@ def read_image_pyramid(path: str | os.PathLike) -> ImagePyramid | None:
     if not isinstance(axes, list) or not all(isinstance(a, dict) and "name" in a for a in axes):
         return None  # NGFF before 0.4 names no axes
     paths = tuple(str(d["path"]) for d in image["datasets"])
-    shapes = tuple(tuple(group[p].shape) for p in paths)
+    try:
+        shapes = tuple(tuple(group[p].shape) for p in paths)
+    except KeyError:  # a level is missing: open_volume names it when it is level 0
+        return None
     transforms = tuple(tuple(d.get("coordinateTransformations", ())) for d in image["datasets"])
     return ImagePyramid(path=str(path), version=version if version in VERSIONS else "0.4",
                         axes=tuple(axes), paths=paths, shapes=shapes, transforms=transforms)
@@ -183,8 +186,8 @@ def create_labels(
     Returns
     -------
     zarr.Group
-        The label image, open for writing; its levels are ``group[path]`` for the paths of
-        ``group.attrs`` ``multiscales`` (``"0"``, ``"1"``, ...).
+        The label image, open for writing; its levels are ``group[p]`` for ``p`` in
+        :func:`level_paths` (the image's level paths, or ``"0"``, ``"1"``, ...).
 
     Raises
     ------
