@@ -106,7 +106,7 @@ def test_edits_on_disk_keep_memory_bounded_and_a_new_viewer_finds_them(
     viewer.add_image(image, name="cells")
     widget = InteractiveWidget(viewer)
     objects = {z: disc((side, side), (200 + 15 * z, 300), 60) for z in (5, 12, 30)}
-    moved = disc((side, side), (800, 800), 40)
+    undone = disc((side, side), (800, 800), 40)
 
     def fake_propagate(predictor_for, mask, plane, *, n_planes, direction, **stops):
         for z in (13, 14, 15):  # the object goes on above its slice
@@ -117,7 +117,7 @@ def test_edits_on_disk_keep_memory_bounded_and_a_new_viewer_finds_them(
     try:
         ids = {z: commit(widget, viewer, z, mask) for z, mask in objects.items()}
         labels = viewer.layers[LABELS]
-        commit(widget, viewer, 20, moved)
+        commit(widget, viewer, 20, undone)
         assert viewer.layers.selection.active is widget.points
         widget.points.keymap[KeyBinding.from_str("Control-Z")](widget.points)  # Ctrl+Z
         viewer.dims.set_current_step(0, 12)
