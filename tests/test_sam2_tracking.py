@@ -220,3 +220,24 @@ def test_segment_stack_propagate_refuses_options_of_other_modes(tmp_path, capsys
                  "--key-planes", "1,2"])
     assert code == 2 and "options of --mode propagate" in capsys.readouterr().err
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_track_stack_into_an_ome_zarr_image_writes_its_labels_with_levels_and_seed_planes(
+        model, tmp_path):
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    from test_ome_zarr import levels, nearest, ome, ome_image
+
+    image = ome_image(tmp_path / "discs.ome.zarr", disc_stack())
+    seeds = [Seed(3, 5, points=np.array([[32.0, 30.0]]))]
+    summary = track_stack(str(image), seeds, model=model)  # no output: the image's labels
+    assert summary.output == image / "labels" / "napari-sam"
+    finest, *lower = levels(summary.output)
+    for level in lower:
+        np.testing.assert_array_equal(level, nearest(finest, level.shape))
+    assert len(lower) == 2 and (finest[3] == 5).any()
+    (entry,) = ome(summary.output)["image-label"]["properties"]
+    assert entry == {"label-value": 5, "area": int((finest == 5).sum()), "plane": 3}
+    nodes = list(Reader(parse_url(str(summary.output)))())
+    assert any(node.load(Label) for node in nodes)

@@ -14,7 +14,7 @@ import numpy as np
 from napari_sam import image_files
 from napari_sam.engine.amg import SAMPLERS
 from napari_sam.models.registry import MODELS, MODES
-from napari_sam.volume.stack import FORMATS
+from napari_sam.volume.labels_output import FORMATS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,9 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("output", type=Path, nargs="?",
                        help="where to write the labels (default for an OME-Zarr image: its "
                        "labels/napari-sam)")
-    stack.add_argument("--format", choices=FORMATS, dest="output_format",
-                       help="ome-zarr: an OME-Zarr label image with levels and each object's "
-                       "area and plane (default); zarr: a plain zarr array")
+    _format_option(stack)
     stack.add_argument("--predicted-iou", action="store_true",
                        help="with --format ome-zarr: give each object SAM's predicted IoU "
                        "(one decoder pass per object and plane: slower)")
@@ -204,13 +202,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Objects given on some planes (a labels plane, a label volume with some "
         "planes drawn, or points) are followed up and down through the stack by SAM 2.1, each "
         "with its memory of the planes before, until it ends. The labels are written plane by "
-        "plane into a uint32 zarr array, with the seeds' ids.",
+        "plane into uint32 OME-Zarr labels (or a zarr array), with the seeds' ids.",
     )
     track.add_argument("source", help="zarr store, OME-zarr, tiff/OME-tiff or .npy volume")
     track.add_argument("seeds", help="labels (.tif, .npy, zarr) of one plane (with --plane) or "
                        "of the volume, or points (.csv: napari's axis-0,axis-1,axis-2 or z,y,x, "
                        "optional id column)")
-    track.add_argument("-o", "--output", type=Path, required=True, help="output zarr array")
+    track.add_argument("-o", "--output", type=Path,
+                       help="where to write the labels (default for an OME-Zarr image: its "
+                       "labels/napari-sam)")
+    _format_option(track)
     _model_options(track)
     track.add_argument("--axes", help="axes of the volume, e.g. zyx (default: guessed)")
     track.add_argument("--plane", type=int, help="the plane of a one-plane labels seed")
@@ -266,6 +267,12 @@ def _parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the models napari-sam knows")
     models.set_defaults(run=_models)
     return parser
+
+
+def _format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, dest="output_format",
+                        help="ome-zarr: an OME-Zarr label image with levels and each object's "
+                        "area and plane (default); zarr: a plain zarr array")
 
 
 def _overwrite_option(parser: argparse.ArgumentParser) -> None:
@@ -373,17 +380,25 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_stack(args: argparse.Namespace) -> int:
+def _output_labels(args: argparse.Namespace) -> None:
+    """Resolve ``--format`` (OME-Zarr by default) and the labels' path: an OME-Zarr image's
+    own labels group when none is given."""
     from napari_sam.volume.io import open_volume
-    from napari_sam.volume.stack import default_output, segment_stack
+    from napari_sam.volume.labels_output import default_output
 
-    if args.mode == "propagate":
-        return _segment_and_track(args)
     args.output_format = args.output_format or "ome-zarr"
     if args.output is None and args.output_format == "ome-zarr":
         args.output = default_output(open_volume(args.source, axes=args.axes))
     elif args.output is None:
         raise ValueError("--format zarr: give the OUTPUT array to write")
+
+
+def _segment_stack(args: argparse.Namespace) -> int:
+    from napari_sam.volume.stack import segment_stack
+
+    if args.mode == "propagate":
+        return _segment_and_track(args)
+    _output_labels(args)
     if args.key_planes is not None or args.key_model is not None:
         raise ValueError("--key-planes, --key-model: options of --mode propagate")
     options = _amg_options(args, ("sampler", "points_per_side", "pred_iou_thresh",
@@ -411,15 +426,14 @@ def _segment_and_track(args: argparse.Namespace) -> int:
         ("--min-planes", args.min_planes), ("--z", args.z), ("--sampler", args.sampler),
         ("--points-per-side", args.points_per_side), ("--pred-iou-thresh", args.pred_iou_thresh),
         ("--stability-score-thresh", args.stability_score_thresh),
-        ("--format", args.output_format), ("--predicted-iou", args.predicted_iou)) if value]
+        ("--predicted-iou", args.predicted_iou)) if value]
     if unused:
         raise ValueError(f"{', '.join(unused)}: not options of --mode propagate; leave them out")
-    if args.output is None:
-        raise ValueError("--mode propagate writes a zarr array: give the OUTPUT to write")
+    _output_labels(args)
     summary = segment_and_track(
         args.source, args.output, model=args.model, checkpoint=args.checkpoint,
         device=args.device, axes=args.axes, key_planes=args.key_planes, key_model=args.key_model,
-        cache=args.cache, progress=_progress("key planes"))
+        cache=args.cache, output_format=args.output_format, progress=_progress("key planes"))
     print(f"{args.output}: {summary.objects} objects found on the key planes and followed "
           f"through {summary.planes} planes ({summary.seconds:.0f} s)")
     return 0
@@ -435,11 +449,12 @@ def _ints(text: str) -> list[int]:
 def _propagate(args: argparse.Namespace) -> int:
     from napari_sam.volume.tracking import track_stack
 
+    _output_labels(args)
     summary = track_stack(
         args.source, args.seeds, args.output, model=args.model, checkpoint=args.checkpoint,
         device=args.device, axes=args.axes, plane=args.plane, cache=args.cache,
         overwrite=args.overwrite, end_after=None if args.follow_absent else 2,
-        progress=_progress("propagate"))
+        output_format=args.output_format, progress=_progress("propagate"))
     print(f"{args.output}: {summary.objects} objects followed through {summary.planes} planes "
           f"({summary.seconds:.0f} s)")
     return 0

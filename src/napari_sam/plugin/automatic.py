@@ -42,8 +42,9 @@ from napari_sam.plugin.layers import (
 from napari_sam.plugin.model_widget import path_row
 from napari_sam.plugin.session import LayerError, Session
 from napari_sam.volume.io import open_zarr_array
+from napari_sam.volume.labels_output import FORMATS, default_output
 from napari_sam.volume.ome_zarr import level_paths, open_labels
-from napari_sam.volume.stack import FORMATS, default_output, segment_stack
+from napari_sam.volume.stack import segment_stack
 
 SLICE_LAYER = "SAM automatic"
 

@@ -53,10 +53,13 @@ from napari_sam.volume.io import (
     plane_rgb,
     volume_limits,
 )
+from napari_sam.volume.labels_output import (
+    check_format,
+    create_volume_labels,
+    default_output,
+    object_properties,
+)
 from napari_sam.volume.ome_zarr import (
-    ImagePyramid,
-    create_labels,
-    labels_location,
     level_paths,
     open_labels,
     read_image_pyramid,
@@ -69,8 +72,6 @@ RECORD = ".napari_sam"  # folder inside the output: run settings and one marker 
 FRAGMENTS = "fragments"  # in RECORD: the planes' own labels (zarr), which assembly reads
 OBJECTS = "objects"  # in RECORD of an OME-Zarr output: the assembled labels, before renumbering
 SCORES = "scores"  # in RECORD of an OME-Zarr output: each plane's fragments' predicted IoUs
-FORMATS = ("ome-zarr", "zarr")  # an OME-Zarr label image, or a plain zarr array
-LABELS_NAME = "napari-sam"  # the labels' name in an OME-Zarr image's labels group
 
 
 @dataclass(frozen=True)
@@ -251,9 +252,7 @@ def segment_stack(
     """
     start = time.perf_counter()
     serial = _check_parallel(model, workers, scheduler)
-    if output_format not in FORMATS:
-        raise ValueError(f"output_format {output_format!r} is not one of {FORMATS}: "
-                         "'ome-zarr' for an OME-Zarr label image, 'zarr' for a plain array")
+    check_format(output_format)
     volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
     if voxel_size is not None:
         volume = replace(volume, voxel_size=voxel_size)
@@ -301,34 +300,6 @@ def segment_stack(
                         skipped=len(todo) - len(remaining), objects=objects,
                         seconds=time.perf_counter() - start, linked=linked, objects_3d=objects_3d,
                         scale=_describe_scale(job), output=job.output)
-
-
-def default_output(source, name: str = LABELS_NAME) -> Path:
-    """Where :func:`segment_stack` writes the labels of ``source`` when no output is given:
-    the labels ``name`` of an OME-Zarr image (:func:`~napari_sam.volume.ome_zarr.labels_location`).
-
-    Raises
-    ------
-    ValueError
-        ``source`` is not an OME-Zarr image whose levels the labels can share.
-    """
-    volume = source if isinstance(source, Volume) else open_volume(source)
-    if _source_pyramid(volume) is None:
-        raise ValueError(f"give an output for the labels of {volume.source}: only the labels "
-                         "of an OME-Zarr image (one plane axis) go into the image by default")
-    return labels_location(volume.path, name)
-
-
-def _source_pyramid(volume: Volume) -> ImagePyramid | None:
-    """The levels of the OME-Zarr image ``volume`` is level 0 of, when labels of its planes
-    (without channels) fit them; else None."""
-    pyramid = read_image_pyramid(volume.path) if volume.path else None
-    if pyramid is None:
-        return None
-    levels = pyramid.without_channel()
-    fits = (levels.shapes[0] == (*volume.planes, *volume.plane_shape)
-            and levels.axis_names == volume.plane_axes + "yx")
-    return pyramid if fits else None
 
 
 def _finish_labels(output: str, found: Path) -> None:
@@ -381,40 +352,6 @@ def _add_scores(scores: dict, fragments: np.ndarray, labels: np.ndarray, weighte
     score = np.asarray(scores["predicted_iou"], float)
     np.add.at(weighted, label[known], shared[known] * score[position[known]])
     np.add.at(weights, label[known], shared[known])
-
-
-def object_properties(labels) -> list[dict]:
-    """Each object's ``"label-value"``, ``"area"`` (voxels) and, with planes, the ``"plane"``
-    of its largest cross-section (the first of equal ones), read plane by plane.
-
-    Parameters
-    ----------
-    labels : (..., Y, X) integer array
-        Label planes along the leading axes (zarr, numpy, ...).
-    """
-    planes = tuple(labels.shape[:-2])
-    found = []
-    for index in np.ndindex(planes):
-        plane = np.asarray(labels[index])
-        ids, counts = np.unique(plane[plane > 0], return_counts=True)
-        found.append((ids, counts, np.full(ids.size, np.ravel_multi_index(index, planes)
-                                           if planes else 0)))
-    ids, counts, where = (np.concatenate(parts) for parts in zip(*found))
-    values, inverse = np.unique(ids, return_inverse=True)
-    area = np.bincount(inverse, weights=counts, minlength=values.size).astype(np.int64)
-    # the largest cross-section of each object: the last of its planes sorted by area
-    order = np.lexsort((-where, counts, inverse))
-    best = where[order[np.r_[np.flatnonzero(np.diff(inverse[order])), inverse.size - 1]]] \
-        if inverse.size else where
-    properties = []
-    for value, size, plane in zip(values.tolist(), area.tolist(), best.tolist()):
-        entry = {"label-value": value, "area": size}
-        if len(planes) == 1:
-            entry["plane"] = plane
-        elif planes:
-            entry["plane"] = [int(i) for i in np.unravel_index(plane, planes)]
-        properties.append(entry)
-    return properties
 
 
 def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, halo, cache,
@@ -685,7 +622,7 @@ def _open_output(job: StackJob, record: dict):
     chunks = (1,) * len(job.volume.planes) + tuple(job.volume.plane_shape)
     try:
         if ome:
-            _create_labels(building, job.volume, shape, chunks, name=path.name)
+            create_volume_labels(building, job.volume, name=path.name)
         stores = [building / RECORD / name for name in (FRAGMENTS, OBJECTS)] if ome else \
             [building, building / RECORD / FRAGMENTS]
         for store in stores:
@@ -704,18 +641,6 @@ def _open_output(job: StackJob, record: dict):
             raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
         raise
     return open_zarr_array(path, mode="r+")
-
-
-def _create_labels(path: Path, volume: Volume, shape, chunks, *, name: str) -> None:
-    """An empty OME-Zarr label image for ``volume``'s planes at ``path``: with the levels of
-    the OME-Zarr image ``volume`` comes from, else its own, scaled by its voxel size."""
-    axes = volume.plane_axes + "yx"
-    size = None
-    if volume.voxel_size is not None:
-        by_axis = dict(zip([a for a in volume.axes if a in "zyx"], volume.voxel_size))
-        size = [by_axis[a] for a in axes if a in "zyx"]
-    create_labels(path, shape=shape, chunks=chunks, pyramid=_source_pyramid(volume), axes=axes,
-                  voxel_size=size, name=name, register=False)
 
 
 def _check_resumable(path: Path, record: dict, resume: bool) -> None:

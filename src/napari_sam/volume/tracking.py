@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from napari_sam.engine.tracking import PlaneTracker
 from napari_sam.models.loading import load_model
 from napari_sam.models.sam2.model import PlaneFeatures, Sam2
 from napari_sam.volume.io import Volume, open_volume, plane_rgb, volume_limits
+from napari_sam.volume.labels_output import NewLabels, check_format, default_output
 from napari_sam.volume.stack import check_paths
 
 #: The model used for propagation when none is named: the smallest SAM 2.1.
@@ -57,12 +56,17 @@ class TrackSummary:
     planes : int
         Planes written.
     seconds : float
+    ids : list of int
+        The objects' ids.
+    output : Path or None
+        Where the labels are.
     """
 
     objects: int
     planes: int
     seconds: float
     ids: list[int] = field(default_factory=list)
+    output: Path | None = None
 
 
 def read_seeds(seeds, volume: Volume, *, plane: int | None = None) -> list[Seed]:
@@ -202,10 +206,11 @@ def plane_features(model: Sam2, volume: Volume, limits, store: EmbeddingStore | 
     return features
 
 
-def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None = None,
-                checkpoint=None, device="auto", axes: str | None = None, plane: int | None = None,
+def track_stack(source, seeds, output: str | os.PathLike | None = None, *,
+                model: str | None = None, checkpoint=None, device="auto",
+                axes: str | None = None, plane: int | None = None,
                 cache: str | os.PathLike | None = None, overwrite: bool = False,
-                end_after: int | None = 2,
+                end_after: int | None = 2, output_format: str = "ome-zarr",
                 progress: Callable[[int, int], None] | None = None) -> TrackSummary:
     """Follow seeded objects through a stack with SAM 2.1 and write their 3D labels.
 
@@ -215,8 +220,10 @@ def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None =
         Anything :func:`napari_sam.volume.open_volume` opens.
     seeds : array, path or list of Seed
         See :func:`read_seeds`; or the prompts themselves.
-    output : path
-        A new zarr array (uint32, one chunk per plane) for the labels; ids are the seeds' ids.
+    output : path, optional
+        The labels to write (uint32, one chunk per plane); ids are the seeds' ids. By default,
+        for an OME-Zarr image, its labels ``napari-sam``
+        (:func:`~napari_sam.volume.labels_output.default_output`).
     model : str or Sam2, optional
         A registry name or a loaded SAM 2.1 model; ``"sam2.1_hiera_tiny"`` by default.
     checkpoint, device
@@ -231,6 +238,9 @@ def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None =
         Replace an existing output.
     end_after : int or None
         See :class:`~napari_sam.engine.tracking.PlaneTracker`.
+    output_format : {"ome-zarr", "zarr"}
+        An OME-Zarr label image (levels written with each plane; each object's area and the
+        plane it was prompted on as properties), or a plain zarr array.
     progress : callable, optional
         ``progress(done, total)`` after each plane written.
 
@@ -241,7 +251,7 @@ def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None =
         written.
     """
     started = time.perf_counter()
-    volume, output = _stack_and_output(source, axes, output, cache, overwrite)
+    volume, output = _stack_and_output(source, axes, output, cache, overwrite, output_format)
     if isinstance(seeds, list) and all(isinstance(seed, Seed) for seed in seeds):
         found = seeds
     else:
@@ -254,7 +264,7 @@ def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None =
                            end_after=end_after)
     for seed in found:
         tracker.add_prompt(seed.plane, seed.object_id, mask=seed.mask, points=seed.points)
-    labels = _create_labels(output, volume)
+    labels = NewLabels(output, volume, output_format)
     written: set[int] = set()
     for tracked in tracker.propagate_both():
         labels[tracked.plane] = tracked.labels()
@@ -263,28 +273,9 @@ def track_stack(source, seeds, output: str | os.PathLike, *, model: str | None =
             progress(len(written), volume.n_planes)
     if progress is not None and len(written) < volume.n_planes:
         progress(volume.n_planes, volume.n_planes)  # the objects ended before the last planes
+    labels.finish({seed.object_id: seed.plane for seed in found})
     return TrackSummary(len(tracker.object_ids), len(written), time.perf_counter() - started,
-                        tracker.object_ids)
-
-
-def _create_labels(path: Path, volume: Volume):
-    """A new label array, made in a hidden sibling and renamed into place, so that no half-made
-    output is ever seen at ``path``."""
-    import zarr
-
-    building = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.incomplete"
-    shape = (volume.n_planes, *volume.plane_shape)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        zarr.create_array(store=str(building), shape=shape, chunks=(1, *volume.plane_shape),
-                          dtype="uint32", fill_value=0)
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.rename(building, path)
-    except OSError as error:
-        shutil.rmtree(building, ignore_errors=True)
-        raise OSError(f"cannot write the output {str(path)!r}: {error}") from error
-    return zarr.open_array(str(path), mode="r+")
+                        tracker.object_ids, output)
 
 
 def default_key_planes(n_planes: int, count: int = 4) -> list[int]:
@@ -297,7 +288,7 @@ def segment_and_track(source, output: str | os.PathLike, *, model: str | None = 
                       checkpoint=None, device="auto", axes: str | None = None,
                       key_planes: list[int] | None = None, key_model=None,
                       cache: str | os.PathLike | None = None, overwrite: bool = False,
-                      end_after: int | None = 2,
+                      end_after: int | None = 2, output_format: str = "ome-zarr",
                       progress: Callable[[int, int], None] | None = None) -> TrackSummary:
     """Segment a few key planes automatically, then follow their objects through the stack.
 
@@ -309,8 +300,8 @@ def segment_and_track(source, output: str | os.PathLike, *, model: str | None = 
 
     Parameters
     ----------
-    source, output, model, checkpoint, device, axes, cache, overwrite, end_after, progress
-        As :func:`track_stack`.
+    source, output, model, checkpoint, device, axes, cache, overwrite, end_after, output_format, progress
+        As :func:`track_stack`; an object's prompted plane is the key plane it was found on.
     key_planes : list of int, optional
         The planes segmented automatically; by default 4 spread through the stack
         (:func:`default_key_planes`).
@@ -321,7 +312,7 @@ def segment_and_track(source, output: str | os.PathLike, *, model: str | None = 
     from napari_sam.engine.segmenter import Segmenter
 
     started = time.perf_counter()
-    volume, output = _stack_and_output(source, axes, output, cache, overwrite)
+    volume, output = _stack_and_output(source, axes, output, cache, overwrite, output_format)
     key_planes = default_key_planes(volume.n_planes) if key_planes is None else list(key_planes)
     for plane in key_planes:
         _check_plane(plane, volume)
@@ -332,37 +323,46 @@ def segment_and_track(source, output: str | os.PathLike, *, model: str | None = 
     segmenter = Segmenter(key_model)
     with _store(cache) as store:
         features_for = plane_features(tracking, volume, limits, store)
-        labels = _create_labels(output, volume)
-        ids: list[int] = []
+        labels = NewLabels(output, volume, output_format)
+        prompted: dict[int, int] = {}
         for done, key in enumerate(sorted(key_planes)):
             segmenter.set_image(plane_rgb(volume, key, limits))
-            found, written = segmenter.segment_all(), np.asarray(labels[key])
+            found, written = segmenter.segment_all(), labels[key]
             tracker = PlaneTracker(tracking, n_planes=volume.n_planes,
                                    plane_shape=volume.plane_shape, features_for=features_for,
                                    end_after=end_after)
             for index in np.unique(found[found > 0]):
                 mask = found == index
                 if (written[mask] > 0).mean() < 0.5:  # not found from an earlier key plane
-                    ids.append(len(ids) + 1)
-                    tracker.add_prompt(key, ids[-1], mask=mask)
+                    prompted[len(prompted) + 1] = key
+                    tracker.add_prompt(key, len(prompted), mask=mask)
             if tracker.object_ids:
                 for tracked in tracker.propagate_both():
-                    plane = np.asarray(labels[tracked.plane])
+                    plane = labels[tracked.plane]
                     new = tracked.labels()
                     free = (plane == 0) & (new > 0)
                     plane[free] = new[free]
                     labels[tracked.plane] = plane
             if progress is not None:
                 progress(done + 1, len(key_planes))
-    return TrackSummary(len(ids), volume.n_planes, time.perf_counter() - started, ids)
+    labels.finish(prompted)
+    return TrackSummary(len(prompted), volume.n_planes, time.perf_counter() - started,
+                        list(prompted), output)
 
 
-def _stack_and_output(source, axes, output, cache, overwrite: bool) -> tuple[Volume, Path]:
-    """The 3D stack to follow objects through, and an output path that may be written."""
+def _stack_and_output(source, axes, output, cache, overwrite: bool,
+                      output_format: str) -> tuple[Volume, Path]:
+    """The 3D stack to follow objects through, and an output path that may be written (by
+    default the OME-Zarr image's labels)."""
+    check_format(output_format)
     volume = source if isinstance(source, Volume) else open_volume(source, axes=axes)
     if len(volume.planes) != 1:
         raise ValueError(f"propagation needs a 3D stack, the volume has plane axes "
                          f"{volume.plane_axes!r}: pick one time point or channel first")
+    if output is None:
+        if output_format != "ome-zarr":
+            raise ValueError("give an output for a plain zarr array")
+        output = default_output(volume)
     check_paths(source=volume.path, output=output, cache=cache)
     output = Path(output)
     if output.exists() and not overwrite:
