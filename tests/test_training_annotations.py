@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model
 
 from napari_sam import load_model
 from napari_sam.models.registry import MODELS
@@ -16,8 +17,6 @@ from napari_sam.training.annotations import split_annotations
 from napari_sam.training.recipes import Recipe
 from napari_sam.training.trainer import train
 from napari_sam.volume.io import open_volume, volume_limits
-
-from conftest import make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +111,8 @@ def test_stopped_run_resumes_to_the_weights_of_an_uninterrupted_run(annotated, t
                                                                     one_thread):
     result = split(annotated)
     recipe = Recipe(lr=1e-3, warmup=1, images_per_step=1, correction_rounds=0)
-    options = dict(steps=4, validation=result.validation, validate_every=2, keep_best="point",
-                   log=None, device="cpu", seed=3)
+    options = {"steps": 4, "validation": result.validation, "validate_every": 2,
+               "keep_best": "point", "log": None, "device": "cpu", "seed": 3}
     whole = make_tiny_model()
     train(whole, result.training, recipe, output=tmp_path / "whole", **options)
     stopped = make_tiny_model()

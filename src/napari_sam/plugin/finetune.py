@@ -1,16 +1,14 @@
-"""Fine-tune the session's model on the objects committed in a labels layer, in a worker that
-shows the loss and the validation mIoU on held-back objects as they come; cancel keeps the best
-checkpoint so far. The result becomes the session's model."""
+"""Fine-tune the session's model on the objects committed in a labels layer, in a process of its
+own watched by a worker that shows the loss and the validation mIoU on held-back objects as they
+come; cancel keeps the best checkpoint so far. The result becomes the session's model."""
 
 from __future__ import annotations
 
-import copy
 import re
+import threading
+import time
 from pathlib import Path
 
-# torch's optimisers import torch._dynamo (and triton) when first made; that import crashes
-# (segmentation fault) in a Qt worker thread, so it happens here, on the UI thread.
-import torch._dynamo  # noqa: F401
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Signal
@@ -33,17 +31,14 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_sam.engine.segmenter import AUTO
-from napari_sam.models.registry import MODELS
-from napari_sam.models.sam import Sam
-from napari_sam.plugin.background import CancelFlag, run_in_background
+from napari_sam.plugin.background import USER_ERRORS, CancelFlag, run_in_background
 from napari_sam.plugin.interactive import PREVIEW
 from napari_sam.plugin.layer_choice import LayerChoice
 from napari_sam.plugin.model_widget import path_row
 from napari_sam.plugin.session import LayerError, Session
-from napari_sam.training.annotations import split_annotations
+from napari_sam.training.annotations import fine_tune_process, receive, send
 from napari_sam.training.prompts import MODES
 from napari_sam.training.recipes import LOSS_RESOLUTIONS, Recipe
-from napari_sam.training.trainer import train
 
 # What a run on a CPU does by default (measured in docs/plugin.md, "Fine-tuning"): the decoder
 # alone, with the loss at full resolution and focal:dice 1:1 as the shipped model's last stage.
@@ -198,27 +193,15 @@ class FinetuneWidget(QWidget):
         held_out, every, seed = self.held_out.value(), self.validate_every.value(), self.seed.value()
 
         def job():
-            with session.lock:
-                model = session.model()
-                if not isinstance(model, Sam):
-                    raise ValueError(f"fine-tuning trains SAM models; {model.name!r} is not one: "
-                                     "choose a SAM model in the model panel")
-                model = copy.deepcopy(model)  # the session's model serves prompts meanwhile
-                settings = session.settings
-            spec = MODELS.get(model.name or "")
-            split = split_annotations(
-                source.volume, source.limits, labels.data, img_size=model.img_size,
-                model_diameter=spec.diameter if spec is not None else None, planes=planes,
-                diameter=None if settings.diameter == AUTO else settings.diameter,
-                held_out=held_out, seed=seed)
-            self.report.emit({"split": split.summary})
-            history = train(
-                model, split.training, recipe, steps=steps, output=output,
-                validation=split.validation, validate_every=every, checkpoint_every=steps,
-                keep_best=BEST_BY, seed=seed, device=settings.device, log=None,
-                report=self.report.emit, should_stop=flag,
-                metadata={"base": settings.checkpoint or settings.model,
-                          "image": image.name, "labels": labels.name, "data": split.summary})
+            settings = session.settings
+            options = {
+                "image": source.volume, "limits": source.limits, "labels": labels.data,
+                "output": output, "model": settings.model, "checkpoint": settings.checkpoint,
+                "device": settings.device, "recipe": recipe, "steps": steps, "planes": planes,
+                "diameter": None if settings.diameter == AUTO else settings.diameter,
+                "held_out": held_out, "validate_every": every, "keep_best": BEST_BY,
+                "seed": seed, "metadata": {"image": image.name, "labels": labels.name}}
+            history = self._run_process(options, flag)
             session.use_checkpoint(output / "model.pt")
             return history
 
@@ -241,6 +224,42 @@ class FinetuneWidget(QWidget):
         self.worker = run_in_background(job, what="fine-tuning", done=done,
                                         finished=lambda: self._busy(False))
         return self.worker
+
+    def _run_process(self, options: dict, flag: CancelFlag):
+        """:func:`~napari_sam.training.annotations.fine_tune` in a process of its own (see
+        :func:`~napari_sam.training.annotations.fine_tune_process`); its reports are shown as
+        they come, cancel stops it after the current step. Returns its history."""
+        process = fine_tune_process()
+        send(process.stdin, options)
+
+        def stop_on_cancel() -> None:
+            while process.poll() is None and not flag():
+                time.sleep(0.1)
+            if process.poll() is None:
+                process.stdin.close()
+
+        threading.Thread(target=stop_on_cancel, daemon=True).start()
+        try:
+            while True:
+                try:
+                    message = receive(process.stdout)
+                except EOFError:
+                    raise RuntimeError("the fine-tuning process ended without a result (exit "
+                                       f"code {process.wait()})") from None
+                if message[0] == "report":
+                    self.report.emit(message[1])
+                elif message[0] == "done":
+                    return message[1]
+                else:
+                    error, text = message[1], message[2]
+                    if isinstance(error, USER_ERRORS):
+                        raise error
+                    raise RuntimeError(f"{type(error).__name__}: {error} in the fine-tuning "
+                                       f"process:\n{text}")
+        finally:
+            if process.poll() is None:
+                process.stdin.close()
+            process.wait(timeout=60)
 
     def _show_report(self, report: dict) -> None:
         if "split" in report:

@@ -8,6 +8,13 @@ every other object's mask), and validation measures the model's prompted masks o
 
 from __future__ import annotations
 
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +23,14 @@ from skimage.segmentation import relabel_sequential
 from skimage.transform import resize
 
 from napari_sam.engine.scale import Resampling, estimate_diameter
+from napari_sam.models.registry import MODELS
+from napari_sam.models.sam import Sam
 from napari_sam.training.data import LabelledSlices
-from napari_sam.training.trainer import fit_example
+from napari_sam.training.recipes import Recipe
+from napari_sam.training.trainer import TrainingHistory, fit_example, train
 from napari_sam.volume.io import Volume, limited_rgb
 
-__all__ = ["AnnotationSplit", "split_annotations"]
+__all__ = ["AnnotationSplit", "fine_tune", "split_annotations"]
 
 
 @dataclass(frozen=True)
@@ -216,3 +226,117 @@ def _windows(rgb: np.ndarray, labels: np.ndarray, size: int):
         windows.append(fit_example(size, rgb[top:top + size, left:left + size], window,
                                    np.random.default_rng(0)))
     return windows, int((~fits).sum())
+
+
+def fine_tune(
+    image: Volume,
+    limits,
+    labels,
+    *,
+    output,
+    model: str | None = None,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    recipe: Recipe = Recipe(),
+    steps: int,
+    planes=None,
+    diameter: float | None = None,
+    held_out: float = 0.15,
+    validate_every: int = 20,
+    keep_best: str = "point",
+    seed: int = 0,
+    metadata: dict | None = None,
+    report: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainingHistory:
+    """Fine-tune a model on the annotated objects of one image, validated on held-back ones.
+
+    :func:`split_annotations` at the model's object scale, then
+    :func:`~napari_sam.training.trainer.train` keeping the best checkpoint (``keep_best``) in
+    ``output``. ``report`` first receives ``{"split": summary}``, then the trainer's reports.
+
+    Parameters
+    ----------
+    image, limits, labels, planes, diameter, held_out, seed
+        As :func:`split_annotations`.
+    output : path
+        Folder for ``model.pt`` and ``model.json``.
+    model, checkpoint, device
+        The model to start from, as :func:`napari_sam.load_model` takes them.
+    recipe, steps, validate_every, keep_best, metadata, report, should_stop
+        As :func:`~napari_sam.training.trainer.train`.
+
+    Returns
+    -------
+    TrainingHistory
+    """
+    from napari_sam.models.loading import load_model
+
+    sam = load_model(None if checkpoint else model, checkpoint, device)
+    if not isinstance(sam, Sam):
+        raise ValueError(f"fine-tuning trains SAM models; {sam.name!r} is not one: choose a SAM "
+                         "model")
+    spec = MODELS.get(sam.name or "")
+    split = split_annotations(
+        image, limits, labels, img_size=sam.img_size, planes=planes, diameter=diameter,
+        model_diameter=spec.diameter if spec is not None else None, held_out=held_out, seed=seed)
+    if report:
+        report({"split": split.summary})
+    return train(sam, split.training, recipe, steps=steps, output=output,
+                 validation=split.validation, validate_every=validate_every,
+                 checkpoint_every=steps, keep_best=keep_best, seed=seed, device=device,
+                 log=None, report=report, should_stop=should_stop,
+                 metadata={"base": checkpoint or model, **(metadata or {}),
+                           "data": split.summary})
+
+
+def fine_tune_process() -> subprocess.Popen:
+    """Start :func:`fine_tune` in a Python process of its own; talk to it with
+    :func:`send` and :func:`receive`.
+
+    The parent sends the options of :func:`fine_tune` (:func:`send`), then reads messages
+    (:func:`receive`): ``("report", report)`` as they come, then ``("done", history)`` or
+    ``("failed", error, traceback)``. Any byte written to the process's stdin afterwards, or
+    closing it, stops the run after the current step.
+
+    A process of its own (not ``multiprocessing``, which re-runs a parent script without a main
+    guard) keeps a GUI's threads free, and keeps torch's optimiser imports (torch._dynamo,
+    triton and its LLVM) out of a process where OpenGL may have loaded another LLVM: in a
+    napari process on Mesa that import crashes.
+    """
+    return subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+
+
+def send(stream, message) -> None:
+    """Write ``message`` to a binary stream, pickled and framed by its length."""
+    data = pickle.dumps(message)
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def receive(stream):
+    """The next message :func:`send` wrote to ``stream``; EOFError when it ended."""
+    size = stream.read(8)
+    if len(size) < 8:
+        raise EOFError("the stream ended")
+    return pickle.loads(stream.read(struct.unpack("<Q", size)[0]))
+
+
+def _serve() -> None:
+    """The process of :func:`fine_tune_process`: stdout carries messages only."""
+    messages, sys.stdout = sys.stdout.buffer, sys.stderr  # stray prints go to stderr
+    options = receive(sys.stdin.buffer)
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.buffer.read(1), stop.set()), daemon=True).start()
+    try:
+        history = fine_tune(**options, report=lambda report: send(messages, ("report", report)),
+                            should_stop=stop.is_set)
+    except Exception as error:  # noqa: BLE001 - handed to the parent, which reports it
+        send(messages, ("failed", error, traceback.format_exc()))
+    else:
+        send(messages, ("done", history))
+
+
+if __name__ == "__main__":
+    _serve()
