@@ -59,7 +59,6 @@ def validation_lines(widget) -> list[str]:
     return [line for line in widget.history.toPlainText().splitlines() if line]
 
 
-@pytest.mark.slow
 def test_short_seeded_run_raises_validation_miou_and_becomes_the_sessions_model(
         viewer, qtbot, tmp_path):
     widget = panel(viewer, tmp_path, steps=15)
@@ -79,7 +78,6 @@ def test_short_seeded_run_raises_validation_miou_and_becomes_the_sessions_model(
         assert torch.equal(session.model().state_dict()[key], value)
 
 
-@pytest.mark.slow
 def test_cancel_keeps_the_best_checkpoint_so_far_and_it_loads(viewer, qtbot, tmp_path):
     widget = panel(viewer, tmp_path, steps=10_000)
     worker = widget.run()
