@@ -6,6 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+# torch's optimisers import torch._dynamo, and with it triton, whose LLVM crashes the process
+# once a napari viewer's OpenGL (Mesa) has loaded its own: imported before any test, so that
+# training tests may run after viewer tests in one session, in any order.
+import torch._dynamo
+
 from napari_sam.models.registry import MODELS, build_sam_vit
 from napari_sam.synthetic import synthetic_nuclei
 

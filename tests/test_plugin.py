@@ -86,7 +86,8 @@ def test_manifest_lists_the_widgets_and_samples():
     manifest = PluginManifest.from_distribution("napari-sam")
     manifest.validate_imports()
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert widgets == {"Interactive segmentation", "Automatic segmentation", "Model and embeddings"}
+    assert widgets == {"Interactive segmentation", "Automatic segmentation", "Model and embeddings",
+                       "Fine-tune on your labels"}
     assert {s.key for s in manifest.contributions.sample_data} == {"nuclei_3d", "nuclei_2d"}
 
 

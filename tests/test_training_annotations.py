@@ -8,11 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
-# torch's optimisers import torch._dynamo, and with it triton, whose LLVM crashes the process
-# once a napari viewer's OpenGL (Mesa) has loaded its own: imported at collection, before any
-# viewer test, so that these tests run after napari's in one session too.
-import torch._dynamo  # noqa: F401
 from conftest import make_tiny_model
 
 from napari_sam import load_model
