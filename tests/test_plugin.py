@@ -348,6 +348,24 @@ def test_bad_input_is_a_message_not_a_traceback(make_napari_viewer, qtbot, messa
     assert Session.for_viewer(viewer).settings.checkpoint is None  # the old settings stay
 
 
+def test_model_panel_shows_a_checkpoint_another_widget_put_in_use(make_napari_viewer, qtbot,
+                                                                  tmp_path):
+    """A fine-tuned checkpoint made the session's model in a worker shows in the panel."""
+    import threading
+
+    from napari_sam.models.loading import load_model
+
+    viewer = make_napari_viewer()
+    panel = ModelWidget(viewer)
+    checkpoint = tmp_path / "model.pt"
+    torch.save(load_model("nuclei_s", device="cpu").state_dict(), checkpoint)
+    worker = threading.Thread(target=Session.for_viewer(viewer).use_checkpoint, args=(checkpoint,))
+    worker.start()
+    worker.join()
+    qtbot.waitUntil(lambda: panel.checkpoint.text() == str(checkpoint), timeout=WAIT_MS)
+    assert panel.settings()["checkpoint"] == str(checkpoint)
+
+
 def test_rgb_image_is_segmented(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     image, truth = synthetic_nuclei((160, 160), radius=(9, 13), seed=2)

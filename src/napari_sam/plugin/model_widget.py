@@ -4,6 +4,7 @@ background embedding of the shown slice."""
 from __future__ import annotations
 
 from napari.utils.notifications import show_info
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -23,7 +24,7 @@ from napari_sam.engine.segmenter import AUTO
 from napari_sam.models.registry import MODELS
 from napari_sam.plugin.background import run_in_background
 from napari_sam.plugin.prefetch import SliceEmbedder
-from napari_sam.plugin.session import Session
+from napari_sam.plugin.session import ModelSettings, Session
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -45,24 +46,24 @@ class ModelWidget(QWidget):
     """Choose the model and compute embeddings of the shown slice in the background.
 
     Settings take effect with "Apply": the model is loaded in a worker, and a model that does
-    not load is reported and leaves the previous settings in place.
+    not load is reported and leaves the previous settings in place. The panel shows the
+    session's settings, also when another widget changes them (a fine-tuned model put in use).
     """
+
+    _settings_changed = Signal(object)
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.session = Session.for_viewer(napari_viewer)
         self.embedder = SliceEmbedder.for_viewer(napari_viewer)
-        settings = self.session.settings
 
         self.model = QComboBox()
         self.model.addItems(list(MODELS))
-        self.model.setCurrentText(settings.model)
-        self.checkpoint = QLineEdit(settings.checkpoint or "")
+        self.checkpoint = QLineEdit()
         self.checkpoint.setPlaceholderText("registry weights (or choose a .pth file)")
         self.device = QComboBox()
         self.device.addItems(DEVICES)
-        self.device.setCurrentText(settings.device)
         self.diameter = QDoubleSpinBox()
         self.diameter.setRange(0, 4096)
         self.diameter.setDecimals(1)
@@ -70,19 +71,16 @@ class ModelWidget(QWidget):
         self.diameter.setToolTip("typical object width in pixels: slices are resampled so that "
                                  "objects arrive at the size the model works best at; auto "
                                  "estimates it once per image (shown below once embedded)")
-        self.diameter.setValue(0 if isinstance(settings.diameter, str) else settings.diameter)
         self.tile = QSpinBox()
         self.tile.setRange(0, 16384)
         self.tile.setSingleStep(256)
         self.tile.setSpecialValueText("model input")
         self.tile.setToolTip("resampled slices larger than this are embedded in tiles; the "
                              "model's input size keeps objects at the scale it was trained at")
-        self.tile.setValue(settings.tile or 0)
         self.halo = QSpinBox()
         self.halo.setRange(-1, 4096)
         self.halo.setSpecialValueText("tile / 8")
-        self.halo.setValue(-1 if settings.halo is None else settings.halo)
-        self.cache = QLineEdit(settings.cache or "")
+        self.cache = QLineEdit()
         self.cache.setPlaceholderText("none (memory only)")
         self.neighbours = QSpinBox()
         self.neighbours.setRange(0, 10)
@@ -120,6 +118,23 @@ class ModelWidget(QWidget):
 
         self.embedder.progress.connect(self._progress)
         self.embedder.status.connect(self.status.setText)
+        # the session may change in a worker (a fine-tuned checkpoint put in use): shown here
+        # through a queued Qt signal, on the GUI thread
+        self._settings_changed.connect(self.show_settings)
+        session, forward = self.session, self._settings_changed.emit
+        session.changed.connect(forward)
+        self.destroyed.connect(lambda *_: session.changed.disconnect(forward, missing_ok=True))
+        self.show_settings(self.session.settings)
+
+    def show_settings(self, settings: ModelSettings) -> None:
+        """Show ``settings`` (the session's) in the panel."""
+        self.model.setCurrentText(settings.model)
+        self.checkpoint.setText(settings.checkpoint or "")
+        self.device.setCurrentText(settings.device)
+        self.diameter.setValue(0 if isinstance(settings.diameter, str) else settings.diameter)
+        self.tile.setValue(settings.tile or 0)
+        self.halo.setValue(-1 if settings.halo is None else settings.halo)
+        self.cache.setText(settings.cache or "")
 
     def settings(self) -> dict:
         """The panel's choices as :class:`~napari_sam.plugin.session.ModelSettings` fields."""

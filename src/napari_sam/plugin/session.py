@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from psygnal import Signal
 
 from napari_sam.engine.embeddings import EmbeddingStore
 from napari_sam.engine.segmenter import AUTO, Segmenter
@@ -147,6 +148,9 @@ class Session:
     """
 
     _by_viewer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    #: Emitted with the new :class:`ModelSettings` after each change, from the thread that
+    #: made it (a worker's too: connect Qt widgets through a queued Qt signal).
+    changed = Signal(object)
 
     def __init__(self, max_slices: int = 8) -> None:
         self.lock = threading.RLock()
@@ -174,6 +178,8 @@ class Session:
             self._slices.clear()
             if self._store is not None and str(self._store.path) != str(self.settings.cache):
                 self._store = None
+            settings = self.settings
+        self.changed.emit(settings)
 
     def model(self):
         """The model of the current settings, loaded once.
