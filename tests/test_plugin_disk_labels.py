@@ -306,3 +306,22 @@ def test_a_budget_that_is_not_a_number_is_named(make_napari_viewer, monkeypatch,
     widget = InteractiveWidget(viewer)
     assert commit(widget, viewer, 1, disc((64, 64), (30, 30), 5)) is None
     assert any("NAPARI_SAM_LABELS_IN_MEMORY_MB='lots'" in str(m.message) for m in messages)
+
+
+def test_levels_left_behind_by_a_crash_catch_up_when_the_labels_are_reopened(tmp_path):
+    path = tmp_path / "labels.ome.zarr"
+    group = ome_zarr.create_labels(path, shape=(3, 1024, 1024), chunks=(1, 512, 512), axes="zyx")
+    level0, level1 = (group[p] for p in ome_zarr.level_paths(group))
+    data = DiskLabels(level0, path, levels=group)
+    data[1, 100:200, 300:400] = 4  # the session ends before its levels are written
+    assert data.levels_behind and (level1[1] == 0).all()
+
+    def reopened() -> DiskLabels:
+        group = ome_zarr.open_labels(path, mode="r+")
+        return DiskLabels(group[ome_zarr.level_paths(group)[0]], path, levels=group)
+
+    again = reopened()
+    assert again.levels_behind and again.max_label == 4
+    again.write_levels()
+    assert (level1[1, 50:100, 150:200] == 4).all()
+    assert not reopened().levels_behind

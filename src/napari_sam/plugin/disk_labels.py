@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,9 @@ class DiskLabels:
     the array's attributes when it brings a larger one, so that :attr:`max_label` is right
     (or higher, after an undo) without reading the volume, even after a crash. With
     ``levels``, :meth:`write_levels` brings the lower levels of an OME-Zarr label image in step
-    with the planes written.
+    with the planes written; the planes whose levels are behind are recorded in the
+    attributes too (before the plane is written, until its levels are), so labels reopened
+    after a crash catch up.
 
     Parameters
     ----------
@@ -149,12 +152,18 @@ class DiskLabels:
     def __init__(self, array: zarr.Array, path: str | os.PathLike, *,
                  levels: zarr.Group | None = None) -> None:
         self.array, self.path, self.levels = array, Path(path), levels
-        self._stale: set[tuple[int, ...]] = set()  # planes whose lower levels are not written
-        recorded = array.attrs.get(_ATTRS, {}).get("max_label")
+        attributes = array.attrs.get(_ATTRS, {})
+        # planes whose lower levels are not written, and the one being written
+        self._stale = {tuple(plane) for plane in attributes.get("levels_behind", [])
+                       if levels is not None}
+        self._writing: tuple[int, ...] | None = None
+        self._lock = threading.Lock()
+        recorded = attributes.get("max_label")
         if recorded is None:  # labels made by another program: read them once
             recorded = largest_label(array)
-            array.attrs[_ATTRS] = {"max_label": recorded}
         self._max = int(recorded)
+        if attributes.get("max_label") is None:
+            self._record()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -186,12 +195,13 @@ class DiskLabels:
     def __setitem__(self, key, value) -> None:
         values = np.asarray(value)
         largest = int(values.max()) if values.size else 0
-        if largest > self._max:
-            self.array.attrs[_ATTRS] = {"max_label": largest}
-            self._max = largest
+        planes = set(self._planes(key)) if self.levels is not None else set()
+        with self._lock:
+            if largest > self._max or not planes <= self._stale:
+                self._max = max(self._max, largest)
+                self._stale |= planes
+                self._record()
         self.array[key] = value
-        if self.levels is not None:
-            self._stale.update(self._planes(key))
 
     @property
     def levels_behind(self) -> bool:
@@ -201,8 +211,22 @@ class DiskLabels:
     def write_levels(self) -> None:
         """Bring the lower levels of an OME-Zarr label image in step with the planes written
         since the last call (planes written meanwhile included); safe in another thread."""
-        while self._stale:
-            ome_zarr.write_levels(self.levels, self._stale.pop())
+        while True:
+            with self._lock:
+                if not self._stale:
+                    self._record()
+                    return
+                self._writing = self._stale.pop()
+            ome_zarr.write_levels(self.levels, self._writing)
+            with self._lock:
+                self._writing = None
+
+    def _record(self) -> None:
+        """Write the largest id and the planes whose levels are behind into the attributes
+        (under the lock)."""
+        behind = self._stale | ({self._writing} if self._writing is not None else set())
+        self.array.attrs[_ATTRS] = {"max_label": self._max,
+                                    "levels_behind": [list(p) for p in sorted(behind)]}
 
     def _planes(self, key) -> list[tuple[int, ...]]:
         """The planes (indices of the axes before y and x) that a key of ``[]`` reaches: a

@@ -131,8 +131,9 @@ def new_labels_layer(viewer, image, source: ImageSource, name: str):
 
 
 def _follow_levels(layer, data: DiskLabels) -> None:
-    """Write the lower levels of an OME-Zarr label image in the background after each edit
-    (napari's paint event) and undo or redo (set_data), one job at a time: rewriting a 4096 x
+    """Write the lower levels of an OME-Zarr label image in the background now, when an
+    earlier session left them behind, and after each edit (napari's paint event) and undo or
+    redo (set_data), one job at a time: rewriting a 4096 x
     4096 plane's levels takes seconds, too long to wait for after a click."""
     from napari_sam.plugin.background import run_in_background
 
@@ -151,6 +152,7 @@ def _follow_levels(layer, data: DiskLabels) -> None:
 
     layer.events.paint.connect(start)
     layer.events.set_data.connect(start)
+    start()  # levels left behind by a session that ended first
 
 
 def next_label(labels_layer) -> int:
