@@ -238,6 +238,7 @@ def test_track_stack_into_an_ome_zarr_image_writes_its_labels_with_levels_and_se
         np.testing.assert_array_equal(level, nearest(finest, level.shape))
     assert len(lower) == 2 and (finest[3] == 5).any()
     (entry,) = ome(summary.output)["image-label"]["properties"]
+    assert 0 < entry.pop("predicted_iou") <= 1  # SAM 2's sigmoid IoU, averaged over planes
     assert entry == {"label-value": 5, "area": int((finest == 5).sum()), "plane": 3}
     nodes = list(Reader(parse_url(str(summary.output)))())
     assert any(node.load(Label) for node in nodes)

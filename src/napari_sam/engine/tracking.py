@@ -51,6 +51,7 @@ class _Output:
     logits: torch.Tensor  # (1, 1, h, w) low-resolution mask logits, holes filled
     pointer: torch.Tensor  # (1, C)
     object_logits: torch.Tensor  # (1, 1)
+    predicted_iou: float  # the decoder's IoU prediction of the mask shown
     memory: torch.Tensor | None = None  # (1, C_mem, h', w') bfloat16, once encoded
     from_prompt: bool = True  # encoded from a prompt: memory of the thresholded mask
 
@@ -77,12 +78,15 @@ class TrackedPlane:
         Mask logits of each object at the plane's resolution (> 0 inside).
     object_scores : (n,) float array
         The model's logit that each object is present (> 0) on the plane.
+    predicted_iou : (n,) float array
+        The decoder's predicted IoU of each object's mask.
     """
 
     plane: int
     object_ids: list[int]
     logits: np.ndarray
     object_scores: np.ndarray
+    predicted_iou: np.ndarray
 
     @property
     def masks(self) -> np.ndarray:
@@ -283,7 +287,7 @@ class PlaneTracker:
                       if not self._ended(obj, plane, reverse, absent_run[i])]
             if not active:
                 return
-            logits, scores = [], []
+            logits, scores, ious = [], [], []
             for obj_id in active:
                 obj = self._objects[obj_id]
                 output = obj.prompted.get(plane)
@@ -296,8 +300,10 @@ class PlaneTracker:
                 absent_run[obj_id] = absent_run[obj_id] + 1 if score <= 0 and plane not in obj.prompted else 0
                 logits.append(output.logits)
                 scores.append(score)
+                ious.append(output.predicted_iou)
             full = self._to_plane(torch.cat(logits))[:, 0]
-            yield TrackedPlane(plane, active, full.float().cpu().numpy(), np.array(scores))
+            yield TrackedPlane(plane, active, full.float().cpu().numpy(), np.array(scores),
+                               np.array(ious))
 
     def _ended(self, obj: _Object, plane: int, reverse: bool, absent_run: int) -> bool:
         """Whether an object has ended: absent on the last ``end_after`` planes, with no
@@ -391,7 +397,8 @@ class PlaneTracker:
         logits = decoded.logits
         if self.fill_hole_area > 0:
             logits = fill_holes(logits, self.fill_hole_area)
-        return _Output(logits, decoded.pointer, decoded.object_logits)
+        return _Output(logits, decoded.pointer, decoded.object_logits,
+                       float(decoded.scores.max()))  # the chosen mask is the best scored
 
     def _to_plane(self, logits: torch.Tensor) -> torch.Tensor:
         """Low-resolution logits ``(n, 1, h, w)`` to the plane's pixels (bilinear)."""

@@ -171,12 +171,16 @@ class NewLabels:
         if self.group is not None:
             write_levels(self.group, plane)
 
-    def finish(self, prompted: dict[int, int]) -> None:
+    def finish(self, prompted: dict[int, int], predicted_iou: dict[int, float]) -> None:
         """Write the objects' properties of an OME-Zarr output (:func:`object_properties`),
-        each with ``prompted[id]``, the plane it was prompted on, as its ``"plane"``."""
+        each with ``prompted[id]``, the plane it was prompted on, as its ``"plane"``, and its
+        ``"predicted_iou"``."""
         if self.group is None:
             return
         properties = object_properties(self.level0)
         for entry in properties:
-            entry["plane"] = prompted.get(entry["label-value"], entry.get("plane"))
+            value = entry["label-value"]
+            entry["plane"] = prompted.get(value, entry.get("plane"))
+            if value in predicted_iou:
+                entry["predicted_iou"] = round(float(predicted_iou[value]), 4)
         write_properties(self.group, properties)

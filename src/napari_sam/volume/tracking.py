@@ -266,14 +266,16 @@ def track_stack(source, seeds, output: str | os.PathLike | None = None, *,
         tracker.add_prompt(seed.plane, seed.object_id, mask=seed.mask, points=seed.points)
     labels = NewLabels(output, volume, output_format)
     written: set[int] = set()
+    quality = _Quality()
     for tracked in tracker.propagate_both():
-        labels[tracked.plane] = tracked.labels()
+        labels[tracked.plane] = plane_labels = tracked.labels()
+        quality.add(tracked, plane_labels)
         written.add(tracked.plane)
         if progress is not None:
             progress(len(written), volume.n_planes)
     if progress is not None and len(written) < volume.n_planes:
         progress(volume.n_planes, volume.n_planes)  # the objects ended before the last planes
-    labels.finish({seed.object_id: seed.plane for seed in found})
+    labels.finish({seed.object_id: seed.plane for seed in found}, quality.mean())
     return TrackSummary(len(tracker.object_ids), len(written), time.perf_counter() - started,
                         tracker.object_ids, output)
 
@@ -325,6 +327,7 @@ def segment_and_track(source, output: str | os.PathLike, *, model: str | None = 
         features_for = plane_features(tracking, volume, limits, store)
         labels = NewLabels(output, volume, output_format)
         prompted: dict[int, int] = {}
+        quality = _Quality()
         for done, key in enumerate(sorted(key_planes)):
             segmenter.set_image(plane_rgb(volume, key, limits))
             found, written = segmenter.segment_all(), labels[key]
@@ -343,11 +346,36 @@ def segment_and_track(source, output: str | os.PathLike, *, model: str | None = 
                     free = (plane == 0) & (new > 0)
                     plane[free] = new[free]
                     labels[tracked.plane] = plane
+                    quality.add(tracked, plane)
             if progress is not None:
                 progress(done + 1, len(key_planes))
-    labels.finish(prompted)
+    labels.finish(prompted, quality.mean())
     return TrackSummary(len(prompted), volume.n_planes, time.perf_counter() - started,
                         list(prompted), output)
+
+
+class _Quality:
+    """Each object's predicted IoU on each plane it was written on, with its pixels there."""
+
+    def __init__(self) -> None:
+        self._by_plane: dict[tuple[int, int], tuple[float, int]] = {}
+
+    def add(self, tracked, written: np.ndarray) -> None:
+        """Record the objects of ``tracked`` as written in the plane's labels ``written``
+        (a plane written again replaces what it had)."""
+        ids, counts = np.unique(written[written > 0], return_counts=True)
+        pixels = dict(zip(ids.tolist(), counts.tolist()))
+        for object_id, iou in zip(tracked.object_ids, tracked.predicted_iou.tolist()):
+            self._by_plane[object_id, tracked.plane] = (iou, pixels.get(object_id, 0))
+
+    def mean(self) -> dict[int, float]:
+        """Each object's predicted IoU averaged over its planes, weighted by its pixels."""
+        sums: dict[int, list[float]] = {}
+        for (object_id, _), (iou, pixels) in self._by_plane.items():
+            total = sums.setdefault(object_id, [0.0, 0.0])
+            total[0] += iou * pixels
+            total[1] += pixels
+        return {i: weighted / pixels for i, (weighted, pixels) in sums.items() if pixels > 0}
 
 
 def _stack_and_output(source, axes, output, cache, overwrite: bool,
