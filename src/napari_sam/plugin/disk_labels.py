@@ -93,7 +93,7 @@ def open_disk_labels(image_layer, source: ImageSource, name: str) -> tuple[DiskL
         written.
     """
     location = labels_location(image_layer, source, name)
-    shape = source.volume.planes + source.volume.plane_shape  # the image's planes, then (Y, X)
+    shape = source.labels_shape
     chunks = (1,) * (len(shape) - 2) + tuple(min(TILE, n) for n in shape[-2:])
     file = getattr(image_layer.source, "path", None)
     pyramid = None if file is None else read_image_pyramid(file)

@@ -81,7 +81,7 @@ def slice_key(index: tuple[int, ...]) -> tuple:
 
 def check_target(labels_layer, source: ImageSource) -> None:
     """Raise a :class:`LayerError` if ``labels_layer`` cannot hold labels of ``source``."""
-    expected = labels_shape(source)
+    expected = source.labels_shape
     if tuple(labels_layer.data.shape) != expected:
         raise LayerError(
             f"labels layer {labels_layer.name!r} has shape {tuple(labels_layer.data.shape)}, the "
@@ -89,15 +89,10 @@ def check_target(labels_layer, source: ImageSource) -> None:
         )
 
 
-def labels_shape(source: ImageSource) -> tuple[int, ...]:
-    """The shape of the labels of ``source``: its planes, then ``(Y, X)``."""
-    return source.volume.planes + source.volume.plane_shape
-
-
 def goes_to_disk(source: ImageSource) -> bool:
     """Whether uint32 labels of ``source`` exceed the in-memory budget
     (:func:`~napari_sam.plugin.disk_labels.in_memory_limit`)."""
-    return int(np.prod(labels_shape(source))) * 4 > in_memory_limit()
+    return int(np.prod(source.labels_shape)) * 4 > in_memory_limit()
 
 
 def kept_on_disk(image, source: ImageSource, name: str) -> bool:
@@ -120,7 +115,7 @@ def new_labels_layer(viewer, image, source: ImageSource, name: str):
 
     frame = dict(name=name, scale=image.scale, translate=image.translate)
     if not goes_to_disk(source):
-        return viewer.add_labels(np.zeros(labels_shape(source), np.uint32), **frame)
+        return viewer.add_labels(np.zeros(source.labels_shape, np.uint32), **frame)
     data, existed = open_disk_labels(image, source, name)
     show_info(f"napari-sam: labels {name!r} are larger than {BUDGET_VARIABLE}: "
               f"{'reopened from' if existed else 'kept on disk in'} {data.path}")

@@ -114,6 +114,11 @@ class ImageSource:
         volume = Volume(data, axes, source=f"layer {layer.name!r}", voxel_size=voxel_size)
         return cls(volume, volume_limits(volume))
 
+    @property
+    def labels_shape(self) -> tuple[int, ...]:
+        """The shape of labels of this image: its planes, then ``(Y, X)``."""
+        return self.volume.planes + self.volume.plane_shape
+
     def estimated_diameter(self) -> float | None:
         """The objects' diameter, estimated once for the whole volume (see
         :func:`~napari_sam.volume.stack.volume_diameter`); slow the first time."""
