@@ -223,7 +223,8 @@ def test_an_object_across_a_tile_seam_comes_out_once_and_whole(nuclei_s):
     across, whole = 0, 0
     for index in np.unique(truth[truth > 0]):
         nucleus = truth == index
-        if _cores(segmenter, nucleus) < 2 or (prompted == index).sum() != 1:
+        # across a seam by a tenth of its pixels at least: an outline may miss a tip of 2 px
+        if _cores(segmenter, nucleus, share=0.1) < 2 or (prompted == index).sum() != 1:
             continue
         ids, counts = np.unique(labels[nucleus], return_counts=True)
         on_it = ids[(ids > 0) & (counts > 0.5 * areas[ids])]  # objects mostly on the nucleus
@@ -234,6 +235,8 @@ def test_an_object_across_a_tile_seam_comes_out_once_and_whole(nuclei_s):
     assert whole >= 0.8 * across
 
 
-def _cores(segmenter: Segmenter, mask: np.ndarray) -> int:
-    """In how many tile cores ``mask`` has pixels."""
-    return sum(mask[t.core[0]:t.core[2], t.core[1]:t.core[3]].any() for t in segmenter.tiles)
+def _cores(segmenter: Segmenter, mask: np.ndarray, share: float = 0.0) -> int:
+    """In how many tile cores ``mask`` has more than ``share`` of its pixels."""
+    least = share * np.count_nonzero(mask)
+    return sum(np.count_nonzero(mask[t.core[0]:t.core[2], t.core[1]:t.core[3]]) > least
+               for t in segmenter.tiles)

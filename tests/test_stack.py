@@ -88,6 +88,8 @@ def test_tile_layout_partitions_the_plane_into_tiles_of_the_full_size():
     assert (owned == 1).all()
     assert tile_layout((300, 40), 64, 8)[0].box == (0, 0, 64, 40)  # a narrow plane: its width
     assert len(tile_layout((50, 60), 64, 8)) == 1
+    # cores on the border need context on one side only: 5 x 5 tiles, not 6 x 6 of 192 px cores
+    assert len(tile_layout((1024, 1024), 256, 32)) == 25
     with pytest.raises(ValueError, match="halo"):
         tile_layout((500, 500), 64, 32)
 

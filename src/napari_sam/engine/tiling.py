@@ -34,11 +34,16 @@ class Tile:
 def tile_layout(shape: tuple[int, int], tile: int | None, halo: int = 0) -> list[Tile]:
     """Tiles of at most ``tile`` pixels a side covering a plane of ``shape``.
 
-    The cores (at most ``tile - 2 * halo`` pixels a side, as even as possible) partition the
-    plane; each tile sees its core plus at least ``halo`` pixels of context on every side, and
-    is ``tile`` pixels a side wherever the plane is that large (the context grows to fill it),
-    so that no tile is smaller than the model input. A plane that fits in one tile (or
-    ``tile=None``) is one tile.
+    The cores partition the plane; each tile sees its core plus at least ``halo`` pixels of
+    context on every side that has any, and is ``tile`` pixels a side wherever the plane is that
+    large (the context grows to fill it), so that no tile is smaller than the model input. A
+    plane that fits in one tile (or ``tile=None``) is one tile.
+
+    A core on the plane's border needs context on its inner side only: it spans up to
+    ``tile - halo`` pixels, the inner cores up to ``tile - 2 * halo``, and the fewest tiles that
+    cover the plane share its length in proportion to those spans. A 1024 px plane in 256 px
+    tiles with a 32 px halo takes 5 x 5 tiles, where cores of 192 px everywhere would take
+    6 x 6.
 
     Raises
     ------
@@ -53,8 +58,8 @@ def tile_layout(shape: tuple[int, int], tile: int | None, halo: int = 0) -> list
             f"tile {tile} with halo {halo} leaves no core: the halo must be at least 0 and less "
             f"than half the tile, e.g. --tile {tile} --halo {max(0, tile // 8)}"
         )
-    rows = _cuts(height, tile - 2 * halo)
-    cols = _cuts(width, tile - 2 * halo)
+    rows = _cuts(height, tile, halo)
+    cols = _cuts(width, tile, halo)
     tiles = []
     for r0, r1 in zip(rows[:-1], rows[1:]):
         for c0, c1 in zip(cols[:-1], cols[1:]):
@@ -71,9 +76,15 @@ def _around(start: int, stop: int, size: int, length: int) -> tuple[int, int]:
     return low, low + size
 
 
-def _cuts(length: int, core: int) -> list[int]:
-    count = math.ceil(length / core)
-    return [round(i * length / count) for i in range(count + 1)]
+def _cuts(length: int, tile: int, halo: int) -> list[int]:
+    """Boundaries of the fewest cores covering ``[0, length)``: up to ``tile - halo`` pixels for
+    the two on the ends, ``tile - 2 * halo`` for those between, each in proportion to its span."""
+    if length <= tile:
+        return [0, length]
+    inner, outer = tile - 2 * halo, tile - halo
+    spans = [outer] + [inner] * max(0, math.ceil((length - 2 * outer) / inner)) + [outer]
+    ends = np.cumsum(spans) * (length / sum(spans))
+    return [0, *(round(float(e)) for e in ends)]
 
 
 def segment_tiles(generator: AutomaticMaskGenerator, rgb: np.ndarray,
