@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 from skimage.measure import label, regionprops
 
 from napari_sam.synthetic import SyntheticNuclei, synthetic_dataset, synthetic_nuclei
@@ -146,6 +147,24 @@ def test_labels_are_exactly_the_source_of_intensity():
     np.testing.assert_array_equal(image > 0, labels > 0)
 
 
+def test_an_edge_adds_an_unlabelled_fringe_outside_the_outlines():
+    """Real nuclei stay bright a pixel or two outside the outline a person draws."""
+    clean = dict(blur=0, noise=0, background=0, offset=0, illumination=0, brightness=1000,
+                 brightness_spread=0, texture=0, spots=0, nucleoli=False, seed=4)
+    sharp, labels = synthetic_nuclei((128, 128), **clean)
+    soft, same_labels = synthetic_nuclei((128, 128), edge=2.0, **clean)
+    np.testing.assert_array_equal(same_labels, labels)  # the outlines do not move
+    np.testing.assert_array_equal(soft[labels > 0], sharp[labels > 0])  # nor the nuclei
+    outline = labels > 0
+    ring = ndi.binary_dilation(outline) & ~outline
+    far = ~ndi.binary_dilation(outline, iterations=8)
+    assert (sharp[ring] == 0).all() and (soft[far] == 0).all()
+    # just outside: about the rim's brightness (0.62 of 1000) times exp(-1 / 2)
+    assert 250 < np.median(soft[ring]) < 500
+    with pytest.raises(ValueError, match="edge"):
+        synthetic_nuclei((32, 32), edge=-1)
+
+
 def test_objects_brighter_than_background(pair2d, pair3d):
     for image, labels in (pair2d, pair3d):
         inside = image[labels > 0].astype(float).mean()
@@ -262,6 +281,15 @@ def test_dataset_3d_and_fixed_options():
         np.testing.assert_array_equal(image > 0, labels > 0)
 
 
+def test_dataset_edges_keep_the_images_of_the_same_seed_but_their_fringe():
+    plain = list(synthetic_dataset(3, (64, 64), seed=2))
+    soft = list(synthetic_dataset(3, (64, 64), seed=2, edge=(1.0, 3.0)))
+    for (image, labels), (soft_image, soft_labels) in zip(plain, soft):
+        np.testing.assert_array_equal(soft_labels, labels)
+        outside = labels == 0
+        assert soft_image[outside].mean() > image[outside].mean()
+
+
 @pytest.mark.parametrize(
     "args, options, name",
     [
@@ -271,6 +299,7 @@ def test_dataset_3d_and_fixed_options():
         ((2,), dict(density=(0.1, 1.5)), "density"),
         ((2,), dict(radius=(10, 2)), "radius"),
         ((2,), dict(colour="red"), "colour"),
+        ((2,), dict(edge=(3, 1)), "edge"),
     ],
 )
 def test_dataset_validation_is_eager(args, options, name):

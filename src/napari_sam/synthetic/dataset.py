@@ -23,6 +23,7 @@ def synthetic_dataset(
     noise: tuple[float, float] = (0.5, 3.0),
     brightness: tuple[float, float] = (150.0, 3000.0),
     blur: tuple[float, float] = (0.6, 1.8),
+    edge: tuple[float, float] = (0.0, 0.0),
     **kwargs,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``n`` varied synthetic (image, labels) pairs for training.
@@ -54,6 +55,10 @@ def synthetic_dataset(
         Range of the median nucleus signal in photo-electrons.
     blur : (float, float)
         Range of the PSF sigma in pixels.
+    edge : (float, float)
+        Range of the width of the unlabelled fringe outside each nucleus (see
+        :func:`synthetic_nuclei`), drawn uniformly per image. The default (0, 0) draws nothing,
+        and the images are those of earlier versions.
     **kwargs
         Further keyword options of :func:`synthetic_nuclei`, fixed for every
         image (they override the drawn values).
@@ -90,6 +95,7 @@ def synthetic_dataset(
     noise = check_range("noise", noise, low=0.0, low_open=False, example="(0.5, 3.0)")
     brightness = check_range("brightness", brightness, low=0.0, example="(150, 3000)")
     blur = check_range("blur", blur, low=0.0, low_open=False, example="(0.6, 1.8)")
+    edge = check_range("edge", edge, low=0.0, low_open=False, example="(0.0, 3.0)")
     bad = {"shape", "seed"} & set(kwargs)
     if bad:
         raise ValueError(f"{sorted(bad)} cannot be passed as extra options; "
@@ -110,6 +116,8 @@ def synthetic_dataset(
         for child in children:
             rng = np.random.default_rng(child)
             params = _draw_settings(rng, density, radius, noise, brightness, blur)
+            if edge[1] > 0:  # from a stream of its own: the rest stays that of the same seed
+                params["edge"] = np.random.default_rng(child.spawn(1)[0]).uniform(*edge)
             params.update(kwargs)
             yield synthetic_nuclei(shape, seed=rng, **params)
 

@@ -60,4 +60,4 @@ def resolve_overlaps(shape, sprites, min_size):
     # contiguous ids 1..n in depth order
     lut = np.zeros(len(sprites) + 1, dtype=np.uint32)
     lut[np.array(keep, dtype=np.intp) + 1] = np.arange(1, len(keep) + 1, dtype=np.uint32)
-    return lut[labels], clean
+    return lut[labels], clean, keep

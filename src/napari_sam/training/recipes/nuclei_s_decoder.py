@@ -6,6 +6,10 @@
 Seeded: the same command on the same machine gives the same weights. The decoder has micro-sam's
 layout at a quarter of its width (``features=16``): ``nuclei_s``'s 16 x 16 embedding holds
 little to decode, and the small decoder trains within the time budget of a CPU.
+
+The nuclei have a soft unlabelled fringe of 0 to ``EDGE`` pixels outside their outlines
+(``synthetic_nuclei(edge=...)``), as real nuclei have outside the outlines people draw: trained
+on sharp-edged nuclei only, the decoder drew the DSB image's nuclei 1.6x their labelled area.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from napari_sam.training.recipes.nuclei_s import NAME, VALIDATION_SEED, half
 SEED = 0
 FEATURES = 16
 RECIPE = DecoderRecipe(images_per_step=4, lr=1e-3, weight_decay=0.01, warmup=50)
-STEPS = 600
+STEPS = 800
+EDGE = (0.0, 3.5)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,12 +43,13 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(NAME, device="auto")
     torch.manual_seed(SEED)
     decoder = build_instance_decoder(model, features=FEATURES)
-    validation = list(synthetic_dataset(8, (256, 256), seed=VALIDATION_SEED))
+    validation = list(synthetic_dataset(8, (256, 256), seed=VALIDATION_SEED, edge=EDGE))
     history = train_decoder(
-        model, decoder, SyntheticNuclei((256, 256)), RECIPE, steps=args.steps,
+        model, decoder, SyntheticNuclei((256, 256), edge=EDGE), RECIPE, steps=args.steps,
         output=args.output, validation=validation, validate_every=100, seed=SEED, device="auto",
         metadata={"model": NAME, "features": FEATURES, "seed": SEED,
-                  "data": "synthetic fluorescence nuclei, napari_sam.synthetic, 256 x 256"},
+                  "data": "synthetic fluorescence nuclei, napari_sam.synthetic, 256 x 256, "
+                          f"edge {EDGE}"},
     )
     (args.output / "history.json").write_text(json.dumps(history.__dict__))
     if args.export:
