@@ -17,8 +17,10 @@ Columns:
 - time on one 1024 x 1024 synthetic image (a held-out seed, nuclei at the scale ``nuclei_s`` was
   trained on), embedding included, and its ratio to our AMG grid. Same pixels on both sides:
   micro-sam does not resample, so ours runs with ``diameter=None``; micro-sam's tiled classes
-  run with ``tile_shape=192, halo=32`` (tiles of at most 256 px, the model input), ours with its
-  default tiles (256 px, halo 32): 36 tiles, 36 encoder passes on each side.
+  run with ``tile_shape=192, halo=32`` (tiles of at most 256 px, the model input): 6 x 6 = 36
+  tiles; ours with its default tiles (256 px, halo 32): 5 x 5 = 25 tiles, because a tile on the
+  plane's border needs no halo beyond it (``tile_layout``). Each tile gets at least 32 px of
+  context wherever the plane has any, on both sides.
 - F1 at IoU 0.5 (``napari_sam.training.evaluation.instance_f1``) on that 1024 image, pooled over
   the held-out synthetic sets of ``benchmarks/default_model.py`` (``--images`` 256 x 256 images
   each) and on the real DSB 2018 image (``benchmarks/real_nuclei.py``, 512 x 512). On the 256 px

@@ -10,7 +10,7 @@ import numpy as np
 
 from napari_sam.synthetic.arguments import check_number, check_range, check_shape
 from napari_sam.synthetic.microscope import blur_image, camera, illuminate
-from napari_sam.synthetic.nucleus import draw_appearance, render_object, render_skirt
+from napari_sam.synthetic.nucleus import draw_appearance, render_fringe, render_object
 from napari_sam.synthetic.occlusion import resolve_overlaps
 from napari_sam.synthetic.placement import Z_SEMI_AXIS, place_objects
 
@@ -232,7 +232,7 @@ def synthetic_nuclei(
             drawn.append(i)
     labels, clean, kept = resolve_overlaps(shape, sprites, min_size)
     if edge > 0:
-        add_skirts(clean, labels, [drawn[k] for k in kept], objs, app, anisotropy, edge)
+        add_fringes(clean, labels, [drawn[k] for k in kept], objs, app, anisotropy, edge)
 
     signal = blur_image(clean, blur, anisotropy)
     signal += np.float32(background)
@@ -241,16 +241,16 @@ def synthetic_nuclei(
     return image, labels
 
 
-def add_skirts(clean, labels, objects, objs, app, anisotropy, width):
-    """Add the fringes of ``objects`` (:func:`render_skirt`) to the background of ``clean``.
+def add_fringes(clean, labels, objects, objs, app, anisotropy, width):
+    """Add the fringes of ``objects`` (:func:`render_fringe`) to the background of ``clean``.
 
     Where fringes meet, the brighter one counts, as for light from the nearer nucleus.
     """
     fringe = np.zeros_like(clean)
     for i in objects:
-        skirt = render_skirt(i, objs, app, clean.shape, anisotropy, width)
-        if skirt is not None:
-            box, values = skirt
+        fringe_i = render_fringe(i, objs, app, clean.shape, anisotropy, width)
+        if fringe_i is not None:
+            box, values = fringe_i
             np.maximum(fringe[box], values, out=fringe[box])
     fringe[labels > 0] = 0
     clean += fringe

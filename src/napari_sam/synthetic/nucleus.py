@@ -91,7 +91,7 @@ def render_object(i, objs, app, shape, anisotropy):
     return box, mask, inten
 
 
-def render_skirt(i, objs, app, shape, anisotropy, width):
+def render_fringe(i, objs, app, shape, anisotropy, width):
     """The unlabelled fringe of signal just outside nucleus ``i``'s outline, ``width`` px wide.
 
     Real nuclei (the DSB image's, for instance) keep about half of their brightness a pixel
@@ -102,7 +102,8 @@ def render_skirt(i, objs, app, shape, anisotropy, width):
     the image.
     """
     reach = 3.0 * width
-    grown = float(app["reach"][i]) + reach / max(min(float(objs["a"][i]), float(objs["b"][i])), 1e-6)
+    shortest = max(min(float(objs["a"][i]), float(objs["b"][i])), 1e-6)
+    grown = float(app["reach"][i]) + reach / shortest
     box = _bounding_box(i, objs, grown, shape)
     if box is None:
         return None
