@@ -124,7 +124,8 @@ def slice_by_slice(image: np.ndarray, diameter, mode):
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         summary = segment_stack(image, Path(folder) / "labels.zarr", model="nuclei_s",
-                                device="cpu", diameter=diameter, mode=mode, link=False)
+                                device="cpu", diameter=diameter, mode=mode, link=False,
+                                output_format="zarr")
         seconds = time.perf_counter() - start
         planes = np.asarray(zarr.open_array(str(Path(folder) / "labels.zarr"), mode="r"))
     return planes, seconds, summary
