@@ -159,11 +159,11 @@ class DiskLabels:
         self._writing: tuple[int, ...] | None = None
         self._lock = threading.Lock()
         recorded = attributes.get("max_label")
-        if recorded is None:  # labels made by another program: read them once
-            recorded = largest_label(array)
-        self._max = int(recorded)
-        if attributes.get("max_label") is None:
+        if recorded is None:  # labels made by another program: read them once, and record
+            self._max = int(largest_label(array))
             self._record()
+        else:
+            self._max = int(recorded)
 
     @property
     def shape(self) -> tuple[int, ...]:
