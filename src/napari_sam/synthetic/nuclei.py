@@ -155,7 +155,8 @@ def synthetic_nuclei(
        ``min_size`` or less than half of its own area is removed and the scene
        repainted, so the labels are always a partition into single connected
        regions (face connectivity: 4 in 2D, 6 in 3D, hence also connected for
-       8 / 26 connectivity).
+       8 / 26 connectivity). With ``edge``, each kept nucleus' unlabelled fringe
+       is then added to the background around it.
     4. **Optics and camera.** The clean signal (photo-electrons) is blurred by a
        Gaussian point spread function with a faint broad halo of out-of-focus
        light, a background level is added, everything is multiplied by a smooth
@@ -163,7 +164,7 @@ def synthetic_nuclei(
        and a camera offset are applied and the result is rounded to ``uint16``.
 
     The label of a pixel is therefore exactly the nucleus that produced its
-    clean intensity (before blur and noise); 0 is background. Only numpy and
+    clean intensity (before blur and noise), fringes apart; 0 is background. Only numpy and
     scipy.ndimage are used.
 
     Examples
