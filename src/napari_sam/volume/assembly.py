@@ -53,7 +53,10 @@ _COVER = 0.5
 # Each object is then trimmed to the planes whose contrast is at least _HALF times its
 # plateau, the mean of the pixels brighter than a fragment's mean: that overestimates the
 # contrast of a well-outlined nucleus (its texture and noise), so _HALF under 0.5 puts the
-# cut at about half its maximum. Measured on benchmarks/stack3d.py's synthetic stacks.
+# cut at about half its maximum. Measured on benchmarks/stack3d.py's synthetic stacks. The
+# outlines are snapped to the same level in the planes: on StarDist's 3D stack, whose labels
+# lie at half the nuclei's contrast in the plane, 0.5 times the plateau cut a pixel off every
+# outline (3D F1 of its true planes assembled 0.79, with _HALF 0.85).
 _HAZE = 0.3
 _HALF = 0.4
 # Pixels an outline may move to reach the half maximum: about the width of a blurred edge.
@@ -168,7 +171,7 @@ def assemble_objects(
         ``(0, 1)``.
     snap : bool, optional
         Move each outline to where the plane (lightly smoothed) crosses half its object's
-        plateau contrast above the background, within ``3`` pixels of the segmenter's
+        contrast above the background (``0.4`` times its plateau), within ``3`` pixels of the segmenter's
         outline: that is where the blurred edge of an object lies, whereas a segmenter may
         outline the visible blob wider, or draw inside it.
     progress : callable, optional
@@ -527,7 +530,7 @@ def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, snap: bool
            progress) -> None:
     """Write every plane of ``out`` with the object ids of its fragments (planes that do not
     change are not written); with ``snap``, each object where the plane, lightly smoothed, is
-    at least half its plateau above the background, within :data:`_SNAP` pixels of its
+    at least its object's half maximum above the background, within :data:`_SNAP` pixels of its
     fragment (inside the fragment, closed and holes filled)."""
     order = np.argsort(f.ids)
     ids, objects = f.ids[order], objects[order]
@@ -578,9 +581,9 @@ def _closed(mask: np.ndarray, radius: int = 2) -> np.ndarray:
 
 
 def _half_maxima(f: _Fragments, objects: np.ndarray) -> np.ndarray:
-    """Per fragment, half the highest plateau of its object's fragments: the level of the
-    object's blurred edge."""
+    """Per fragment, :data:`_HALF` times the highest plateau of its object's fragments: the
+    level of the object's blurred edge (half its maximum)."""
     names, which = np.unique(objects, return_inverse=True)
     highest = np.full(names.size, -np.inf)
     np.maximum.at(highest, which, f.plateau)
-    return 0.5 * highest[which]
+    return _HALF * highest[which]
