@@ -80,6 +80,25 @@ def test_two_nuclei_stacked_in_z_stay_two():
     assert ids[0][0] != ids[5][0]
 
 
+def test_a_nucleus_longer_in_z_than_wide_stays_one_and_a_dip_in_contrast_splits_two():
+    # one nucleus of 7 planes where its width says 4.6 (a diameter of 14 px, a z step of
+    # 3 px), evenly bright: no neck, no dip, it is one object
+    long = nucleus(2, [4, 7, 7, 7, 7, 7, 4])
+    fragments, image = stack([long])
+    summary = assemble_objects(fragments, image, voxel_size=(3.0, 1.0, 1.0))
+    assert objects_in(fragments) == [2001] and summary.split == 0
+
+    # two nuclei in one column, no neck, a dimmer plane between them where the light of both
+    # mixes: two objects, though the column is shorter than one and a half objects
+    column = nucleus(2, [4, 6, 6, 6, 6, 6, 6, 4])
+    fragments, image = stack([column])
+    image[5] = np.where(fragments[5] > 0, 500.0, 100.0) + image[5] - np.where(
+        fragments[5] > 0, 1000.0, 100.0)
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0), snap=False)
+    assert summary.split == 1
+    assert len(objects_in(fragments)) == 2
+
+
 def test_blurred_top_planes_add_no_object():
     sharp = nucleus(4, [4, 8, 9, 9, 8, 4])
     # the planes above hold the nucleus's blurred light, found as wider dim blobs

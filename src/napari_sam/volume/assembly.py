@@ -13,9 +13,11 @@ a physical reason:
 2. **Split stacked nuclei.** Two nuclei stacked in z form one chain of fragments. Where their
    outlines show it, the chain's area along z rises, falls to a neck and rises again: it is cut
    at a neck under ``neck`` times both peaks beside it. Seen through an axially smeared point
-   spread function the outlines often show no neck, but the chain is longer than one object
-   (by the voxel size and the diameter) and its contrast dips between the two: a chain longer
-   than one and a half objects is cut where its contrast dips most.
+   spread function the outlines often show no neck, but the contrast dips between the two: a
+   chain is cut where its contrast falls under ``3/4`` of the peaks on either side. Where it
+   does not dip either (a bright nucleus on a dim one), the chain is longer than one object
+   (by the voxel size and the diameter): a chain longer than ``1.75`` objects is cut where its
+   contrast dips most.
 3. **Trim to the half maximum.** The point spread function smears a nucleus over planes
    beyond its surface, and a 2D segmenter finds it there too. Where a blurred edge crosses
    half the object's contrast is where the edge is: fragments at either end of an object
@@ -59,6 +61,12 @@ _COVER = 0.5
 # outline (3D F1 of its true planes assembled 0.79, with _HALF 0.85).
 _HAZE = 0.3
 _HALF = 0.4
+# A chain is cut where its contrast dips under _DIP times the peaks on either side, and, dip or
+# not, while it is longer than _LONG objects. On benchmarks/stack3d.py's StarDist stack, whose
+# nuclei (3 to 11 planes long) stand in columns with dimmer light between them, the length
+# alone (1.5 objects, no dip) cut long nuclei and left the light between them on their ends.
+_DIP = 0.75
+_LONG = 1.75
 # Pixels an outline may move to reach the half maximum: about the width of a blurred edge.
 _SNAP = 3
 # Planes whose median fragment sharpness is under this share of the sharpest planes' are out
@@ -171,9 +179,9 @@ def assemble_objects(
         ``(0, 1)``.
     snap : bool, optional
         Move each outline to where the plane (lightly smoothed) crosses half its object's
-        contrast above the background (``0.4`` times its plateau), within ``3`` pixels of the segmenter's
-        outline: that is where the blurred edge of an object lies, whereas a segmenter may
-        outline the visible blob wider, or draw inside it.
+        contrast above the background (``0.4`` times its plateau), within ``3`` pixels of the
+        segmenter's outline: that is where the blurred edge of an object lies, whereas a
+        segmenter may outline the visible blob wider, or draw inside it.
     progress : callable, optional
         ``progress(done, total)`` after each plane of each pass.
 
@@ -389,7 +397,7 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
     kept, n_split = [], 0
     for chain in chains:
         parts = [part for piece in _split_at_necks(chain, f.area, neck, max(min_planes, 2))
-                 for part in _split_long(piece, f.contrast, extent)]
+                 for part in _split_at_dips(piece, f.contrast, extent)]
         n_split += len(parts) - 1
         kept.extend(core for core in (_trim(p, f.contrast, f.plateau, _HALF) for p in parts)
                     if core)
@@ -479,16 +487,20 @@ def _extent(chains, diameter: float, voxel_size) -> float:
     return float(np.median(lengths)) if lengths else 2.0
 
 
-def _split_long(chain: list[int], contrast: np.ndarray, extent: float) -> list[list[int]]:
-    """``chain`` cut, while longer than one and a half objects, where its contrast dips most
-    against the peaks within an object's extent on either side: nuclei stacked in z seen
-    through an axially smeared PSF, whose outlines show no neck."""
+def _split_at_dips(chain: list[int], contrast: np.ndarray, extent: float) -> list[list[int]]:
+    """``chain`` cut where its contrast dips most against the peaks within an object's extent
+    on either side, while that dip is under :data:`_DIP` or the chain longer than
+    :data:`_LONG` objects: nuclei stacked in z seen through an axially smeared PSF, whose
+    outlines show no neck."""
     reach = max(int(round(extent)), 1)
     half = max(int(round(extent / 2)), 1)
-    if len(chain) <= 1.5 * extent or len(chain) < 2 * half:
+    if len(chain) < 2 * half:
         return [chain]
-    _, cut = _deepest_cut(contrast[chain], half, len(chain) - half, reach=reach)
-    return _split_long(chain[:cut], contrast, extent) + _split_long(chain[cut:], contrast, extent)
+    depth, cut = _deepest_cut(contrast[chain], half, len(chain) - half, reach=reach)
+    if depth >= _DIP and len(chain) <= _LONG * extent:
+        return [chain]
+    return (_split_at_dips(chain[:cut], contrast, extent)
+            + _split_at_dips(chain[cut:], contrast, extent))
 
 
 def _join_pieces(pieces: list[list[int]], objects: np.ndarray, f: _Fragments) -> int:
