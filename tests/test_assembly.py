@@ -177,6 +177,22 @@ def test_default_min_planes_comes_from_the_voxel_size_and_diameter():
                             diameter=18).min_planes == 2
 
 
+def test_specks_of_noise_in_empty_planes_do_not_set_the_diameter():
+    # a segmenter finds specks in the noise of empty planes, in the same places plane after
+    # plane: many short chains, far smaller than the nuclei
+    nuclei = [nucleus(4, [5, 9, 9, 9, 9, 5], centre=(16 + 32 * (k // 2), 16 + 32 * (k % 2)))
+              for k in range(4)]
+    fragments, image = stack(nuclei)
+    without = assemble_objects(fragments.copy(), image, voxel_size=(2.0, 1.0, 1.0))
+    specks = [[(z, disc(2, centre=(4 + 8 * (k // 8), 4 + 8 * (k % 8)))) for z in (0, 1)]
+              for k in range(40)]
+    fragments, image = stack(specks + nuclei)
+    image[:2] -= np.where(fragments[:2] > 0, 900.0, 0.0)  # the specks are noise: no contrast
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0))
+    assert summary.min_planes == without.min_planes == 3
+    assert len(objects_in(fragments)) == 4 and not fragments[:2].any()
+
+
 def test_writing_into_another_array_leaves_the_fragments_and_can_be_redone():
     fragments, image = stack([nucleus(1, [4, 8, 9, 8, 4]), nucleus(6, [4, 8, 9, 8, 4], (33, 31)),
                               nucleus(2, [3, 6, 6, 3], centre=(10, 50))])

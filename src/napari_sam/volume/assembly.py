@@ -16,7 +16,7 @@ a physical reason:
    spread function the outlines often show no neck, but the contrast dips between the two: a
    chain is cut where its contrast falls under ``3/4`` of the peaks on either side. Where it
    does not dip either (a bright nucleus on a dim one), the chain is longer than one object
-   (by the voxel size and the diameter): a chain longer than ``1.75`` objects is cut where its
+   (by the voxel size and the diameter): a chain longer than ``1.6`` objects is cut where its
    contrast dips most.
 3. **Trim to the half maximum.** The point spread function smears a nucleus over planes
    beyond its surface, and a 2D segmenter finds it there too. Where a blurred edge crosses
@@ -64,9 +64,11 @@ _HALF = 0.4
 # A chain is cut where its contrast dips under _DIP times the peaks on either side, and, dip or
 # not, while it is longer than _LONG objects. On benchmarks/stack3d.py's StarDist stack, whose
 # nuclei (3 to 11 planes long) stand in columns with dimmer light between them, the length
-# alone (1.5 objects, no dip) cut long nuclei and left the light between them on their ends.
+# alone (1.5 objects, no dip) cut long nuclei and left the light between them on their ends;
+# on the synthetic stacks, where a bright nucleus often sits on a dim one without a dip, the
+# length is the one cue, and longer limits (1.75, 2) merge more of them.
 _DIP = 0.75
-_LONG = 1.75
+_LONG = 1.6
 # Pixels an outline may move to reach the half maximum: about the width of a blurred edge.
 _SNAP = 3
 # Planes whose median fragment sharpness is under this share of the sharpest planes' are out
@@ -388,8 +390,9 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
     # their own beyond a neck; then each part of a split chain trimmed to its own peak
     chains = [core for core in (_trim(c, f.contrast, f.contrast, _HAZE) for c in chains)
               if core]
-    if diameter is None:
-        widest = [f.area[c].max() for c in chains if len(c) > 1]
+    if diameter is None:  # of the nuclei, not of the specks of noise in empty planes
+        bright = _bright(f)
+        widest = [f.area[c].max() for c in chains if len(c) > 1 and bright[c].any()]
         diameter = 2 * np.sqrt(np.median(widest) / np.pi) if widest else 1.0
     extent = _extent(chains, diameter, voxel_size)
     if min_planes is None:
@@ -432,15 +435,22 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
 def _blurred_planes(f: _Fragments, n_planes: int) -> np.ndarray:
     """Which planes are out of focus: those whose bright fragments' median sharpness is under
     half that of the sharpest planes, and those without a bright fragment."""
-    bright = f.contrast > 0
-    if bright.any():
-        bright &= f.contrast >= _BRIGHT * np.percentile(f.contrast[bright], 90)
+    bright = _bright(f)
     focus = np.full(n_planes, np.nan)
     for z in np.unique(f.plane[bright]):
         focus[z] = np.median(f.sharpness[bright & (f.plane == z)])
     measured = focus[np.isfinite(focus)]
     sharpest = np.percentile(measured, 90) if measured.size else 0.0
     return ~(focus >= _BLURRED * sharpest)  # nan: no bright fragment
+
+
+def _bright(f: _Fragments) -> np.ndarray:
+    """Which fragments are bright: at least :data:`_BRIGHT` times the brighter fragments'
+    contrast (their 90th percentile)."""
+    bright = f.contrast > 0
+    if bright.any():
+        bright &= f.contrast >= _BRIGHT * np.percentile(f.contrast[bright], 90)
+    return bright
 
 
 def _split_at_necks(chain: list[int], area: np.ndarray, neck: float, least: int) -> list[list[int]]:
