@@ -501,13 +501,15 @@ def _split_at_dips(chain: list[int], contrast: np.ndarray, extent: float) -> lis
     """``chain`` cut where its contrast dips most against the peaks within an object's extent
     on either side, while that dip is under :data:`_DIP` or the chain longer than
     :data:`_LONG` objects: nuclei stacked in z seen through an axially smeared PSF, whose
-    outlines show no neck."""
+    outlines show no neck. Its length counts the planes above its own haze (:data:`_HAZE`
+    times its brightest fragment): dim light at its ends does not make one nucleus long."""
     reach = max(int(round(extent)), 1)
     half = max(int(round(extent / 2)), 1)
     if len(chain) < 2 * half:
         return [chain]
     depth, cut = _deepest_cut(contrast[chain], half, len(chain) - half, reach=reach)
-    if depth >= _DIP and len(chain) <= _LONG * extent:
+    length = len(_trim(chain, contrast, contrast, _HAZE))
+    if depth >= _DIP and length <= _LONG * extent:
         return [chain]
     return (_split_at_dips(chain[:cut], contrast, extent)
             + _split_at_dips(chain[cut:], contrast, extent))
