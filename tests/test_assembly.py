@@ -99,6 +99,25 @@ def test_a_nucleus_longer_in_z_than_wide_stays_one_and_a_dip_in_contrast_splits_
     assert len(objects_in(fragments)) == 2
 
 
+def test_dim_light_at_the_end_of_a_nucleus_does_not_make_it_long_enough_to_cut():
+    # a bright nucleus, a neck, then a dimmer nucleus of 6 planes whose first two planes hold
+    # only the haze between the two: cut from the bright one at the neck, the dim one is 8
+    # planes long with its haze, 6 without, and an object of this diameter spans 4
+    bright = nucleus(0, [6, 9, 10, 9, 6])
+    neck = nucleus(5, [3])
+    dim = nucleus(6, [7, 7, 8, 8, 8, 8, 8, 8])
+    fragments, image = stack([bright + neck + dim], shape=(16, 64, 64))
+    level = np.full(16, 1000.0)
+    level[5], level[6:8], level[8:14] = 300.0, 250.0, 700.0
+    image = np.where(fragments > 0, image - 1000.0 + level[:, None, None], image)
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0), diameter=8,
+                               snap=False)
+    assert summary.objects == 2 and objects_in(fragments) == [1, 8001]
+    assert (fragments[:5] == 1).sum() == sum(m.sum() for _, m in bright)
+    assert (fragments[8:14] == 8001).sum() == sum(m.sum() for _, m in dim[2:])
+    assert not fragments[5:8].any()
+
+
 def test_blurred_top_planes_add_no_object():
     sharp = nucleus(4, [4, 8, 9, 9, 8, 4])
     # the planes above hold the nucleus's blurred light, found as wider dim blobs
