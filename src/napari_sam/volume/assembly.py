@@ -390,8 +390,8 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
     # their own beyond a neck; then each part of a split chain trimmed to its own peak
     chains = [core for core in (_trim(c, f.contrast, f.contrast, _HAZE) for c in chains)
               if core]
+    bright = _bright(f)
     if diameter is None:  # of the nuclei, not of the specks of noise in empty planes
-        bright = _bright(f)
         widest = [f.area[c].max() for c in chains if len(c) > 1 and bright[c].any()]
         diameter = 2 * np.sqrt(np.median(widest) / np.pi) if widest else 1.0
     extent = _extent(chains, diameter, voxel_size)
@@ -406,7 +406,7 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
                     if core)
     trimmed = f.ids.size - sum(len(chain) for chain in kept)
 
-    blurred = _blurred_planes(f, n_planes)
+    blurred = _blurred_planes(f, n_planes, bright)
     objects = np.zeros(f.ids.size, np.int64)
     pieces, dropped = [], 0
     for chain in kept:
@@ -432,10 +432,10 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
     return objects, summary
 
 
-def _blurred_planes(f: _Fragments, n_planes: int) -> np.ndarray:
-    """Which planes are out of focus: those whose bright fragments' median sharpness is under
-    half that of the sharpest planes, and those without a bright fragment."""
-    bright = _bright(f)
+def _blurred_planes(f: _Fragments, n_planes: int, bright: np.ndarray) -> np.ndarray:
+    """Which planes are out of focus: those whose ``bright`` fragments' (:func:`_bright`)
+    median sharpness is under half that of the sharpest planes, and those without a bright
+    fragment."""
     focus = np.full(n_planes, np.nan)
     for z in np.unique(f.plane[bright]):
         focus[z] = np.median(f.sharpness[bright & (f.plane == z)])
