@@ -118,6 +118,38 @@ def test_dim_light_at_the_end_of_a_nucleus_does_not_make_it_long_enough_to_cut()
     assert not fragments[5:8].any()
 
 
+def test_a_dim_nucleus_under_a_bright_one_without_a_dip_is_cut_at_the_bright_ones_edge():
+    # a bright nucleus on a dimmer one (0.39 of its contrast), no dip between them: the column
+    # is longer than 1.6 objects (an object of this diameter spans 6 planes), so it is cut, and
+    # where the bright one's light falls under half, not in the middle of the dim one
+    bright = nucleus(0, [6, 8, 9, 9, 9, 9])  # no neck between the two
+    dim = nucleus(6, [9, 9, 9, 8, 6])
+    fragments, image = stack([bright + dim], shape=(14, 64, 64))
+    contrast = np.array([400.0, 900, 900, 900, 900, 400, 350, 350, 350, 350, 350, 0, 0, 0])
+    image = np.where(fragments > 0, image - 900.0 + contrast[:, None, None], image)
+    summary = assemble_objects(fragments, image, voxel_size=(3.0, 1.0, 1.0), diameter=18,
+                               snap=False)
+    assert summary.split == 1
+    assert objects_in(fragments) == [1, 6001]
+    assert (fragments[:6] == 1).sum() == sum(m.sum() for _, m in bright)
+    assert (fragments[6:11] == 6001).sum() == sum(m.sum() for _, m in dim)
+
+
+def test_a_nucleus_cut_into_a_large_and_a_thin_piece_plane_after_plane_comes_out_as_one():
+    # a segmenter outlines the nucleus whole in its first plane, then cuts a sliver off its
+    # side in every plane: the sliver's chain is as long as the nucleus but far thinner
+    sections = nucleus(2, [9, 9, 9, 9, 9, 7])
+    sliver = np.indices(SHAPE[1:])[1] >= 38
+    main = [sections[0]] + [(z, m & ~sliver) for z, m in sections[1:]]
+    side = [(z, m & sliver) for z, m in sections[1:]]
+    fragments, image = stack([main, side])
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0), diameter=18,
+                               snap=False)
+    assert objects_in(fragments) == [2001]
+    assert (fragments == 2001).sum() == sum(m.sum() for _, m in sections)
+    assert summary.objects == 1 and summary.merged == len(side)
+
+
 def test_blurred_top_planes_add_no_object():
     sharp = nucleus(4, [4, 8, 9, 9, 8, 4])
     # the planes above hold the nucleus's blurred light, found as wider dim blobs
