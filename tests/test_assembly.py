@@ -150,6 +150,23 @@ def test_a_nucleus_cut_into_a_large_and_a_thin_piece_plane_after_plane_comes_out
     assert summary.objects == 1 and summary.merged == len(side)
 
 
+def test_a_small_nucleus_under_a_large_one_is_not_joined_to_it_as_a_sliver():
+    # a small nucleus (thin beside the large one's cross-section) under the large one, cut
+    # from it where the contrast dips: it lies below the large one, not beside it in its
+    # planes, so it stays an object of its own
+    large = nucleus(1, [9, 9, 9, 9, 9])
+    small = nucleus(6, [4, 4, 4, 4], centre=(32, 36))
+    fragments, image = stack([large + small])
+    contrast = np.array([0.0, 900, 900, 900, 900, 900, 300, 600, 600, 600, 0, 0])
+    image = np.where(fragments > 0, image - 900.0 + contrast[:, None, None], image)
+    summary = assemble_objects(fragments, image, voxel_size=(2.0, 1.0, 1.0), diameter=18,
+                               snap=False)
+    assert summary.split == 1 and summary.objects == 2
+    assert objects_in(fragments) == [1001, 6001]
+    assert (fragments[1:6] == 1001).sum() == sum(m.sum() for _, m in large)
+    assert (fragments[7:10] == 6001).sum() == sum(m.sum() for _, m in small[1:])
+
+
 def test_blurred_top_planes_add_no_object():
     sharp = nucleus(4, [4, 8, 9, 9, 8, 4])
     # the planes above hold the nucleus's blurred light, found as wider dim blobs

@@ -28,8 +28,8 @@ a physical reason:
    out-of-focus planes, is no object: a piece that overlaps a kept object in a neighbouring
    plane joins it (an over-segmented cross-section), any other is dropped. A chain far
    thinner than an object (its widest fragment under ``0.3`` of the typical cross-section) is
-   such a piece too, a sliver a segmenter cut off a nucleus plane after plane; where it joins
-   nothing, it is kept if it spans ``min_planes`` (a small nucleus).
+   such a piece too, a sliver a segmenter cut off a nucleus plane after plane: it joins an
+   object beside it, in the same planes; where it joins nothing, it is kept (a small nucleus).
 
 Memory is bounded by a few planes: the fragments are measured in one pass over the planes
 (their areas, contrasts and overlaps: a few numbers per fragment), assembled from those
@@ -73,9 +73,10 @@ _HALF = 0.4
 _DIP = 0.75
 _LONG = 1.6
 # A chain whose widest fragment covers less than _THIN of the cross-section of an object of
-# the typical diameter is a piece, joined to the object it overlaps in a neighbouring plane
-# where there is one: on benchmarks/stack3d.py's StarDist stack, AIS cuts a few nuclei in two
-# in the same way on plane after plane, a quarter of the nucleus beside the rest.
+# the typical diameter is a sliver, joined to the object beside it (in the same planes) that
+# it overlaps in a neighbouring plane, where there is one: on benchmarks/stack3d.py's StarDist
+# stack, AIS cuts a few nuclei in two the same way plane after plane, a quarter of the nucleus
+# beside the rest.
 _THIN = 0.3
 # Pixels an outline may move to reach the half maximum: about the width of a blurred edge.
 _SNAP = 3
@@ -417,17 +418,20 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
     blurred = _blurred_planes(f, n_planes, bright)
     thin = _THIN * np.pi * diameter**2 / 4
     objects = np.zeros(f.ids.size, np.int64)
-    pieces, dropped = [], 0
+    short, slivers, dropped = [], [], 0
     for chain in kept:
         planes = np.unique(f.plane[chain])
         if blurred[planes].all():
             dropped += len(chain)
-        elif planes.size < max(2, min_planes) or f.area[chain].max() < thin:
-            pieces.append(chain)
+        elif planes.size < max(2, min_planes):
+            short.append(chain)
+        elif f.area[chain].max() < thin:
+            slivers.append(chain)
         else:
             objects[chain] = f.ids[chain[0]]
-    joined = _join_pieces(pieces, objects, f)
-    for chain in pieces:
+    joined = (_join_pieces(short, objects, f, beside=False)
+              + _join_pieces(slivers, objects, f, beside=True))
+    for chain in short + slivers:
         if not objects[chain[0]]:
             if np.unique(f.plane[chain]).size >= min_planes:
                 objects[chain] = f.ids[chain[0]]
@@ -543,10 +547,12 @@ def _edge_cut(values: np.ndarray, first: int, last: int, *, default: int) -> int
     return cuts[0] if cuts else default
 
 
-def _join_pieces(pieces: list[list[int]], objects: np.ndarray, f: _Fragments) -> int:
+def _join_pieces(pieces: list[list[int]], objects: np.ndarray, f: _Fragments, *,
+                 beside: bool) -> int:
     """Give each piece the object it overlaps most in the neighbouring planes, where that
-    covers half of one of its fragments: a cross-section over-segmented in its plane. Returns
-    the fragments joined."""
+    covers half of one of its fragments: a cross-section over-segmented in its plane. With
+    ``beside``, only an object in at least half of the piece's planes: a sliver cut off a
+    nucleus lies beside it, not above or below. Returns the fragments joined."""
     piece = np.full(f.ids.size, -1)
     for k, chain in enumerate(pieces):
         piece[chain] = k
@@ -557,8 +563,15 @@ def _join_pieces(pieces: list[list[int]], objects: np.ndarray, f: _Fragments) ->
     totals: dict[tuple[int, int], int] = {}
     for k, target, o in zip(piece[both[good, 0]], objects[both[good, 1]], overlap[good]):
         totals[k, target] = totals.get((k, target), 0) + int(o)
+    planes: dict[int, set[int]] = {}
+    if beside:
+        for name, z in zip(objects.tolist(), f.plane.tolist()):
+            planes.setdefault(name, set()).add(z)
     best: dict[int, tuple[int, int]] = {}
     for (k, target), o in sorted(totals.items()):
+        own = set(f.plane[pieces[k]].tolist())
+        if beside and len(own & planes.get(int(target), set())) < len(own) / 2:
+            continue
         if o > best.get(k, (0, 0))[0]:
             best[k] = (o, target)
     for k, (_, target) in best.items():
