@@ -3,7 +3,8 @@
     python benchmarks/automatic.py [--images 3] [--decoder FILE] [--quick]
 
 Rows: our AMG with the grid sampler and ``nuclei_s``'s automatic thresholds, our AMG with the
-model's defaults (boxes sampler), our AIS, our APG (when the version has the mode), micro-sam's
+model's defaults (boxes sampler), our AIS, our AIS with its outlines as the decoder draws them
+(``Segmenter(snap=False)``: not moved to the objects' blurred edges), our APG, micro-sam's
 ``AutomaticMaskGenerator`` and micro-sam's ``InstanceSegmentationWithDecoder``.
 Both sides run the shipped ``nuclei_s`` weights (micro-sam's side: Meta's ``SamPredictor`` on the
 references' ``nuclei_s``, MobileSAM's TinyViT in Meta's classes, as in ``tests/reference.py``)
@@ -127,8 +128,8 @@ def ours_amg(model, rgb, diameter, sampler: str | None = None) -> np.ndarray:
     return segmenter.segment_all("amg", **settings)
 
 
-def ours_decoder_mode(model, decoder, rgb, diameter, mode: str) -> np.ndarray:
-    segmenter = Segmenter(model, diameter=diameter, decoder=decoder)
+def ours_decoder_mode(model, decoder, rgb, diameter, mode: str, snap: bool = True) -> np.ndarray:
+    segmenter = Segmenter(model, diameter=diameter, decoder=decoder, snap=snap)
     segmenter.set_image(rgb)
     return segmenter.segment_all(mode)
 
@@ -159,6 +160,8 @@ def rows(model, decoder, reference, their_decoder) -> dict:
         "ours AMG grid": lambda rgb, d: ours_amg(model, rgb, d, sampler="grid"),
         "ours AMG boxes (the model's AMG settings)": lambda rgb, d: ours_amg(model, rgb, d),
         "ours AIS": lambda rgb, d: ours_decoder_mode(model, decoder, rgb, d, "ais"),
+        "ours AIS, outlines as drawn": lambda rgb, d: ours_decoder_mode(model, decoder, rgb, d,
+                                                                        "ais", snap=False),
         "ours APG": lambda rgb, d: ours_decoder_mode(model, decoder, rgb, d, "apg"),
         "micro-sam AMG": lambda rgb, d: micro_sam_amg(reference, rgb),
         "micro-sam AIS": lambda rgb, d: micro_sam_ais(reference, their_decoder, rgb),

@@ -189,8 +189,9 @@ def canonical(labels: np.ndarray) -> np.ndarray:
 
 
 def apg_segmenter(model, image, truth) -> Segmenter:
-    """A segmenter on ``image`` whose stitched maps are those of ``truth`` (no decoder)."""
-    segmenter = Segmenter(model, diameter=None)
+    """A segmenter on ``image`` whose stitched maps are those of ``truth`` (no decoder), its
+    outlines as SAM draws them (not snapped), to compare with the engine's."""
+    segmenter = Segmenter(model, diameter=None, snap=False)
     segmenter.set_image(image)
     maps = np.stack(decoder_maps(truth, seed=0))
     segmenter.instance_maps = lambda: maps

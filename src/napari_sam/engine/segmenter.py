@@ -26,8 +26,14 @@ from napari_sam.engine.geometry import WindowMask
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.engine.instances import labels_from_maps
 from napari_sam.engine.mask_ops import paint_labels
+from napari_sam.engine.outlines import snap_outlines
 from napari_sam.engine.prompts import check_prompts
-from napari_sam.engine.scale import Resampling, check_diameter, estimate_diameter, object_diameters
+from napari_sam.engine.scale import (
+    Resampling,
+    check_diameter,
+    estimate_diameter,
+    object_diameters,
+)
 from napari_sam.engine.tiling import Tile, TiledPredictor, segment_tiles
 from napari_sam.models.registry import MODELS, automatic_mode
 
@@ -68,6 +74,10 @@ class Segmenter:
     estimated : bool
         ``diameter`` (a number, or None when no estimate was possible) is an estimate made for
         a whole volume; this only changes what :meth:`describe_scale` says.
+    snap : bool
+        :meth:`segment_all` moves each object's outline to its blurred edge
+        (:func:`~napari_sam.engine.outlines.snap_outlines`) for a model of fluorescent objects
+        (``MODELS[name].edge_level``); False keeps the outlines as the model draws them.
 
     Examples
     --------
@@ -79,7 +89,7 @@ class Segmenter:
 
     def __init__(self, model, *, diameter: float | str | None = AUTO, tile: int | None = None,
                  halo: int | None = None, store=None, automatic: dict | None = None,
-                 estimated: bool = False, decoder=None) -> None:
+                 estimated: bool = False, decoder=None, snap: bool = True) -> None:
         spec = MODELS.get(getattr(model, "name", None) or "")
         self.model = model
         self.model_diameter = spec.diameter if spec is not None else None
@@ -94,6 +104,7 @@ class Segmenter:
         self.tile = int(tile or model.img_size)
         self.halo = self.tile // 8 if halo is None else int(halo)
         self.automatic = {**(dict(spec.automatic) if spec is not None else {}), **(automatic or {})}
+        self.edge_level = spec.edge_level if spec is not None and snap else None
         self.store = store
         self._decoder = decoder
         self._tiled = TiledPredictor(model, tile=self.tile, halo=self.halo, store=store)
@@ -237,7 +248,9 @@ class Segmenter:
         Returns
         -------
         (H, W) uint32 array
-            Labels 1..n in the plane's pixels, 0 for background; larger objects painted first.
+            Labels 1..n in the plane's pixels, 0 for background; larger objects painted first,
+            then, for a model of fluorescent objects, snapped to their blurred edges (see
+            ``snap``).
 
         Raises
         ------
@@ -257,7 +270,10 @@ class Segmenter:
         else:
             found = _label_masks(self._prompted_labels(apg.check_settings(settings)))
         masks = [m for m in (resampling.to_plane(mask) for mask in found) if m is not None]
-        return paint_labels(masks, resampling.shape)
+        labels = paint_labels(masks, resampling.shape)
+        if self.edge_level is not None:
+            labels = snap_outlines(self._rgb, labels, share=self.edge_level)
+        return labels
 
     @property
     def decoder(self):

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_sam.engine.outlines import plateaus, snap_to_levels
+
 __all__ = ["AssemblySummary", "assemble_objects", "expected_planes"]
 
 # Least share of the smaller fragment that an edge of the overlap graph must cover.
@@ -78,8 +80,6 @@ _LONG = 1.6
 # stack, AIS cuts a few nuclei in two the same way plane after plane, a quarter of the nucleus
 # beside the rest.
 _THIN = 0.3
-# Pixels an outline may move to reach the half maximum: about the width of a blurred edge.
-_SNAP = 3
 # Planes whose median fragment sharpness is under this share of the sharpest planes' are out
 # of focus; only fragments of at least _BRIGHT times the bright fragments' contrast count (the
 # edges of noise have no contrast to measure sharpness against).
@@ -320,12 +320,7 @@ def _contrast_and_sharpness(grey: np.ndarray, index: np.ndarray, area: np.ndarra
     1/px, high in focus and low where the plane is blurred)."""
     n = area.size
     inside = index >= 0
-    background = float(np.median(grey[~inside])) if (~inside).any() else float(grey.min())
-    mean = np.bincount(index[inside], weights=grey[inside], minlength=n) / np.maximum(area, 1)
-    contrast = mean - background
-    upper = inside & (grey >= np.append(mean, 0.0)[index])
-    plateau = np.bincount(index[upper], weights=grey[upper], minlength=n)
-    plateau = plateau / np.maximum(np.bincount(index[upper], minlength=n), 1) - background
+    background, contrast, plateau = plateaus(grey, index, area)
     outline = np.zeros(index.shape, bool)
     for axis in (0, 1):
         step = np.diff(index, axis=axis) != 0
@@ -595,8 +590,8 @@ def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, snap: bool
            progress) -> None:
     """Write every plane of ``out`` with the object ids of its fragments (planes that do not
     change are not written); with ``snap``, each object where the plane, lightly smoothed, is
-    at least its object's half maximum above the background, within :data:`_SNAP` pixels of its
-    fragment (inside the fragment, closed and holes filled)."""
+    at least its object's half maximum above the background, within a few pixels of its
+    fragment (:func:`~napari_sam.engine.outlines.snap_to_levels`)."""
     order = np.argsort(f.ids)
     ids, objects = f.ids[order], objects[order]
     level = _half_maxima(f, objects)[order] if snap else None
@@ -610,39 +605,15 @@ def _write(fragments, out, image, f: _Fragments, objects: np.ndarray, snap: bool
         named = np.where(found, objects[position] if ids.size else 0, 0).astype(out.dtype)
         new = named[inverse]
         if snap and new.any():
-            # each kept fragment's reach: its pixels and the background within _SNAP pixels
-            owner = _reach(np.where(new > 0, inverse + 1, 0), _SNAP)
-            grey = ndi.gaussian_filter(_plane_image(image, z), 1.0)
-            edge = np.append(np.inf, np.where(found, level[position], np.inf)).astype(np.float32)
-            above = grey >= np.float32(f.background[z]) + edge[owner]
-            # closing fills notches and holes within the fragment only, never gaps between two
-            keep = above | ((new > 0) & _closed(above))
-            new = np.where(keep, np.append(np.zeros(1, out.dtype), named)[owner], 0)
+            edge = f.background[z] + np.append(np.inf, np.where(found, level[position], np.inf))
+            owner = snap_to_levels(_plane_image(image, z), np.where(new > 0, inverse + 1, 0),
+                                   edge)
+            new = np.append(np.zeros(1, out.dtype), named)[owner]
         new = new.astype(out.dtype, copy=False)
         if out is not fragments or not np.array_equal(new, plane):
             out[z] = new
         if progress is not None:
             progress(n_planes + z + 1, 2 * n_planes)
-
-
-def _reach(owner: np.ndarray, steps: int) -> np.ndarray:
-    """``owner`` grown about ``steps`` pixels into its zeros, by steps that alternate 4- and
-    8-connected (an octagon, near a disc; a pixel reached by two owners at once takes the
-    larger). Needs a few planes of int32, where a distance transform (skimage's
-    ``expand_labels``) needs several of int64 and float64: too much for a 4096 px plane."""
-    for step in range(steps):
-        footprint = ndi.generate_binary_structure(2, 1 + step % 2)
-        owner = np.where(owner > 0, owner, ndi.maximum_filter(owner, footprint=footprint))
-    return owner
-
-
-def _closed(mask: np.ndarray, radius: int = 2) -> np.ndarray:
-    """``mask`` closed by a disc and its holes filled: a dim nucleolus at the edge of a nucleus
-    leaves neither a notch nor a hole (padded, so that the image border erodes nothing)."""
-    disc = np.add.outer(*(np.arange(-radius, radius + 1) ** 2,) * 2) <= radius**2
-    padded = np.pad(mask, radius)
-    closed = ndi.binary_closing(padded, structure=disc)[radius:-radius, radius:-radius]
-    return ndi.binary_fill_holes(closed)
 
 
 def _half_maxima(f: _Fragments, objects: np.ndarray) -> np.ndarray:
