@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_sam.engine.outlines import plateaus, snap_to_levels
+from napari_sam.engine.outlines import EDGE_SHARE, plateaus, snap_to_levels
 
 __all__ = ["AssemblySummary", "assemble_objects", "expected_planes"]
 
@@ -65,7 +65,7 @@ _COVER = 0.5
 # lie at half the nuclei's contrast in the plane, 0.5 times the plateau cut a pixel off every
 # outline (3D F1 of its true planes assembled 0.79, with _HALF 0.85).
 _HAZE = 0.3
-_HALF = 0.4
+_HALF = EDGE_SHARE
 # A chain is cut where its contrast dips under _DIP times the peaks on either side, and, dip or
 # not, while it is longer than _LONG objects. On benchmarks/stack3d.py's StarDist stack, whose
 # nuclei (3 to 11 planes long) stand in columns with dimmer light between them, the length
@@ -564,9 +564,10 @@ def _join_pieces(pieces: list[list[int]], objects: np.ndarray, f: _Fragments, *,
             planes.setdefault(name, set()).add(z)
     best: dict[int, tuple[int, int]] = {}
     for (k, target), o in sorted(totals.items()):
-        own = set(f.plane[pieces[k]].tolist())
-        if beside and len(own & planes.get(int(target), set())) < len(own) / 2:
-            continue
+        if beside:
+            own = set(f.plane[pieces[k]].tolist())
+            if len(own & planes.get(int(target), set())) < len(own) / 2:
+                continue
         if o > best.get(k, (0, 0))[0]:
             best[k] = (o, target)
     for k, (_, target) in best.items():
