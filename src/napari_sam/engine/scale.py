@@ -98,6 +98,36 @@ def check_diameter(diameter, shape: tuple[int, int]) -> float:
     return float(diameter)
 
 
+def resample_factor(diameter: float | None, model_diameter: float | None,
+                    max_enlargement: float | None = None) -> float:
+    """How much a plane is enlarged (> 1) or shrunk (< 1) so that its objects of ``diameter``
+    pixels arrive at the model's ``model_diameter``, enlarged at most ``max_enlargement`` times.
+
+    Enlarging a plane also enlarges its pixel noise into smooth blobs, which a model trained on
+    images at their own pixels has never seen, and which it splits objects along: past some
+    factor, small objects are better segmented a little smaller than the model prefers.
+
+    Parameters
+    ----------
+    diameter, model_diameter : float or None
+        The objects' diameter in the plane and the one the model works best at (its
+        :class:`~napari_sam.models.registry.ModelSpec`); either None keeps the plane's pixels.
+    max_enlargement : float, optional
+        The model's limit (``ModelSpec.max_enlargement``); None: no limit.
+
+    Examples
+    --------
+    >>> resample_factor(20.0, 30.0)
+    1.5
+    >>> resample_factor(6.0, 30.0, max_enlargement=2.5)
+    2.5
+    """
+    if diameter is None or model_diameter is None:
+        return 1.0
+    factor = model_diameter / diameter
+    return factor if max_enlargement is None else min(factor, max_enlargement)
+
+
 @dataclass(frozen=True)
 class Resampling:
     """A plane of ``shape`` resampled to ``scaled_shape`` (each axis by its own factor, the

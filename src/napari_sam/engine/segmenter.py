@@ -33,6 +33,7 @@ from napari_sam.engine.scale import (
     check_diameter,
     estimate_diameter,
     object_diameters,
+    resample_factor,
 )
 from napari_sam.engine.tiling import Tile, TiledPredictor, segment_tiles
 from napari_sam.models.registry import MODELS, automatic_mode
@@ -93,6 +94,7 @@ class Segmenter:
         spec = MODELS.get(getattr(model, "name", None) or "")
         self.model = model
         self.model_diameter = spec.diameter if spec is not None else None
+        self.max_enlargement = spec.max_enlargement if spec is not None else None
         if diameter is not None and not (isinstance(diameter, str) and diameter == AUTO):
             diameter = check_diameter(diameter, (np.inf, np.inf))
             if self.model_diameter is None:
@@ -140,9 +142,7 @@ class Segmenter:
     @property
     def factor(self) -> float:
         """How much planes are enlarged (> 1) or shrunk (< 1) before the model sees them."""
-        if self.diameter is None or self.model_diameter is None:
-            return 1.0
-        return self.model_diameter / self.diameter
+        return resample_factor(self.diameter, self.model_diameter, self.max_enlargement)
 
     @property
     def image(self) -> np.ndarray | None:
@@ -170,8 +170,11 @@ class Segmenter:
             return ("object diameter not estimated (fewer than 3 objects found): planes kept at "
                     "their own pixels; give the diameter to be sure")
         how = "estimated" if self.estimated else "given"
+        arrive = self.diameter * self.factor
+        limit = (f" (enlarged at most x{self.max_enlargement:g}: objects at {arrive:.0f} px)"
+                 if arrive < self.model_diameter - 1e-6 and self.factor > 1 else "")
         return (f"object diameter {self.diameter:.1f} px ({how}); planes resampled "
-                f"x{self.factor:.2f} for the model's {self.model_diameter:g} px")
+                f"x{self.factor:.2f} for the model's {self.model_diameter:g} px{limit}")
 
     # -- prompts -----------------------------------------------------------------------------
 

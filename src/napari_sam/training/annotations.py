@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
 from skimage.transform import resize
 
-from napari_sam.engine.scale import Resampling, estimate_diameter
+from napari_sam.engine.scale import Resampling, estimate_diameter, resample_factor
 from napari_sam.models.registry import MODELS
 from napari_sam.models.sam import Sam
 from napari_sam.training.data import LabelledSlices
@@ -60,6 +60,7 @@ def split_annotations(
     *,
     img_size: int,
     model_diameter: float | None,
+    max_enlargement: float | None = None,
     planes=None,
     diameter: float | None = None,
     held_out: float = 0.15,
@@ -81,6 +82,8 @@ def split_annotations(
         The model's input size: the side of the validation windows and training crops.
     model_diameter : float or None
         The object diameter the model works best at (its registry spec); None keeps the pixels.
+    max_enlargement : float, optional
+        Most a plane is enlarged (the spec's), as the one path does.
     planes : iterable of int, optional
         Planes to use, numbered through all plane axes; by default those with labels.
     diameter : float, optional
@@ -134,7 +137,7 @@ def split_annotations(
         if diameter is None:
             raise ValueError("fewer than 3 labelled object outlines: too few to tell the objects' "
                              "size; label more objects or give the diameter")
-    factor = 1.0 if model_diameter is None else model_diameter / diameter
+    factor = resample_factor(diameter, model_diameter, max_enlargement)
 
     images, trained, validation, skipped = [], [], [], 0
     for p, plane in label_planes.items():
@@ -279,7 +282,9 @@ def fine_tune(
     spec = MODELS.get(sam.name or "")
     split = split_annotations(
         image, limits, labels, img_size=sam.img_size, planes=planes, diameter=diameter,
-        model_diameter=spec.diameter if spec is not None else None, held_out=held_out, seed=seed)
+        model_diameter=spec.diameter if spec is not None else None,
+        max_enlargement=spec.max_enlargement if spec is not None else None, held_out=held_out,
+        seed=seed)
     if report:
         report({"split": split.summary})
     return train(sam, split.training, recipe, steps=steps, output=output,
