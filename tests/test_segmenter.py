@@ -10,7 +10,8 @@ import pytest
 
 from napari_sam import Segmenter, load_model, segment, segment_all
 from napari_sam.engine.geometry import WindowMask, centre_point
-from napari_sam.engine.scale import Resampling, estimate_diameter, object_diameters
+from napari_sam.engine.scale import (Resampling, estimate_diameter, object_diameters,
+                                     resample_factor)
 from napari_sam.training.evaluation import instance_f1
 from napari_sam.synthetic import synthetic_nuclei
 from conftest import make_tiny_model
@@ -110,6 +111,34 @@ def test_a_model_without_a_preferred_size_keeps_pixels_or_refuses_a_number():
     assert segmenter.factor == 1.0 and "no preferred object size" in segmenter.describe_scale()
     with pytest.raises(ValueError, match="diameter=None"):
         Segmenter(model, diameter=20)
+
+
+def test_small_objects_are_enlarged_at_most_the_models_limit_and_the_user_is_told():
+    segmenter = Segmenter(named_tiny(), diameter=6.0)  # nuclei_s: 30 px, at most x2.5
+    segmenter.set_image(np.zeros((40, 60), np.uint8))
+    assert segmenter.factor == 2.5 and segmenter.resampling.scaled_shape == (100, 150)
+    assert "enlarged at most x2.5: objects at 15 px" in segmenter.describe_scale()
+    segmenter = Segmenter(named_tiny(), diameter=15.0)  # x2: under the limit, said as before
+    segmenter.set_image(np.zeros((40, 60), np.uint8))
+    assert segmenter.factor == 2.0 and "at most" not in segmenter.describe_scale()
+    assert resample_factor(6.0, 30.0) == 5.0  # a model without a limit
+
+
+@pytest.mark.slow
+def test_small_noisy_nuclei_are_found_where_enlarging_them_fully_split_them(one_thread, shipped):
+    """Nuclei of 6-14 px in shot noise: enlarged 4.5x to the model's 30 px, the noise turns
+    into blobs and the nuclei are cut along them; enlarged at most 2.5x, they are found."""
+    from napari_sam.synthetic import synthetic_dataset
+
+    image, labels = next(iter(synthetic_dataset(1, (128, 128), seed=72_000, radius=(3.0, 7.0),
+                                                noise=(3.0, 5.0))))
+    f1 = {}
+    for limit in (None, 2.5):
+        segmenter = Segmenter(shipped)
+        segmenter.max_enlargement = limit
+        segmenter.set_image(image)
+        f1[limit] = instance_f1(segmenter.segment_all(), labels)["f1"]
+    assert f1[2.5] > 0.75 and f1[2.5] > f1[None] + 0.2, f1
 
 
 def test_the_same_nuclei_at_half_and_double_size_are_segmented_alike(one_thread, shipped):
