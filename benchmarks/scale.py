@@ -16,6 +16,10 @@ masks) and the instance F1 at IoU 0.5 of automatic segmentation with the model's
 
 ``--sweep`` instead measures the model on nuclei of one size at a time, seen at their own pixels
 (256 px images, one tile): how the preferred diameter of ``nuclei_s`` was chosen.
+
+``--small`` instead measures the model's enlargement limit (``ModelSpec.max_enlargement``) on
+nuclei of 3-7 px radius (plain, dim, noisy; seeds apart from the held-out sets) and on the
+held-out dim set: point mIoU and F1 with the limit and without it, ``diameter="auto"``.
 """
 
 from __future__ import annotations
@@ -94,6 +98,32 @@ def sweep(model, radii=(4, 6, 8, 10, 13, 17, 22, 28, 35), images: int = 4) -> No
               f"| {f1:.3f} |", flush=True)
 
 
+SMALL = {
+    "small (radius 3-7)": dict(seed=70_000, radius=(3.0, 7.0)),
+    "small, dim (brightness 80-200)": dict(seed=71_000, radius=(3.0, 7.0),
+                                           brightness=(80.0, 200.0)),
+    "small, noisier (noise 3-5)": dict(seed=72_000, radius=(3.0, 7.0), noise=(3.0, 5.0)),
+    "dim (brightness 80-200)": HELD_OUT["dim (brightness 80-200)"],
+}
+
+
+def small_nuclei(model, images: int) -> None:
+    """Point mIoU and F1 on small nuclei, planes enlarged at most the model's limit, or fully."""
+    spec = MODELS["nuclei_s"]
+    print(f"| set | true diameter | point: at most x{spec.max_enlargement:g} | point: no limit "
+          f"| F1: at most x{spec.max_enlargement:g} | F1: no limit |")
+    print("|---|---|---|---|---|---|")
+    for name, options in SMALL.items():
+        pairs = list(synthetic_dataset(images, (256, 256), **options))
+        limited = scores(model, pairs, "auto")
+        MODELS["nuclei_s"] = replace(spec, max_enlargement=None)
+        unlimited = scores(model, pairs, "auto")
+        MODELS["nuclei_s"] = spec
+        truth = [true_diameter(labels) for _, labels in pairs]
+        print(f"| {name} | {np.min(truth):.1f}-{np.max(truth):.1f} | {limited[0]:.3f} | "
+              f"{unlimited[0]:.3f} | {limited[1]:.3f} | {unlimited[1]:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4, help="images per synthetic set")
@@ -102,10 +132,15 @@ def main() -> None:
     parser.add_argument("--model-diameter", type=float,
                         help="try another preferred diameter for the model (default: its spec's)")
     parser.add_argument("--sweep", action="store_true", help="one nucleus size at a time instead")
+    parser.add_argument("--small", action="store_true",
+                        help="small nuclei with and without the model's enlargement limit instead")
     parser.add_argument("--sets", nargs="+", help="only these sets (first words of their names)")
     args = parser.parse_args()
     if args.sweep:
         sweep(load_model(device="cpu"))
+        return
+    if args.small:
+        small_nuclei(load_model(device="cpu"), args.images)
         return
     if args.model_diameter:
         MODELS["nuclei_s"] = replace(MODELS["nuclei_s"], diameter=args.model_diameter)

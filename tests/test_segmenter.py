@@ -113,19 +113,27 @@ def test_a_model_without_a_preferred_size_keeps_pixels_or_refuses_a_number():
         Segmenter(model, diameter=20)
 
 
-def test_small_objects_are_enlarged_at_most_the_models_limit_and_the_user_is_told():
-    segmenter = Segmenter(named_tiny(), diameter=6.0)  # nuclei_s: 30 px, at most x2.5
-    segmenter.set_image(np.zeros((40, 60), np.uint8))
+def test_small_objects_of_a_noisy_plane_are_enlarged_at_most_the_models_limit():
+    from napari_sam.engine.detection import noise_to_contrast
+
+    # nuclei of 6-8 px, bright (3000 photo-electrons) or dim (60: in shot noise)
+    clean, noisy = (synthetic_nuclei((40, 60), radius=(3, 4), brightness=b, seed=0)[0]
+                    for b in (3000, 60))
+    assert noise_to_contrast(clean) < 0.15 < 0.25 < noise_to_contrast(noisy)
+    segmenter = Segmenter(named_tiny(), diameter=6.0)  # nuclei_s: 30 px, noisy at most x2.5
+    segmenter.set_image(noisy)
     assert segmenter.factor == 2.5 and segmenter.resampling.scaled_shape == (100, 150)
-    assert "enlarged at most x2.5: objects at 15 px" in segmenter.describe_scale()
-    segmenter = Segmenter(named_tiny(), diameter=15.0)  # x2: under the limit, said as before
-    segmenter.set_image(np.zeros((40, 60), np.uint8))
+    assert "a noisy plane, enlarged at most x2.5: objects at 15 px" in segmenter.describe_scale()
+    segmenter.set_image(clean)  # a clean plane is enlarged fully
+    assert segmenter.factor == 5.0 and "at most" not in segmenter.describe_scale()
+    segmenter = Segmenter(named_tiny(), diameter=15.0)  # x2: under the limit
+    segmenter.set_image(noisy)
     assert segmenter.factor == 2.0 and "at most" not in segmenter.describe_scale()
-    assert resample_factor(6.0, 30.0) == 5.0  # a model without a limit
+    assert resample_factor(6.0, 30.0, noise=1.0) == 5.0  # a model without a limit
 
 
 @pytest.mark.slow
-def test_small_noisy_nuclei_are_found_where_enlarging_them_fully_split_them(one_thread, shipped):
+def test_small_noisy_nuclei_are_found_where_enlarging_them_fully_cut_them(one_thread, shipped):
     """Nuclei of 6-14 px in shot noise: enlarged 4.5x to the model's 30 px, the noise turns
     into blobs and the nuclei are cut along them; enlarged at most 2.5x, they are found."""
     from napari_sam.synthetic import synthetic_dataset

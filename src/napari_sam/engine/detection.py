@@ -122,6 +122,25 @@ def object_labels(image: np.ndarray, *, channel_axis: int | None = None,
     return labels
 
 
+def noise_to_contrast(image: np.ndarray, *, channel_axis: int | None = None) -> float:
+    """The pixel noise of an image over the contrast of its objects (those of
+    :func:`object_labels`): their median above the median of the background; 0 without objects.
+
+    Parameters
+    ----------
+    image : (H, W), (H, W, C) or (C, H, W) array
+        As :func:`detect_objects` takes it.
+    channel_axis : int, optional
+        Axis of the channels, when not guessed right.
+    """
+    grey = _grey(image, channel_axis)
+    labels = object_labels(grey)
+    if not labels.any() or labels.all():
+        return 0.0
+    contrast = np.median(grey[labels > 0]) - np.median(grey[labels == 0])
+    return _noise_level(grey) / contrast if contrast > 0 else 0.0
+
+
 def _is_number(value, *, low: float) -> bool:
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and np.isfinite(value) and value >= low)

@@ -25,6 +25,12 @@ from napari_sam.engine.image import channels_last
 MIN_OBJECTS = 3
 # The estimate looks at a central crop of at most this side: enough objects, bounded time.
 ESTIMATE_CROP = 1024
+# A plane whose pixel noise is over this share of its objects' contrast is noisy: enlarged at
+# most its model's max_enlargement. Measured with benchmarks/scale.py --small: the dim
+# held-out image whose nuclei the model cut along enlarged noise is at 0.41, noisy small
+# nuclei at 0.22-0.39; dense 6-7 px nuclei that want their full enlargement (downsampled,
+# smoother) at 0.11-0.15, the DSB image at 0.07-0.13.
+NOISY = 0.2
 
 
 def object_diameters(image: np.ndarray, *, channel_axis: int | None = None) -> np.ndarray:
@@ -99,13 +105,15 @@ def check_diameter(diameter, shape: tuple[int, int]) -> float:
 
 
 def resample_factor(diameter: float | None, model_diameter: float | None,
-                    max_enlargement: float | None = None) -> float:
+                    max_enlargement: float | None = None, *, noise: float = 0.0) -> float:
     """How much a plane is enlarged (> 1) or shrunk (< 1) so that its objects of ``diameter``
-    pixels arrive at the model's ``model_diameter``, enlarged at most ``max_enlargement`` times.
+    pixels arrive at the model's ``model_diameter``; a noisy plane is enlarged at most
+    ``max_enlargement`` times.
 
     Enlarging a plane also enlarges its pixel noise into smooth blobs, which a model trained on
-    images at their own pixels has never seen, and which it splits objects along: past some
-    factor, small objects are better segmented a little smaller than the model prefers.
+    images at their own pixels has never seen, and which it cuts objects along: where the noise
+    is over ``NOISY`` times the objects' contrast, small objects are better segmented a little
+    smaller than the model prefers. A clean plane is enlarged fully.
 
     Parameters
     ----------
@@ -113,19 +121,26 @@ def resample_factor(diameter: float | None, model_diameter: float | None,
         The objects' diameter in the plane and the one the model works best at (its
         :class:`~napari_sam.models.registry.ModelSpec`); either None keeps the plane's pixels.
     max_enlargement : float, optional
-        The model's limit (``ModelSpec.max_enlargement``); None: no limit.
+        The model's limit for noisy planes (``ModelSpec.max_enlargement``); None: no limit.
+    noise : float
+        The plane's pixel noise over its objects' contrast
+        (:func:`~napari_sam.engine.detection.noise_to_contrast`).
 
     Examples
     --------
     >>> resample_factor(20.0, 30.0)
     1.5
-    >>> resample_factor(6.0, 30.0, max_enlargement=2.5)
+    >>> resample_factor(6.0, 30.0, max_enlargement=2.5, noise=0.4)
     2.5
+    >>> resample_factor(6.0, 30.0, max_enlargement=2.5, noise=0.1)
+    5.0
     """
     if diameter is None or model_diameter is None:
         return 1.0
     factor = model_diameter / diameter
-    return factor if max_enlargement is None else min(factor, max_enlargement)
+    if max_enlargement is not None and noise > NOISY:
+        factor = min(factor, max_enlargement)
+    return factor
 
 
 @dataclass(frozen=True)

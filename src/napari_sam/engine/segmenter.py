@@ -22,6 +22,7 @@ from scipy import ndimage
 from napari_sam.engine import apg
 from napari_sam.engine.ais import check_settings, decoder_maps
 from napari_sam.engine.amg import AutomaticMaskGenerator
+from napari_sam.engine.detection import noise_to_contrast
 from napari_sam.engine.geometry import WindowMask
 from napari_sam.engine.image import to_rgb_uint8
 from napari_sam.engine.instances import labels_from_maps
@@ -114,6 +115,7 @@ class Segmenter:
         self.diameter: float | None = None
         self.estimated = estimated
         self.resampling: Resampling | None = None
+        self.noise = 0.0  # the plane's pixel noise over its objects' contrast, where measured
 
     # -- the plane ---------------------------------------------------------------------------
 
@@ -135,6 +137,9 @@ class Segmenter:
         else:
             self.diameter = (None if self.diameter_setting is None
                              else check_diameter(self.diameter_setting, shape))
+        self.noise = 0.0
+        if self.max_enlargement is not None and self.factor > self.max_enlargement:
+            self.noise = noise_to_contrast(rgb)  # only where the limit may apply
         self.resampling = Resampling.by_factor(shape, self.factor)
         self._rgb = rgb
         self._tiled.set_image(self.resampling.image(rgb))
@@ -142,7 +147,8 @@ class Segmenter:
     @property
     def factor(self) -> float:
         """How much planes are enlarged (> 1) or shrunk (< 1) before the model sees them."""
-        return resample_factor(self.diameter, self.model_diameter, self.max_enlargement)
+        return resample_factor(self.diameter, self.model_diameter, self.max_enlargement,
+                               noise=self.noise)
 
     @property
     def image(self) -> np.ndarray | None:
@@ -171,8 +177,9 @@ class Segmenter:
                     "their own pixels; give the diameter to be sure")
         how = "estimated" if self.estimated else "given"
         arrive = self.diameter * self.factor
-        limit = (f" (enlarged at most x{self.max_enlargement:g}: objects at {arrive:.0f} px)"
-                 if arrive < self.model_diameter - 1e-6 and self.factor > 1 else "")
+        limit = (f" (a noisy plane, enlarged at most x{self.max_enlargement:g}: objects at "
+                 f"{arrive:.0f} px)" if arrive < self.model_diameter - 1e-6 and self.factor > 1
+                 else "")
         return (f"object diameter {self.diameter:.1f} px ({how}); planes resampled "
                 f"x{self.factor:.2f} for the model's {self.model_diameter:g} px{limit}")
 

@@ -183,9 +183,9 @@ class ModelSpec:
     diameter_range : (float, float) or None
         The diameters the model was trained on (informative).
     max_enlargement : float or None
-        Most the one path enlarges a plane for this model (small objects then arrive under
-        ``diameter``): enlarging turns pixel noise into blobs the model never saw in training
-        (:func:`~napari_sam.engine.scale.resample_factor`). None: no limit.
+        Most the one path enlarges a noisy plane for this model (its small objects then arrive
+        under ``diameter``): enlarging turns pixel noise into blobs the model never saw in
+        training (:func:`~napari_sam.engine.scale.resample_factor`). None: no limit.
     decoder_url, decoder_hash : str or None
         Download address and checksum of the model's instance decoder (AIS), if it has one.
     decoder_packaged : str or None
@@ -247,10 +247,10 @@ MODELS: dict[str, ModelSpec] = {
             # range (docs/benchmarks.md, "Object scale"): 30 px leaves room for larger nuclei.
             diameter=30.0,
             diameter_range=(8.0, 44.0),
-            # Nuclei under 12 px enlarged to 30 px: noise enlarged 3x into blobs, nuclei split
-            # along them. Enlarged at most 2.5x, automatic F1 (AIS) on noisy nuclei of 8-12 px
-            # 0.600 -> 0.787, held-out synthetic sets 0.866 -> 0.919 (docs/benchmarks.md,
-            # "Object scale").
+            # Noisy nuclei under 12 px enlarged to 30 px: the noise enlarged 3x into blobs, the
+            # nuclei cut along them. Noisy planes enlarged at most 2.5x: automatic F1 (AIS) on
+            # noisy nuclei of 8-12 px 0.600 -> 0.767, held-out synthetic sets 0.866 -> 0.919
+            # (docs/benchmarks.md, "Object scale").
             max_enlargement=2.5,
             decoder_packaged="nuclei_s_decoder.pt",
             # Its decoder's one pass beats its best prompt sampling on held-out synthetic sets

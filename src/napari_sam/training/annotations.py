@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
 from skimage.transform import resize
 
+from napari_sam.engine.detection import noise_to_contrast
 from napari_sam.engine.scale import Resampling, estimate_diameter, resample_factor
 from napari_sam.models.registry import MODELS
 from napari_sam.models.sam import Sam
@@ -83,7 +84,8 @@ def split_annotations(
     model_diameter : float or None
         The object diameter the model works best at (its registry spec); None keeps the pixels.
     max_enlargement : float, optional
-        Most a plane is enlarged (the spec's), as the one path does.
+        Most a noisy plane is enlarged (the spec's), as the one path does
+        (:func:`~napari_sam.engine.scale.resample_factor`).
     planes : iterable of int, optional
         Planes to use, numbered through all plane axes; by default those with labels.
     diameter : float, optional
@@ -137,12 +139,15 @@ def split_annotations(
         if diameter is None:
             raise ValueError("fewer than 3 labelled object outlines: too few to tell the objects' "
                              "size; label more objects or give the diameter")
-    factor = resample_factor(diameter, model_diameter, max_enlargement)
-
     images, trained, validation, skipped = [], [], [], 0
     for p, plane in label_planes.items():
+        rgb = limited_rgb(image.plane(p), limits)
+        factor = resample_factor(diameter, model_diameter, max_enlargement)
+        if max_enlargement is not None and factor > max_enlargement:  # as the one path does
+            factor = resample_factor(diameter, model_diameter, max_enlargement,
+                                     noise=noise_to_contrast(rgb))
         resampling = Resampling.by_factor(plane.shape, factor)
-        rgb = resampling.image(limited_rgb(image.plane(p), limits))
+        rgb = resampling.image(rgb)
         scaled = _scaled_labels(plane, resampling)
         kept = np.isin(scaled, held)
         if np.any(scaled[~kept]):
