@@ -134,7 +134,7 @@ def noise_to_contrast(image: np.ndarray, *, channel_axis: int | None = None) -> 
         Axis of the channels, when not guessed right.
     """
     grey = _grey(image, channel_axis)
-    labels = object_labels(grey)
+    labels = object_labels(image, channel_axis=channel_axis)
     if not labels.any() or labels.all():
         return 0.0
     contrast = np.median(grey[labels > 0]) - np.median(grey[labels == 0])
