@@ -130,6 +130,9 @@ def test_small_objects_of_a_noisy_plane_are_enlarged_at_most_the_models_limit():
     segmenter.set_image(noisy)
     assert segmenter.factor == 2.0 and "at most" not in segmenter.describe_scale()
     assert resample_factor(6.0, 30.0, noise=1.0) == 5.0  # a model without a limit
+    given = Segmenter(named_tiny(), diameter=6.0, noise=0.0)  # a volume's noise, given
+    given.set_image(noisy)
+    assert given.factor == 5.0 and given.noise == 0.0
 
 
 @pytest.mark.slow

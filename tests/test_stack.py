@@ -332,3 +332,30 @@ def test_tiled_predictor_answers_from_the_tile_of_the_prompt(one_thread, volume)
     assert len(tiled._embeddings) < len(tiled.tiles) + 4  # only the tiles prompts needed
     with pytest.raises(ValueError, match="positive point or a box"):
         segmenter.predict(points=[[5, 5]], labels=[0])
+
+
+def test_every_plane_of_a_noisy_stack_is_enlarged_alike(one_thread):
+    """Small nuclei in a stack whose planes lie on both sides of the noise threshold: one
+    noise figure for the volume, so that every plane is enlarged by the same factor (as with
+    the one diameter estimate), not some 2.5x and others 5x."""
+    from napari_sam.engine.detection import noise_to_contrast
+    from napari_sam.synthetic import synthetic_nuclei
+    from napari_sam.volume.io import Volume
+    from napari_sam.volume.stack import _job, volume_noise
+    from conftest import make_tiny_model
+
+    planes = [synthetic_nuclei((40, 60), radius=(3, 4), brightness=b, seed=0)[0]
+              for b in (3000, 60, 60)]  # one clean plane, two in shot noise
+    assert noise_to_contrast(planes[0]) < 0.2 < noise_to_contrast(planes[1])
+    volume = Volume(np.stack(planes).astype(np.uint16), "zyx")
+    model = make_tiny_model()
+    model.name = "nuclei_s"  # its diameter (30 px) and limit (2.5x)
+    job = _job(volume, "", model=model, checkpoint=None, device="cpu", diameter=6.0, tile=None,
+               halo=None, cache=None, options={}, keep_model=True, mode="amg")
+    assert job.noise == pytest.approx(volume_noise(volume, job.limits)) and job.noise > 0.2
+    segmenter = job.segmenter()
+    factors = set()
+    for z in range(3):
+        segmenter.set_image(volume.plane(z), limits=job.limits)
+        factors.add(segmenter.factor)
+    assert factors == {2.5}

@@ -143,6 +143,15 @@ def resample_factor(diameter: float | None, model_diameter: float | None,
     return factor
 
 
+def enlargement_limited(diameter: float | None, model_diameter: float | None,
+                        max_enlargement: float | None) -> bool:
+    """Whether a plane's noise decides its enlargement: the model's limit is under the factor
+    its objects of ``diameter`` pixels would need (:func:`resample_factor`). Only then is the
+    noise worth measuring."""
+    return (max_enlargement is not None
+            and resample_factor(diameter, model_diameter) > max_enlargement)
+
+
 @dataclass(frozen=True)
 class Resampling:
     """A plane of ``shape`` resampled to ``scaled_shape`` (each axis by its own factor, the

@@ -32,6 +32,7 @@ from napari_sam.engine.prompts import check_prompts
 from napari_sam.engine.scale import (
     Resampling,
     check_diameter,
+    enlargement_limited,
     estimate_diameter,
     object_diameters,
     resample_factor,
@@ -80,6 +81,12 @@ class Segmenter:
         :meth:`segment_all` moves each object's outline to its blurred edge
         (:func:`~napari_sam.engine.outlines.snap_outlines`) for a model of fluorescent objects
         (``MODELS[name].edge_level``); False keeps the outlines as the model draws them.
+    noise : float, optional
+        The planes' pixel noise over their objects' contrast
+        (:func:`~napari_sam.engine.detection.noise_to_contrast`), measured once for a whole
+        volume, so that all its planes are enlarged alike (see
+        :func:`~napari_sam.engine.scale.resample_factor`); by default measured on each plane
+        where the model's enlargement limit could apply.
 
     Examples
     --------
@@ -91,7 +98,8 @@ class Segmenter:
 
     def __init__(self, model, *, diameter: float | str | None = AUTO, tile: int | None = None,
                  halo: int | None = None, store=None, automatic: dict | None = None,
-                 estimated: bool = False, decoder=None, snap: bool = True) -> None:
+                 estimated: bool = False, decoder=None, snap: bool = True,
+                 noise: float | None = None) -> None:
         spec = MODELS.get(getattr(model, "name", None) or "")
         self.model = model
         self.model_diameter = spec.diameter if spec is not None else None
@@ -115,6 +123,7 @@ class Segmenter:
         self.diameter: float | None = None
         self.estimated = estimated
         self.resampling: Resampling | None = None
+        self.noise_setting = noise
         self.noise = 0.0  # the plane's pixel noise over its objects' contrast, where measured
 
     # -- the plane ---------------------------------------------------------------------------
@@ -137,9 +146,10 @@ class Segmenter:
         else:
             self.diameter = (None if self.diameter_setting is None
                              else check_diameter(self.diameter_setting, shape))
-        self.noise = 0.0
-        if self.max_enlargement is not None and self.factor > self.max_enlargement:
-            self.noise = noise_to_contrast(rgb)  # only where the limit may apply
+        self.noise = 0.0 if self.noise_setting is None else float(self.noise_setting)
+        if self.noise_setting is None and enlargement_limited(
+                self.diameter, self.model_diameter, self.max_enlargement):
+            self.noise = noise_to_contrast(rgb)
         self.resampling = Resampling.by_factor(shape, self.factor)
         self._rgb = rgb
         self._tiled.set_image(self.resampling.image(rgb))

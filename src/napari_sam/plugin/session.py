@@ -16,10 +16,11 @@ import numpy as np
 from psygnal import Signal
 
 from napari_sam.engine.embeddings import EmbeddingStore
+from napari_sam.engine.scale import enlargement_limited
 from napari_sam.engine.segmenter import AUTO, Segmenter
 from napari_sam.models.registry import DEFAULT_MODEL, MODELS
 from napari_sam.volume.io import Volume, volume_limits
-from napari_sam.volume.stack import volume_diameter
+from napari_sam.volume.stack import volume_diameter, volume_noise
 
 # Layer axes by number of dimensions, for the engine's volume reader (napari has no axis names).
 _LAYER_AXES = {2: "yx", 3: "zyx", 4: "tzyx"}
@@ -73,6 +74,7 @@ class ImageSource:
     volume: Volume
     limits: list | None
     _estimate: list = field(default_factory=list, compare=False, repr=False)  # computed once
+    _noise: list = field(default_factory=list, compare=False, repr=False)  # computed once
 
     @classmethod
     def from_layer(cls, layer) -> ImageSource:
@@ -125,6 +127,13 @@ class ImageSource:
         if not self._estimate:
             self._estimate.append(volume_diameter(self.volume, self.limits))
         return self._estimate[0]
+
+    def noise(self) -> float:
+        """The planes' pixel noise over their objects' contrast, measured once for the whole
+        volume (:func:`~napari_sam.volume.stack.volume_noise`), as for a stack."""
+        if not self._noise:
+            self._noise.append(volume_noise(self.volume, self.limits))
+        return self._noise[0]
 
     def plane_index(self, position) -> tuple[int, ...]:
         """The slice shown at a viewer position in data coordinates (one value per layer axis)."""
@@ -246,9 +255,13 @@ class Session:
             key = (id(source.volume.data), source.volume.shape, index, str(source.limits), diameter)
             segmenter = self._slices.pop(key, None)
             if segmenter is None:
+                spec = MODELS.get(model.name or "")
+                limited = spec is not None and enlargement_limited(diameter, spec.diameter,
+                                                                   spec.max_enlargement)
                 segmenter = Segmenter(
                     model, diameter=diameter, tile=self.settings.tile, halo=self.settings.halo,
-                    store=self._embedding_store(), estimated=self.settings.diameter == AUTO)
+                    store=self._embedding_store(), estimated=self.settings.diameter == AUTO,
+                    noise=source.noise() if limited else None)
                 segmenter.set_image(source.volume.plane(index), limits=source.limits)
             self._slices[key] = segmenter
             while len(self._slices) > self.max_slices:

@@ -39,9 +39,15 @@ from typing import Any
 import numpy as np
 
 from napari_sam.engine.amg import AutomaticMaskGenerator
+from napari_sam.engine.detection import noise_to_contrast
 from napari_sam.engine.embeddings import EmbeddingStore, model_fingerprint
 from napari_sam.engine.geometry import iou
-from napari_sam.engine.scale import check_diameter, estimate_diameter, object_diameters
+from napari_sam.engine.scale import (
+    check_diameter,
+    enlargement_limited,
+    estimate_diameter,
+    object_diameters,
+)
 from napari_sam.engine.segmenter import AUTO, Segmenter
 from napari_sam.models.loading import load_model
 from napari_sam.models.registry import MODELS, automatic_mode
@@ -88,6 +94,7 @@ class StackJob:
     limits: list | None
     diameter: float | None
     estimated: bool  # the diameter is the volume's estimate (or None: too few objects)
+    noise: float  # the planes' noise over contrast (volume_noise), 0 where it cannot matter
     tile: int | None
     halo: int | None
     cache: str | None
@@ -122,7 +129,7 @@ class StackJob:
                                   _file_identity(self.checkpoint))
         return Segmenter(model, diameter=self.diameter, tile=self.tile, halo=self.halo,
                          store=store, automatic=self.options, estimated=self.estimated,
-                         decoder=self.decoder)
+                         decoder=self.decoder, noise=self.noise)
 
 
 @dataclass
@@ -375,11 +382,14 @@ def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, h
         diameter = volume_diameter(volume, limits) if estimated else None
     elif diameter is not None:
         diameter = check_diameter(diameter, volume.plane_shape)
+    limited = spec is not None and enlargement_limited(diameter, spec.diameter,
+                                                       spec.max_enlargement)
     return StackJob(volume=volume, output=str(output), model=getattr(loaded, "name", None),
                     checkpoint=checkpoint,
                     device=device, weights=model_fingerprint(loaded),
                     source=volume.fingerprint(sample), limits=limits, diameter=diameter,
-                    estimated=estimated, tile=tile, halo=halo,
+                    estimated=estimated, noise=volume_noise(volume, limits) if limited else 0.0,
+                    tile=tile, halo=halo,
                     cache=None if cache is None else str(cache),
                     stride=2**32 // (volume.n_planes + 1), mode=mode, decoder=decoder,
                     options=dict(options), output_format=output_format,
@@ -477,10 +487,17 @@ def volume_diameter(volume: Volume, limits=None, *, max_planes: int = 3) -> floa
     spread through it (the centres of ``max_planes`` equal parts), normalised with the volume's
     ``limits``. None when fewer than three objects are found.
     """
-    count = min(volume.n_planes, max_planes)
-    picked = ((np.arange(count) + 0.5) * volume.n_planes / count).astype(int)
-    found = [object_diameters(plane_rgb(volume, int(i), limits)) for i in picked]
+    found = [object_diameters(plane_rgb(volume, int(i), limits))
+             for i in volume.sample_planes(max_planes)]
     return estimate_diameter(np.concatenate(found))
+
+
+def volume_noise(volume: Volume, limits=None, *, max_planes: int = 3) -> float:
+    """The pixel noise over the objects' contrast of a whole volume
+    (:func:`~napari_sam.engine.detection.noise_to_contrast`): the median over the planes
+    :func:`volume_diameter` measures, so that every plane is enlarged alike."""
+    return float(np.median([noise_to_contrast(plane_rgb(volume, int(i), limits))
+                            for i in volume.sample_planes(max_planes)]))
 
 
 def segment_one(job: StackJob, plane: int) -> int:
