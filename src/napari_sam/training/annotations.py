@@ -22,14 +22,19 @@ from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
 from skimage.transform import resize
 
-from napari_sam.engine.detection import noise_to_contrast
-from napari_sam.engine.scale import Resampling, estimate_diameter, resample_factor
+from napari_sam.engine.scale import (
+    Resampling,
+    enlargement_limited,
+    estimate_diameter,
+    resample_factor,
+)
 from napari_sam.models.registry import MODELS
 from napari_sam.models.sam import Sam
 from napari_sam.training.data import LabelledSlices
 from napari_sam.training.recipes import Recipe
 from napari_sam.training.trainer import TrainingHistory, fit_example, train
 from napari_sam.volume.io import Volume, limited_rgb
+from napari_sam.volume.stack import volume_noise
 
 __all__ = ["AnnotationSplit", "fine_tune", "split_annotations"]
 
@@ -139,15 +144,15 @@ def split_annotations(
         if diameter is None:
             raise ValueError("fewer than 3 labelled object outlines: too few to tell the objects' "
                              "size; label more objects or give the diameter")
+    # every plane enlarged alike, by the volume's noise, as the one path does for a volume
+    noise = (volume_noise(image, limits)
+             if enlargement_limited(diameter, model_diameter, max_enlargement) else 0.0)
+    factor = resample_factor(diameter, model_diameter, max_enlargement, noise=noise)
+
     images, trained, validation, skipped = [], [], [], 0
     for p, plane in label_planes.items():
-        rgb = limited_rgb(image.plane(p), limits)
-        factor = resample_factor(diameter, model_diameter, max_enlargement)
-        if max_enlargement is not None and factor > max_enlargement:  # as the one path does
-            factor = resample_factor(diameter, model_diameter, max_enlargement,
-                                     noise=noise_to_contrast(rgb))
         resampling = Resampling.by_factor(plane.shape, factor)
-        rgb = resampling.image(rgb)
+        rgb = resampling.image(limited_rgb(image.plane(p), limits))
         scaled = _scaled_labels(plane, resampling)
         kept = np.isin(scaled, held)
         if np.any(scaled[~kept]):
