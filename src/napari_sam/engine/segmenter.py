@@ -186,10 +186,9 @@ class Segmenter:
             return ("object diameter not estimated (fewer than 3 objects found): planes kept at "
                     "their own pixels; give the diameter to be sure")
         how = "estimated" if self.estimated else "given"
-        arrive = self.diameter * self.factor
+        limited = 1 < self.factor < resample_factor(self.diameter, self.model_diameter)
         limit = (f" (a noisy plane, enlarged at most x{self.max_enlargement:g}: objects at "
-                 f"{arrive:.0f} px)" if arrive < self.model_diameter - 1e-6 and self.factor > 1
-                 else "")
+                 f"{self.diameter * self.factor:.0f} px)" if limited else "")
         return (f"object diameter {self.diameter:.1f} px ({how}); planes resampled "
                 f"x{self.factor:.2f} for the model's {self.model_diameter:g} px{limit}")
 
