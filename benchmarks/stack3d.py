@@ -19,7 +19,7 @@ Methods (rows):
   the set (10 and 7 pixels: the generator's mean radius, half the median width of StarDist's
   labels);
 - slice by slice + today's linking: :func:`napari_sam.volume.segment_stack` with ``nuclei_s``
-  (its default automatic mode), ``link=False``, then
+  (its default automatic mode), the set's voxel size, ``link=False``, then
   :func:`napari_sam.volume.linking.link_slices` with its defaults;
 - slice by slice + 3D assembly: the same per-plane labels through
   :func:`napari_sam.volume.assembly.assemble_objects` with the set's voxel size;
@@ -118,13 +118,15 @@ def scores(found: np.ndarray, truth: np.ndarray) -> list[str]:
             f"{ids.size} / {true}", f"{one_plane:.0%}"]
 
 
-def slice_by_slice(image: np.ndarray, diameter, mode):
+def slice_by_slice(image: np.ndarray, diameter, mode, voxel_size=None):
     """The per-plane labels of ``nuclei_s`` (ids unique in the volume, not linked), the time
-    and :func:`segment_stack`'s summary."""
+    and :func:`segment_stack`'s summary; given the ``voxel_size``, as a user gives it, each
+    plane is labelled with its neighbours' maps (``segment_stack``'s z context)."""
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         summary = segment_stack(image, Path(folder) / "labels.zarr", model="nuclei_s",
                                 device="cpu", diameter=diameter, mode=mode, link=False,
+                                voxel_size=voxel_size,
                                 output_format="zarr")
         seconds = time.perf_counter() - start
         planes = np.asarray(zarr.open_array(str(Path(folder) / "labels.zarr"), mode="r"))
@@ -139,7 +141,7 @@ def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diamet
     yield ["weight-free 3D watershed", *scores(found, truth),
            f"{time.perf_counter() - start:.1f} s"], None, found
 
-    planes, seconds, segmented = slice_by_slice(image, diameter, mode)
+    planes, seconds, segmented = slice_by_slice(image, diameter, mode, voxel_size)
     linked = planes.copy()
     start = time.perf_counter()
     link_slices(linked)

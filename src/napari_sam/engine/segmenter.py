@@ -240,7 +240,8 @@ class Segmenter:
 
     # -- automatic ---------------------------------------------------------------------------
 
-    def segment_all(self, mode: str | None = None, **settings) -> np.ndarray:
+    def segment_all(self, mode: str | None = None, *, maps: np.ndarray | None = None,
+                    **settings) -> np.ndarray:
         """Automatic segmentation of the plane, tile by tile, at the objects' scale.
 
         Parameters
@@ -258,6 +259,10 @@ class Segmenter:
             answered by SAM's decoder on the tile whose core holds it, then micro-sam's mask
             suppression and painting once on the whole plane
             (:mod:`~napari_sam.engine.apg`).
+        maps : (3, h, w) array, optional
+            ``"ais"`` and ``"apg"``: the instance maps to take instead of the plane's own
+            (:meth:`instance_maps`), of the resampled plane's shape: a stack run gives each
+            plane's maps averaged with its neighbours' (:mod:`~napari_sam.volume.stack`).
         **settings
             ``"amg"``: :class:`~napari_sam.AutomaticMaskGenerator` settings on top of this
             segmenter's. ``"ais"``: :func:`~napari_sam.engine.instances.labels_from_maps`
@@ -274,20 +279,29 @@ class Segmenter:
         Raises
         ------
         ValueError
-            An unknown mode or setting, or ``"ais"`` or ``"apg"`` for a model without an
-            instance decoder.
+            An unknown mode or setting, ``"ais"`` or ``"apg"`` for a model without an
+            instance decoder, or ``maps`` with mode ``"amg"`` or of another shape.
         """
         resampling = self._require_image()
         mode = automatic_mode(self.model, mode or ("amg" if settings else None))
+        if maps is not None:
+            expected = (3, *self._tiled.image.shape[:2])
+            if mode == "amg" or np.shape(maps) != expected:
+                raise ValueError(
+                    f"maps of shape {np.shape(maps)} for mode {mode!r}: give the instance maps "
+                    f"of this plane's shape {expected} (instance_maps()), with mode 'ais' or "
+                    "'apg'")
         if mode == "amg":
             generator = AutomaticMaskGenerator(self.model, embedding_store=self.store,
                                                enlarge=False, **{**self.automatic, **settings})
             found = segment_tiles(generator, self._tiled.image, self._tiled.tiles)
         elif mode == "ais":
             check_settings(settings)
-            found = _label_masks(labels_from_maps(*self.instance_maps(), **settings))
+            maps = self.instance_maps() if maps is None else maps
+            found = _label_masks(labels_from_maps(*maps, **settings))
         else:
-            found = _label_masks(self._prompted_labels(apg.check_settings(settings)))
+            maps = self.instance_maps() if maps is None else maps
+            found = _label_masks(self._prompted_labels(maps, apg.check_settings(settings)))
         masks = [m for m in (resampling.to_plane(mask) for mask in found) if m is not None]
         labels = paint_labels(masks, resampling.shape)
         if self.edge_level is not None:
@@ -333,12 +347,11 @@ class Segmenter:
             maps[:, r0:r1, c0:c1] = tile_maps[:, r0 - top:r1 - top, c0 - left:c1 - left]
         return maps
 
-    def _prompted_labels(self, settings: dict) -> np.ndarray:
-        """APG labels of the resampled plane: prompts from the stitched maps, each answered by
-        SAM's decoder on the tile whose core holds it (with the halo as context), masks
+    def _prompted_labels(self, maps: np.ndarray, settings: dict) -> np.ndarray:
+        """APG labels of the resampled plane: prompts from its stitched ``maps``, each answered
+        by SAM's decoder on the tile whose core holds it (with the halo as context), masks
         suppressed and painted on the whole plane, so that an object across a seam comes out
         once."""
-        maps = self.instance_maps()
         shape = maps.shape[1:]
         points = apg.point_prompts(*maps, **{name: settings[name] for name in (
             "foreground_threshold", "center_distance_threshold", "boundary_distance_threshold")})
