@@ -260,12 +260,13 @@ def test_automatic_slice_and_stack_with_cancel_and_resume(viewer, qtbot, stack, 
 
 
 def test_automatic_mode_choice_reaches_the_engine(viewer, qtbot):
-    """The mode starts as the model's own; the generator's settings apply to "amg" only; the
-    shown slice is segmented in the chosen mode."""
-    from napari_sam.models.registry import MODELS
-
+    """The mode starts as the engine's choice (the model's own for a slice, its stack mode for
+    a stack); the generator's settings apply to "amg" only; the shown slice is segmented in
+    the chosen mode."""
     widget = AutomaticWidget(viewer)
-    assert widget.mode.currentText() == MODELS["nuclei_s"].mode
+    assert widget.mode.currentText() == "default" and widget.options() == {}
+    assert not widget.sampler.isEnabled()
+    assert "ais on a slice, apg on a stack" in widget.mode.toolTip()
     widget.mode.setCurrentText("amg")
     assert widget.sampler.isEnabled() and widget.options()["sampler"] == "boxes"
     widget.mode.setCurrentText("ais")

@@ -46,6 +46,8 @@ from napari_sam.volume.labels_output import FORMATS, default_output
 from napari_sam.volume.ome_zarr import level_paths, open_labels
 from napari_sam.volume.stack import segment_stack
 
+DEFAULT_MODE = "default"  # the mode choice that leaves it to the engine
+
 SLICE_LAYER = "SAM automatic"
 
 
@@ -63,13 +65,16 @@ class AutomaticWidget(QWidget):
         spec = MODELS[self.session.settings.model]
         defaults = spec.automatic  # what suits the model
 
+        # "default": the mode that suits the model, which may differ for a slice and a stack
+        self._amg_default = spec.mode == (spec.stack_mode or spec.mode) == "amg"
         self.mode = QComboBox()
-        self.mode.addItems(MODES)
-        self.mode.setCurrentText(spec.mode)
-        self.mode.setToolTip("amg: prompts sampled over the image and SAM's decoder (the settings "
-                             "below); ais: the model's instance decoder, one pass; apg: prompts "
-                             "from the instance decoder's maps (ais and apg need a model with an "
-                             "instance decoder)")
+        self.mode.addItems((DEFAULT_MODE, *MODES))
+        self.mode.setCurrentText(DEFAULT_MODE)
+        self.mode.setToolTip(f"default: what suits the model ({spec.mode} on a slice, "
+                             f"{spec.stack_mode or spec.mode} on a stack); amg: prompts sampled "
+                             "over the image and SAM's decoder (the settings below); ais: the "
+                             "model's instance decoder, one pass; apg: prompts from the instance "
+                             "decoder's maps (ais and apg need a model with an instance decoder)")
         self.mode.currentTextChanged.connect(self._mode_changed)
 
         self.image = LayerChoice(napari_viewer, Image)
@@ -138,20 +143,23 @@ class AutomaticWidget(QWidget):
         self._mode_changed(self.mode.currentText())
 
     def options(self) -> dict:
-        """The automatic mode and, for "amg", the generator settings chosen in the panel."""
+        """The automatic mode and, for "amg", the generator settings chosen in the panel; no
+        mode for "default" (the engine's choice for a slice or a stack)."""
         mode = self.mode.currentText()
-        if mode != "amg":
-            return dict(mode=mode)
-        return dict(mode=mode, sampler=self.sampler.currentText(),
+        chosen = {} if mode == DEFAULT_MODE else dict(mode=mode)
+        if mode != "amg" and not (mode == DEFAULT_MODE and self._amg_default):
+            return chosen
+        return dict(chosen, sampler=self.sampler.currentText(),
                     points_per_side=self.points_per_side.value(),
                     pred_iou_thresh=self.iou.value(), stability_score_thresh=self.stability.value(),
                     min_mask_region_area=self.min_area.value())
 
     def _mode_changed(self, mode: str) -> None:
         """The generator's settings apply to "amg" only."""
+        amg = mode == "amg" or (mode == DEFAULT_MODE and self._amg_default)
         for widget in (self.sampler, self.points_per_side, self.iou, self.stability,
                        self.min_area):
-            widget.setEnabled(mode == "amg")
+            widget.setEnabled(amg)
 
     def _source(self):
         image = self.image.layer()

@@ -6,8 +6,10 @@ modes with an instance decoder ("ais", "apg"), where an object spans at least :d
 planes, a plane is labelled from its decoder maps averaged with those of the planes above and
 below it: a nucleus seen in consecutive planes is then drawn alike in each, which the 3D
 assembly needs (see :func:`context_planes`). A plane's labels still depend on nothing but the
-source and the settings, whichever planes a run segments, in whatever order or process. Plane ``p`` numbers its objects from ``p * stride + 1``, so ids are unique in the volume
-and do not depend on the order in which planes finish. A plane counts as done only once a
+source and the settings, whichever planes a run segments, in whatever order or process.
+
+Plane ``p`` numbers its objects from ``p * stride + 1``, so ids are unique in the volume and do
+not depend on the order in which planes finish. A plane counts as done only once a
 marker file is written after its chunk, so a run killed at any moment resumes where it stopped
 and loses no finished plane. The planes' objects (fragments) are also kept apart, in the run
 record, and assembled from there into the 3D objects of the output
@@ -233,8 +235,9 @@ def segment_stack(
         ``progress(done, total)`` after each plane.
     mode : {"amg", "ais", "apg"}, optional
         Automatic mode (:meth:`~napari_sam.Segmenter.segment_all`); by default "amg" when
-        generator settings are given, else the one that suits the model. "ais" and "apg" need
-        a model with an instance decoder.
+        generator settings are given, else the one that suits the model on a stack (its
+        registry spec's ``stack_mode``: "apg" for ``nuclei_s``, whose planes segment alone
+        with "ais"). "ais" and "apg" need a model with an instance decoder.
     output_format : {"ome-zarr", "zarr"}
         ``"ome-zarr"``: an OME-Zarr label image (NGFF 0.5; 0.4 when the source is 0.4), with
         the levels of an OME-Zarr source (without channels) or, for other sources, levels
@@ -377,7 +380,7 @@ def _job(volume: Volume, output, *, model, checkpoint, device, diameter, tile, h
     """The settings of a run over ``volume``: the model loaded (kept in the job when
     ``keep_model``), the source's limits, fingerprint and diameter resolved once."""
     loaded, checkpoint = _model(model, checkpoint, device)
-    mode = automatic_mode(loaded, mode or ("amg" if options else None))
+    mode = automatic_mode(loaded, mode or ("amg" if options else None), stack=True)
     if mode != "amg" and options:
         raise ValueError(f"{', '.join(sorted(options))}: settings of mode 'amg', not of {mode!r}; "
                          "leave them out, or pass mode='amg'")

@@ -1,0 +1,122 @@
+"""Z context in stack runs: with an instance decoder, each plane is labelled from its maps
+averaged with those of the planes beside it, whichever planes a run takes and however it is
+cut into tasks; the shipped model segments stacks with APG by default."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_sam.synthetic import confocal_stack
+from napari_sam.volume.io import open_volume, open_zarr_array, plane_rgb
+from napari_sam.volume.stack import RECORD, _blocks, _job, segment_stack
+
+SHAPE = (7, 96, 96)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """A small confocal-like stack, its z step 3 pixels: nuclei 16 px across span 5 planes."""
+    image, _ = confocal_stack(SHAPE, seed=1, empty_planes=(1, 1))
+    return open_volume(image, axes="zyx", voxel_size=(3.0, 1.0, 1.0))
+
+
+def job_of(volume, mode=None):
+    return _job(volume, "", model="nuclei_s", checkpoint=None, device="cpu", diameter="auto",
+                tile=None, halo=None, cache=None, options={}, keep_model=True, mode=mode)
+
+
+def planes_of(output) -> np.ndarray:
+    """Each plane's own labels 1..n, from a run's fragments (ids offset by plane)."""
+    fragments = open_zarr_array(str(output))[:].astype(np.int64)
+    stride = json.loads((output / RECORD / "run.json").read_text())["stride"]
+    offsets = np.arange(fragments.shape[0])[:, None, None] * stride
+    return np.where(fragments > 0, fragments - offsets, 0)
+
+
+def test_each_plane_is_labelled_with_its_neighbours_maps(one_thread, stack, tmp_path):
+    output = tmp_path / "labels.zarr"
+    segment_stack(stack, output, mode="ais", link=False, output_format="zarr")
+    assert json.loads((output / RECORD / "run.json").read_text())["context"] == 3
+    found = planes_of(output)
+
+    job = job_of(stack, "ais")
+    segmenters, maps = [], []
+    for z in range(SHAPE[0]):
+        segmenter = job.segmenter()
+        segmenter.set_image(plane_rgb(stack, z, job.limits))
+        segmenters.append(segmenter)
+        maps.append(segmenter.instance_maps())
+    alone_differs = False
+    for z in range(SHAPE[0]):
+        near = slice(max(z - 1, 0), z + 2)  # the first and last planes: two planes
+        expected = segmenters[z].segment_all(mode="ais", maps=np.mean(maps[near], axis=0))
+        np.testing.assert_array_equal(found[z], expected)
+        alone_differs |= not np.array_equal(found[z], segmenters[z].segment_all(mode="ais"))
+    assert alone_differs  # the neighbours changed what was found
+
+
+def test_without_a_voxel_size_or_with_amg_planes_are_labelled_alone(stack):
+    flat = open_volume(np.asarray(stack.data), axes="zyx")
+    assert job_of(flat, "ais").context == 1  # how far apart the planes lie is unknown
+    assert job_of(stack, "amg").context == 1  # no maps
+    far = open_volume(np.asarray(stack.data), axes="zyx", voxel_size=(8.0, 1.0, 1.0))
+    assert job_of(far, "ais").context == 1  # a nucleus spans 2 planes: its neighbours differ
+    assert job_of(stack, "ais").context == 3
+
+
+def test_shipped_model_segments_stacks_with_apg_and_planes_with_ais(stack):
+    from napari_sam import Segmenter, load_model
+
+    assert job_of(stack).mode == "apg"
+    assert job_of(stack).context == 3
+    segmenter = Segmenter(load_model("nuclei_s", device="cpu"))
+    segmenter.set_image(plane_rgb(stack, 3, job_of(stack).limits))
+    with pytest.raises(ValueError, match="maps of shape"):
+        segmenter.segment_all(mode="amg", maps=np.zeros((3, 4, 4), np.float32))
+
+
+def test_labels_do_not_depend_on_the_planes_a_run_takes(one_thread, stack, tmp_path):
+    """A run of some planes, resumed for the rest (a killed run), ends with the labels of one
+    whole run: a plane's neighbours are read whether the run segments them or not."""
+    whole = tmp_path / "whole.zarr"
+    segment_stack(stack, whole, mode="ais", link=False, output_format="zarr")
+    parts = tmp_path / "parts.zarr"
+    first = segment_stack(stack, parts, z=slice(2, 4), mode="ais", link=False,
+                          output_format="zarr")
+    rest = segment_stack(stack, parts, mode="ais", resume=True, link=False, output_format="zarr")
+    assert (first.segmented, rest.skipped, rest.segmented) == (2, 2, SHAPE[0] - 2)
+    np.testing.assert_array_equal(open_zarr_array(str(parts))[:], open_zarr_array(str(whole))[:])
+
+
+@pytest.mark.slow
+def test_workers_cut_the_stack_into_blocks_with_the_same_labels(one_thread, stack, tmp_path):
+    serial = segment_stack(stack, tmp_path / "serial.zarr", mode="ais", output_format="zarr")
+    seen = []
+    parallel = segment_stack(stack, tmp_path / "dask.zarr", mode="ais", output_format="zarr",
+                             workers=2, progress=lambda done, total: seen.append(done))
+    assert parallel.objects == serial.objects and seen[-1] == SHAPE[0]
+    np.testing.assert_array_equal(open_zarr_array(str(tmp_path / "dask.zarr"))[:],
+                                  open_zarr_array(str(tmp_path / "serial.zarr"))[:])
+
+
+def test_a_run_recorded_with_other_z_context_is_not_resumed(one_thread, stack, tmp_path):
+    output = tmp_path / "labels.zarr"
+    segment_stack(stack, output, z=slice(0, 1), mode="ais", link=False, output_format="zarr")
+    record = output / RECORD / "run.json"
+    before = json.loads(record.read_text())
+    del before["context"]  # as runs before z context recorded them: planes alone
+    record.write_text(json.dumps(before))
+    with pytest.raises(FileExistsError, match="context"):
+        segment_stack(stack, output, mode="ais", resume=True, link=False, output_format="zarr")
+
+
+def test_blocks_are_runs_of_consecutive_planes_about_two_per_worker():
+    planes = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21, 22]
+    assert _blocks(planes, 1, 4) == [[p] for p in planes]
+    blocks = _blocks(planes, 3, 2)  # 13 planes, 2 workers: blocks of 4
+    assert [p for block in blocks for p in block] == planes
+    assert all(np.all(np.diff(block) == 1) and len(block) <= 4 for block in blocks)
+    assert max(len(b) for b in _blocks(list(range(200)), 3, 2)) == 16
