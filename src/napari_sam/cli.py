@@ -181,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     parallel = stack.add_mutually_exclusive_group()
     parallel.add_argument("--workers", type=int, help="segment planes in N local processes (dask)")
     parallel.add_argument("--scheduler", help="address of a dask.distributed scheduler")
-    _mode_option(stack, ("propagate",), more="; propagate: segment --key-planes with "
+    _mode_option(stack, ("propagate",), more="; what suits nuclei_s on a stack is apg; "
+                 "propagate: segment --key-planes with "
                  "--key-model, then follow their objects through z with the SAM 2.1 --model "
                  "(one id per object through z, no linking)")
     stack.add_argument("--key-planes", type=_ints, metavar="Z,Z,...",
