@@ -6,7 +6,10 @@ the peak resident memory (RSS) and the time. Peak RSS must not grow with the num
 (within 10%) and must stay under 2 GB beyond the model.
 
     python benchmarks/stack.py [--size 4096] [--planes 10 40] [--tile 1024] [--halo 128]
-        [--sampler boxes] [--points-per-side 32]
+        [--sampler boxes] [--points-per-side 32] [--mode amg|ais|apg] [--voxel-size Z,Y,X]
+
+``--mode ais`` or ``apg`` with a ``--voxel-size`` labels each plane with its neighbours' maps
+(z context): three planes' embeddings and maps are held at once.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ def write_volume(path: Path, planes: int, size: int) -> None:
         volume[z] = ndimage.zoom(tile, size / 512, order=1).astype(np.uint16)
 
 
-def measure(source: Path, output: Path, tile: int, halo: int, sampler: str, points: int) -> dict:
-    """Run segment_stack in a fresh process; its peak RSS (maxrss of the child) and time."""
+def measure(source: Path, output: Path, tile: int, halo: int, settings: dict) -> dict:
+    """Run segment_stack in a fresh process with ``settings``; its peak RSS (maxrss of the
+    child) and time."""
     code = (
         "import json, resource, sys, time\n"
         "from napari_sam import load_model\n"
@@ -46,7 +50,8 @@ def measure(source: Path, output: Path, tile: int, halo: int, sampler: str, poin
         "model_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "from napari_sam.volume.stack import segment_stack\n"
         "start = time.perf_counter()\n"
-        f"summary = segment_stack(sys.argv[1], sys.argv[2], tile={tile}, halo={halo}, sampler={sampler!r}, points_per_side={points}, device='cpu')\n"
+        f"summary = segment_stack(sys.argv[1], sys.argv[2], tile={tile}, halo={halo}, "
+        f"device='cpu', **{settings!r})\n"
         "print(json.dumps({'seconds': time.perf_counter() - start, 'objects': summary.objects,\n"
         "                  'model_mb': model_rss / 1024,\n"
         "                  'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
@@ -64,11 +69,18 @@ def main() -> None:
     parser.add_argument("--halo", type=int, default=128)
     parser.add_argument("--sampler", default="boxes", choices=["grid", "boxes", "adaptive"])
     parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--mode", default="amg", choices=["amg", "ais", "apg"])
+    parser.add_argument("--voxel-size", type=lambda text: tuple(map(float, text.split(","))))
     args = parser.parse_args()
+    if args.mode == "amg":
+        settings = dict(sampler=args.sampler, points_per_side=args.points_per_side)
+    else:
+        settings = dict(mode=args.mode)
+    if args.voxel_size:
+        settings["voxel_size"] = args.voxel_size
 
     print(f"{args.size} x {args.size} uint16 planes, tile {args.tile}, halo {args.halo}, "
-          f"sampler {args.sampler} ({args.points_per_side} points per side for grids), "
-          "shipped model on the CPU\n")
+          f"{settings}, shipped model on the CPU\n")
     print("| planes | volume | time | per plane | objects | peak RSS | beyond the model |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
@@ -76,7 +88,7 @@ def main() -> None:
             source = Path(folder) / f"volume{planes}.zarr"
             write_volume(source, planes, args.size)
             result = measure(source, Path(folder) / f"labels{planes}.zarr", args.tile, args.halo,
-                             args.sampler, args.points_per_side)
+                             settings)
             gigabytes = planes * args.size**2 * 2 / 1e9
             print(f"| {planes} | {gigabytes:.1f} GB | {result['seconds']:.0f} s | "
                   f"{result['seconds'] / planes:.1f} s | {result['objects']} | "
