@@ -19,17 +19,18 @@ Methods (rows):
   the set (10 and 7 pixels: the generator's mean radius, half the median width of StarDist's
   labels);
 - slice by slice + today's linking: :func:`napari_sam.volume.segment_stack` with ``nuclei_s``
-  (its default automatic mode), the set's voxel size, ``link=False``, then
+  (its default automatic mode for stacks) and the set's voxel size: the planes' own labels
+  (the run's fragments) through
   :func:`napari_sam.volume.linking.link_slices` with its defaults;
-- slice by slice + 3D assembly: the same per-plane labels through
-  :func:`napari_sam.volume.assembly.assemble_objects` with the set's voxel size;
+- slice by slice + 3D assembly: the labels of the same ``segment_stack`` run, which assembles
+  its planes' labels into 3D objects (:func:`napari_sam.volume.assembly.assemble_objects`);
 - true planes + 3D assembly: the true labels, cut into per-plane fragments, through the same
   assembly: what it makes of a perfect segmentation of every plane.
 
 Columns: instance F1 at IoU 0.5 and 0.25 of the 3D objects, objects found / true ones, the
 share of the found objects that lie in one plane only, and the time (for the SAM rows: the
-per-plane segmentation, shared by both, + the linking or assembly). ``--diameter`` and
-``--mode`` go to ``segment_stack``.
+``segment_stack`` run, segmentation and assembly, + the linking of its planes).
+``--diameter`` and ``--mode`` go to ``segment_stack``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-import zarr
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
@@ -53,8 +53,9 @@ from skimage.segmentation import watershed
 from napari_sam.synthetic import confocal_stack
 from napari_sam.training.evaluation import instance_f1
 from napari_sam.volume.assembly import assemble_objects
+from napari_sam.volume.io import open_zarr_array
 from napari_sam.volume.linking import link_slices
-from napari_sam.volume.stack import segment_stack
+from napari_sam.volume.stack import FRAGMENTS, RECORD, segment_stack
 
 sys.path.insert(0, str(Path(__file__).parent))
 from real_nuclei import dsb_nuclei
@@ -118,19 +119,20 @@ def scores(found: np.ndarray, truth: np.ndarray) -> list[str]:
             f"{ids.size} / {true}", f"{one_plane:.0%}"]
 
 
-def slice_by_slice(image: np.ndarray, diameter, mode, voxel_size=None):
-    """The per-plane labels of ``nuclei_s`` (ids unique in the volume, not linked), the time
-    and :func:`segment_stack`'s summary; given the ``voxel_size``, as a user gives it, each
-    plane is labelled with its neighbours' maps (``segment_stack``'s z context)."""
+def slice_by_slice(image: np.ndarray, diameter, mode, voxel_size):
+    """:func:`segment_stack` as a user runs it, 3D assembly included, with the set's
+    ``voxel_size`` given: the planes' own labels (its fragments, unique ids, not linked), the
+    3D objects, the time of the whole run and its summary."""
     with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "labels.zarr"
         start = time.perf_counter()
-        summary = segment_stack(image, Path(folder) / "labels.zarr", model="nuclei_s",
-                                device="cpu", diameter=diameter, mode=mode, link=False,
-                                voxel_size=voxel_size,
+        summary = segment_stack(image, output, model="nuclei_s", device="cpu",
+                                diameter=diameter, mode=mode, voxel_size=voxel_size,
                                 output_format="zarr")
         seconds = time.perf_counter() - start
-        planes = np.asarray(zarr.open_array(str(Path(folder) / "labels.zarr"), mode="r"))
-    return planes, seconds, summary
+        planes = np.asarray(open_zarr_array(str(output / RECORD / FRAGMENTS)))
+        objects = np.asarray(open_zarr_array(str(output)))
+    return planes, objects, seconds, summary
 
 
 def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diameter, mode):
@@ -141,7 +143,7 @@ def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diamet
     yield ["weight-free 3D watershed", *scores(found, truth),
            f"{time.perf_counter() - start:.1f} s"], None, found
 
-    planes, seconds, segmented = slice_by_slice(image, diameter, mode, voxel_size)
+    planes, assembled, seconds, segmented = slice_by_slice(image, diameter, mode, voxel_size)
     linked = planes.copy()
     start = time.perf_counter()
     link_slices(linked)
@@ -149,11 +151,8 @@ def rows(image: np.ndarray, truth: np.ndarray, voxel_size, radius: float, diamet
            f"{seconds:.0f} + {time.perf_counter() - start:.1f} s"], (
         f"{segmented.objects} objects in the planes, {segmented.scale}"), linked
 
-    assembled = planes.copy()
-    start = time.perf_counter()
-    summary = assemble_objects(assembled, image, voxel_size=voxel_size)
-    yield ["slice by slice + 3D assembly", *scores(assembled, truth),
-           f"{seconds:.0f} + {time.perf_counter() - start:.1f} s"], summary, assembled
+    yield ["slice by slice + 3D assembly", *scores(assembled, truth), f"{seconds:.0f} s"], (
+        f"{segmented.objects_3d} objects in 3D"), assembled
 
     # what the assembly makes of perfect planes: the truth cut into per-plane fragments
     true_planes = truth.astype(np.uint32)
