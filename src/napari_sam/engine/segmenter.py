@@ -300,8 +300,9 @@ class Segmenter:
             maps = self.instance_maps() if maps is None else maps
             found = _label_masks(labels_from_maps(*maps, **settings))
         else:
+            settings = apg.check_settings(settings)  # before any embedding
             maps = self.instance_maps() if maps is None else maps
-            found = _label_masks(self._prompted_labels(maps, apg.check_settings(settings)))
+            found = _label_masks(self._prompted_labels(maps, settings))
         masks = [m for m in (resampling.to_plane(mask) for mask in found) if m is not None]
         labels = paint_labels(masks, resampling.shape)
         if self.edge_level is not None:

@@ -523,7 +523,7 @@ def context_planes(volume: Volume, diameter: float | None, mode: str) -> int:
     ``diameter`` pixels spans at least that many planes
     (:func:`~napari_sam.volume.assembly.expected_planes`), else 1 (each plane alone): where the
     planes lie farther apart than that, the planes beside an object hold other objects or
-    none."""
+    none. The voxel size is trusted: planes farther apart than it says are blurred through z."""
     anisotropy = volume.anisotropy
     if mode == "amg" or anisotropy is None or diameter is None:
         return 1
