@@ -92,13 +92,21 @@ def test_labels_do_not_depend_on_the_planes_a_run_takes(one_thread, stack, tmp_p
 
 
 @pytest.mark.slow
-def test_workers_cut_the_stack_into_blocks_with_the_same_labels(one_thread, stack, tmp_path):
+def test_workers_and_a_cluster_cut_the_stack_into_blocks_with_the_same_labels(one_thread, stack,
+                                                                             tmp_path):
     serial = segment_stack(stack, tmp_path / "serial.zarr", mode="ais", output_format="zarr")
     seen = []
     parallel = segment_stack(stack, tmp_path / "dask.zarr", mode="ais", output_format="zarr",
                              workers=2, progress=lambda done, total: seen.append(done))
     assert parallel.objects == serial.objects and seen[-1] == SHAPE[0]
     np.testing.assert_array_equal(open_zarr_array(str(tmp_path / "dask.zarr"))[:],
+                                  open_zarr_array(str(tmp_path / "serial.zarr"))[:])
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        segment_stack(stack, tmp_path / "cluster.zarr", mode="ais", output_format="zarr",
+                      scheduler=cluster.scheduler_address)
+    np.testing.assert_array_equal(open_zarr_array(str(tmp_path / "cluster.zarr"))[:],
                                   open_zarr_array(str(tmp_path / "serial.zarr"))[:])
 
 
@@ -120,3 +128,22 @@ def test_blocks_are_runs_of_consecutive_planes_about_two_per_worker():
     assert [p for block in blocks for p in block] == planes
     assert all(np.all(np.diff(block) == 1) and len(block) <= 4 for block in blocks)
     assert max(len(b) for b in _blocks(list(range(200)), 3, 2)) == 16
+
+
+@pytest.mark.slow
+def test_a_confocal_stack_comes_out_as_its_nuclei_in_3d(tmp_path):
+    """The whole path with its defaults, as a user runs it on a stack with its voxel size:
+    3D F1@0.5 of benchmarks/stack3d.py's synthetic seed 0 (0.955 when measured), no object
+    in one plane only."""
+    from napari_sam.training.evaluation import instance_f1
+
+    image, truth = confocal_stack(seed=0)
+    volume = open_volume(image, axes="zyx", voxel_size=(3.0, 1.0, 1.0))
+    output = tmp_path / "labels.zarr"
+    summary = segment_stack(volume, output, device="cpu", output_format="zarr")
+    labels = open_zarr_array(str(output))[:]
+    assert json.loads((output / RECORD / "run.json").read_text())["context"] == 3
+    assert instance_f1(labels, truth, 0.5)["f1"] >= 0.85
+    ids = np.unique(labels[labels > 0])
+    planes = [np.unique(np.nonzero(labels == i)[0]).size for i in ids]
+    assert summary.objects_3d == ids.size and sum(p == 1 for p in planes) < 0.05 * ids.size
