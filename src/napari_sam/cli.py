@@ -414,7 +414,8 @@ def _segment_stack(args: argparse.Namespace) -> int:
     )
     linked = f", {summary.objects_3d} objects in 3D" if summary.linked else ""
     print(f"{args.output}: {summary.segmented} planes segmented, {summary.skipped} already done, "
-          f"{summary.objects} objects in them{linked}; {summary.scale} ({summary.seconds:.0f} s)")
+          f"{summary.objects} objects in them{linked}; {summary.scale}; {summary.method} "
+          f"({summary.seconds:.0f} s)")
     return 0
 
 

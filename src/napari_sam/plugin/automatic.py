@@ -252,7 +252,8 @@ class AutomaticWidget(QWidget):
                 objects = summary.objects_3d if summary.objects_3d is not None else summary.objects
                 self.status.setText(
                     f"{summary.segmented} slice(s) segmented, {summary.skipped} already done, "
-                    f"{objects} objects, {summary.seconds:.0f} s; {summary.scale}")
+                    f"{objects} objects, {summary.seconds:.0f} s; {summary.scale}; "
+                    f"{summary.method}")
 
         self.status.setText("segmenting the stack…")
         self._busy(True)

@@ -157,6 +157,7 @@ class StackSummary:
     objects_3d: int | None = None  # objects in the whole volume after assembly
     scale: str = ""  # the object diameter used, for a user (Segmenter.describe_scale)
     output: str = ""  # where the labels are
+    method: str = ""  # the automatic mode and z context, for a user
 
 
 def segment_stack(
@@ -321,7 +322,8 @@ def segment_stack(
     return StackSummary(planes=len(todo), segmented=len(remaining),
                         skipped=len(todo) - len(remaining), objects=objects,
                         seconds=time.perf_counter() - start, linked=linked, objects_3d=objects_3d,
-                        scale=_describe_scale(job), output=job.output)
+                        scale=_describe_scale(job), output=job.output,
+                        method=_describe_method(job))
 
 
 def _finish_labels(output: str, found: Path) -> None:
@@ -496,6 +498,12 @@ def _describe_scale(job: StackJob) -> str:
                     "their own pixels; give --diameter to be sure")
         return "planes kept at their own pixels"
     return f"object diameter {job.diameter:.1f} px ({'estimated' if job.estimated else 'given'})"
+
+
+def _describe_method(job: StackJob) -> str:
+    if job.context == 1:
+        return f"mode {job.mode}"
+    return f"mode {job.mode}, each plane with its neighbours' maps (z context)"
 
 
 def volume_diameter(volume: Volume, limits=None, *, max_planes: int = 3) -> float | None:
