@@ -36,8 +36,11 @@ Memory is bounded by a few planes: the fragments are measured in one pass over t
 numbers, then every plane is written in a second pass. Written to another array than the
 fragments (``out``), the assembly can be stopped at any moment and made again from them.
 
-``python-elf``'s multicut, which micro-sam uses for this, needs ``nifty`` (the graph library),
-which is not on PyPI; the agglomeration here needs only numpy and scipy.
+Step 1 is a greedy agglomeration rather than ``python-elf``'s multicut, which micro-sam merges
+its slices with: put in its place (``benchmarks/linking_multicut.py``), the multicut gives the
+same 3D objects within one object per stack (mean F1@0.5 0.927 against 0.925 over six stacks),
+and the greedy step needs no compiled graph library. micro-sam's merge itself, the multicut
+without steps 2-4, keeps the out-of-focus light: its objects are twice as deep as the nuclei.
 """
 
 from __future__ import annotations
@@ -376,9 +379,10 @@ class _Groups:
         return list(groups.values())
 
 
-def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, neck):
-    """Objects from the fragments' numbers: the object id of each fragment (0: dropped) and
-    the summary."""
+def _link(f: _Fragments) -> list[list[int]]:
+    """Step 1: chains of fragments (indices, one per plane at most, in plane order) by greedy
+    agglomeration over the overlap graph, the edges that cover half of the smaller fragment
+    taken by decreasing IoU, neighbouring planes before gaps."""
     i, j = f.edges.T if f.edges.size else (np.zeros(0, int), np.zeros(0, int))
     smaller = np.minimum(f.area[i], f.area[j])
     iou = f.overlap / (f.area[i] + f.area[j] - f.overlap)
@@ -388,8 +392,13 @@ def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, ne
     groups = _Groups(f.plane)
     for a, b in zip(i[keep][order], j[keep][order]):
         groups.merge(int(a), int(b))
-    chains = [sorted(g, key=lambda k: f.plane[k]) for g in groups.members()]
+    return [sorted(g, key=lambda k: f.plane[k]) for g in groups.members()]
 
+
+def _assemble(f: _Fragments, n_planes: int, voxel_size, diameter, min_planes, neck):
+    """Objects from the fragments' numbers: the object id of each fragment (0: dropped) and
+    the summary."""
+    chains = _link(f)
     # out-of-focus light trimmed first, so that its wide blobs are not taken for a nucleus of
     # their own beyond a neck; then each part of a split chain trimmed to its own peak
     chains = [core for core in (_trim(c, f.contrast, f.contrast, _HAZE) for c in chains)
