@@ -50,6 +50,21 @@ def test_sample_writes_image_and_labels(tmp_path, capsys):
     assert not np.array_equal(tifffile.imread(tmp_path / "other.tif"), image)
 
 
+def test_a_sample_stack_tiff_carries_its_z_step_to_segment_stack(tmp_path, capsys):
+    """The planes of the sample stack lie 2 pixels apart: a tiff says so (segment-stack then
+    needs no --voxel-size), an .npy cannot, and the message says what to give instead."""
+    from napari_sam.volume.io import open_volume
+
+    assert main(["sample", str(tmp_path / "stack.tif"), "--3d", "3", "--size", "32"]) == 0
+    assert "z step 2 px in the file" in capsys.readouterr().out
+    volume = open_volume(str(tmp_path / "stack.tif"))
+    assert volume.voxel_size == (2.0, 1.0, 1.0) and volume.shape == (3, 32, 32)
+    expected, _ = synthetic_nuclei((3, 32, 32), seed=0, anisotropy=2.0)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "stack.tif"), expected)
+    assert main(["sample", str(tmp_path / "stack.npy"), "--3d", "3", "--size", "32"]) == 0
+    assert "give segment-stack --voxel-size 2,1,1" in capsys.readouterr().out
+
+
 def test_models_lists_the_registry(capsys):
     assert main(["models"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]

@@ -280,6 +280,20 @@ def test_sample_writes_what_the_extension_says(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), expected)
 
 
+def test_sample_3d_before_the_file_says_to_name_the_file_first(tmp_path, capsys):
+    """``--3d`` takes an optional number of planes, so argparse gives it the file named after
+    it; the error says how to write the command instead of only 'invalid int value'."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--3d", str(tmp_path / "s.tif")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"name the file first: napari-sam sample {tmp_path / 's.tif'} --3d" in error
+    assert files_in(tmp_path) == []
+    with pytest.raises(SystemExit):
+        main(["sample", str(tmp_path / "s.tif"), "--3d", "0"])
+    assert "expected at least 1 plane, got 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, pattern", [
     (["--3d", "2"], r"write a stack to a \.tif or \.npy file, not 'x\.png'"),
     (["--labels", "LABELS.png"], r"write the labels to a \.tif or \.npy file, not 'l\.png'"),

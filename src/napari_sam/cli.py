@@ -227,8 +227,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("output", type=Path,
                         help="output file: .tif or .npy (uint16), or .png (16-bit grey) for one image")
     sample.add_argument("--size", type=int, help="side in pixels (default 512, or 256 for a stack)")
-    sample.add_argument("--3d", dest="planes", nargs="?", type=int, const=16, metavar="PLANES",
-                        help="a z-stack of PLANES planes (16 by default) instead of one image")
+    sample.add_argument("--3d", dest="planes", nargs="?", type=_planes, const=16, metavar="PLANES",
+                        help="a z-stack of PLANES planes (16 by default) instead of one image, "
+                        f"its planes {SAMPLE_Z_STEP:g} pixels apart (a tiff says so)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--labels", type=Path, help="also write the true labels here (.tif or .npy)")
     _overwrite_option(sample)
@@ -337,6 +338,19 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axes", help="axes of the volume, e.g. zyx or zcyx (default: guessed)")
     parser.add_argument("--z", type=_range, metavar="START:STOP", help="planes to process")
     _scale_options(parser)
+
+
+def _planes(text: str) -> int:
+    """``sample --3d``'s number of planes; a file name there was meant as the output."""
+    try:
+        planes = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of planes, got {text!r}; to write the stack to {text!r}, name "
+            f"the file first: napari-sam sample {text} --3d") from None
+    if planes < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 plane, got {planes}")
+    return planes
 
 
 def _range(text: str) -> slice:
@@ -588,6 +602,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# planes of the sample stack lie 2 pixels apart, as in the plugin's sample stack; a tiff
+# says so, so that segment-stack knows the voxel size without --voxel-size
+SAMPLE_Z_STEP = 2.0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from napari_sam.synthetic import synthetic_nuclei
 
@@ -600,11 +619,16 @@ def _sample(args: argparse.Namespace) -> int:
     if args.labels is not None:
         image_files.check_output(args.labels, image_files.LABEL_FORMATS, what="the labels",
                                  inputs=(args.output,), overwrite=args.overwrite)
-    image, labels = synthetic_nuclei(shape, seed=args.seed)
-    image_files.write_array(args.output, image)
+    image, labels = synthetic_nuclei(shape, seed=args.seed, anisotropy=SAMPLE_Z_STEP)
+    z_step = None if args.planes is None else SAMPLE_Z_STEP
+    image_files.write_array(args.output, image, z_step=z_step)
     if args.labels is not None:
         image_files.write_array(args.labels, labels)
-    print(f"{args.output}: {image.shape} {image.dtype}, {labels.max()} nuclei")
+    where = ("" if z_step is None else f", z step {z_step:g} px" + (
+        " in the file" if args.output.suffix.lower() in (".tif", ".tiff")
+        else f" (not in a {args.output.suffix} file: give segment-stack --voxel-size "
+        f"{z_step:g},1,1)"))
+    print(f"{args.output}: {image.shape} {image.dtype}, {labels.max()} nuclei{where}")
     return 0
 
 

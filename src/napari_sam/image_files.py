@@ -195,7 +195,7 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     write_array(path, mask * 255 if path.suffix.lower() == ".png" else mask)
 
 
-def write_array(path: Path, array: np.ndarray) -> None:
+def write_array(path: Path, array: np.ndarray, *, z_step: float | None = None) -> None:
     """Write an array whole, in the format the extension of ``path`` names.
 
     Parameters
@@ -204,6 +204,11 @@ def write_array(path: Path, array: np.ndarray) -> None:
         ``.tif``/``.tiff`` (tifffile), ``.npy``, or ``.png`` (Pillow: uint8, or 16-bit grey for
         uint16); checked beforehand with :func:`check_output`.
     array : ndarray
+    z_step : float, optional
+        For a uint8 or uint16 ``(Z, Y, X)`` stack written as a tiff: the distance between its
+        planes in pixels, written as an ImageJ hyperstack's ``spacing`` (axes ZYX, unit pixel),
+        which :func:`~napari_sam.volume.io.open_volume` reads back as the voxel size. Ignored
+        by the other formats, which hold no voxel size.
 
     Notes
     -----
@@ -214,7 +219,9 @@ def write_array(path: Path, array: np.ndarray) -> None:
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        _atomic(path, lambda file: tifffile.imwrite(file, array))
+        calibration = {} if z_step is None else {
+            "imagej": True, "metadata": {"axes": "ZYX", "spacing": z_step, "unit": "pixel"}}
+        _atomic(path, lambda file: tifffile.imwrite(file, array, **calibration))
     elif suffix == ".npy":
         _atomic(path, lambda file: np.save(file, array))
     else:
