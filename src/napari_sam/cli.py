@@ -181,8 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     parallel = stack.add_mutually_exclusive_group()
     parallel.add_argument("--workers", type=int, help="segment planes in N local processes (dask)")
     parallel.add_argument("--scheduler", help="address of a dask.distributed scheduler")
-    _mode_option(stack, ("propagate",), more="; what suits nuclei_s on a stack is apg; "
-                 "propagate: segment --key-planes with "
+    _mode_option(stack, ("propagate",), shipped="apg", more=". propagate: segment "
+                 "--key-planes with "
                  "--key-model, then follow their objects through z with the SAM 2.1 --model "
                  "(one id per object through z, no linking)")
     stack.add_argument("--key-planes", type=_ints, metavar="Z,Z,...",
@@ -289,13 +289,15 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
 
 
-def _mode_option(parser: argparse.ArgumentParser, extra: tuple[str, ...] = (), more: str = "") -> None:
+def _mode_option(parser: argparse.ArgumentParser, extra: tuple[str, ...] = (), *,
+                 shipped: str = "ais", more: str = "") -> None:
+    """``--mode``; ``shipped`` is what the shipped model does by default there."""
     parser.add_argument(
         "--mode", choices=MODES + extra,
         help="amg: prompts sampled over the image and SAM's decoder (the options below); ais: "
         "the model's instance decoder, one pass; apg: prompts from the instance decoder's maps "
-        "(ais and apg need a model with an instance decoder; default: amg with the options "
-        f"below, else what suits the model){more}")
+        "(ais and apg need a model with an instance decoder). Default: amg when an option "
+        f"below is given, else the model's own (nuclei_s: {shipped}){more}")
 
 
 def _amg_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
