@@ -42,7 +42,7 @@ from napari_sam.synthetic import confocal_stack
 from napari_sam.volume import assembly
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stack3d import STARDIST, SYNTHETIC, scores, slice_by_slice, stardist_3d
+from stack3d import STARDIST, SYNTHETIC, plane_spans, scores, slice_by_slice, stardist_3d
 
 
 def micro_sam_merge(planes: np.ndarray, min_z_extent: int | None) -> np.ndarray:
@@ -138,11 +138,12 @@ def main() -> None:
             mean = f" {np.mean([float(v.split()[0]) for v in values]):.3f} |" if column < 2 else ""
             print(f"| {method} | " + " | ".join(values) + " |" + mean)
 
+
 def median_extent(labels: np.ndarray) -> str:
     """The median number of planes the objects of ``labels`` span."""
-    ids, spans = np.unique(np.concatenate([np.unique(p[p > 0]) for p in labels]),
-                           return_counts=True)
-    return f"{np.median(spans):.0f}" if ids.size else "-"
+    spans = plane_spans(labels)
+    return f"{np.median(spans):.0f}" if spans.size else "-"
+
 
 if __name__ == "__main__":
     main()

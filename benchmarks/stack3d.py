@@ -108,15 +108,20 @@ def watershed_3d(image: np.ndarray, voxel_size, radius: float) -> np.ndarray:
     return watershed(-distance, markers, mask=mask)
 
 
+def plane_spans(labels: np.ndarray) -> np.ndarray:
+    """The number of planes each object of a ``(Z, Y, X)`` label volume spans."""
+    return np.unique(np.concatenate([np.unique(p[p > 0]) for p in labels]),
+                     return_counts=True)[1]
+
+
 def scores(found: np.ndarray, truth: np.ndarray) -> list[str]:
     """F1 at 0.5 and 0.25, objects found / true, share of found objects in one plane only."""
-    ids, planes = np.unique(np.concatenate([np.unique(p[p > 0]) for p in found]),
-                            return_counts=True)
-    one_plane = float(np.mean(planes == 1)) if ids.size else 0.0
+    planes = plane_spans(found)
+    one_plane = float(np.mean(planes == 1)) if planes.size else 0.0
     true = len(np.unique(truth[truth > 0]))
     return [f"{instance_f1(found, truth, 0.5)['f1']:.3f}",
             f"{instance_f1(found, truth, 0.25)['f1']:.3f}",
-            f"{ids.size} / {true}", f"{one_plane:.0%}"]
+            f"{planes.size} / {true}", f"{one_plane:.0%}"]
 
 
 def slice_by_slice(image: np.ndarray, diameter, mode, voxel_size):

@@ -626,11 +626,13 @@ def _sample(args: argparse.Namespace) -> int:
     image_files.write_array(args.output, image, z_step=z_step)
     if args.labels is not None:
         image_files.write_array(args.labels, labels)
-    where = ("" if z_step is None else f", z step {z_step:g} px" + (
-        " in the file" if args.output.suffix.lower() in (".tif", ".tiff")
-        else f" (not in a {args.output.suffix} file: give segment-stack --voxel-size "
-        f"{z_step:g},1,1)"))
-    print(f"{args.output}: {image.shape} {image.dtype}, {labels.max()} nuclei{where}")
+    step = ""
+    if z_step is not None and args.output.suffix.lower() in (".tif", ".tiff"):
+        step = f", z step {z_step:g} px in the file"
+    elif z_step is not None:
+        step = (f", z step {z_step:g} px (not in a {args.output.suffix} file: give "
+                f"segment-stack --voxel-size {z_step:g},1,1)")
+    print(f"{args.output}: {image.shape} {image.dtype}, {labels.max()} nuclei{step}")
     return 0
 
 
